@@ -1,0 +1,1 @@
+"""The Astra world model: transformer, FramePack history, action experts, sampler, VAEs, checkpoints."""

@@ -1,0 +1,1 @@
+"""Gymnasium environments (installed as astra_gym.envs)."""
