@@ -1,0 +1,50 @@
+"""The package layout: envs/ and agents/ install into the astra_gym namespace, nothing is left out."""
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _declared_packages() -> tuple[list[str], dict[str, str]]:
+    setuptools_cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    return setuptools_cfg["packages"], setuptools_cfg["package-dir"]
+
+
+def _package_dirs() -> dict[str, Path]:
+    """Maps every folder holding an __init__.py under the installed roots to its dotted name."""
+    roots = {"astra_gym": ROOT / "astra_gym", "astra_gym.envs": ROOT / "envs", "astra_gym.agents": ROOT / "agents"}
+    found = {}
+    for prefix, root in roots.items():
+        for init in root.rglob("__init__.py"):
+            rel = init.parent.relative_to(root).parts
+            found[".".join((prefix, *rel))] = init.parent
+    return found
+
+
+def test_every_package_folder_is_declared():
+    declared, _ = _declared_packages()
+    on_disk = sorted(_package_dirs())
+    missing = sorted(set(on_disk) - set(declared))
+    assert not missing, f"add these packages to [tool.setuptools] packages in pyproject.toml: {missing}"
+    stale = sorted(set(declared) - set(on_disk))
+    assert not stale, f"pyproject.toml declares packages with no folder: {stale}"
+
+
+def test_envs_and_agents_map_into_the_namespace():
+    _, package_dir = _declared_packages()
+    assert package_dir == {"astra_gym.envs": "envs", "astra_gym.agents": "agents"}
+    code = "import astra_gym.envs, astra_gym.agents; print(astra_gym.envs.__file__, astra_gym.agents.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", check=True).stdout
+    envs_file, agents_file = out.split()
+    assert Path(envs_file).parent == ROOT / "envs"
+    assert Path(agents_file).parent == ROOT / "agents"
+
+
+def test_torch_is_pinned_and_torchvision_absent():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
+    assert "torch==2.13.0" in project["dependencies"]
+    assert not [d for d in deps if d.lower().startswith("torchvision")]
