@@ -82,7 +82,8 @@ class AstraTransformerConfig:
         history_scales: Temporal compression factors with a ``clean_x_embedder`` Conv3d
             (1 -> ``proj``, 2 -> ``proj_2x``, 4 -> ``proj_4x``); kernel = (s, s*ph, s*pw).
         unified_dim: Width U of the shared action space after the modality projectors.
-        num_experts: Number of action experts E per block.
+        num_experts: Number of action experts E per block. 0 = no experts, processors or router:
+            each block's ``cam_encoder`` embeds the raw action row instead (one shared encoder).
         top_k: Experts mixed per token.
         expert_hidden: 0 -> each expert is one Linear(U, dim) (the release); > 0 -> an MLP
             Linear(U, expert_hidden) -> GELU -> Linear(expert_hidden, dim) (the paper's MLP experts).
@@ -123,13 +124,15 @@ class AstraTransformerConfig:
             raise ValueError(f"history_scales={self.history_scales} must contain 1 and only values from (1, 2, 4)")
         if self.routing not in ("hard", "learned"):
             raise ValueError(f"routing={self.routing!r} must be 'hard' or 'learned'")
-        if not 1 <= self.top_k <= self.num_experts:
+        if self.num_experts < 0:
+            raise ValueError(f"num_experts={self.num_experts} must be >= 0 (0 = one shared cam_encoder per block)")
+        if self.num_experts and not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"top_k={self.top_k} must be in [1, num_experts={self.num_experts}]")
         names = [m.name for m in self.modalities]
         if len(set(names)) != len(names) or not names:
             raise ValueError(f"modalities must be a non-empty set of unique names, got {names}")
         for m in self.modalities:
-            if m.expert >= self.num_experts:
+            if self.num_experts and m.expert >= self.num_experts:
                 raise ValueError(f"modality {m.name!r} routes to expert {m.expert} but num_experts={self.num_experts}")
 
     @property
@@ -167,7 +170,8 @@ class AstraTransformerConfig:
             raise ValueError(f"unknown AstraTransformerConfig fields {unknown}; known fields: {sorted(known)}")
         data = dict(data)
         if "modalities" in data:
-            data["modalities"] = tuple(m if isinstance(m, ModalitySpec) else ModalitySpec(**m) for m in data["modalities"])
+            specs = data["modalities"]
+            data["modalities"] = tuple(m if isinstance(m, ModalitySpec) else ModalitySpec(**m) for m in specs)
         for key in ("patch_size", "history_scales"):
             if key in data:
                 data[key] = tuple(data[key])

@@ -1,0 +1,72 @@
+"""Shared helpers for benchmark scripts: timing with warm-up and machine-readable results.
+
+Every benchmark writes one JSON file with the environment it ran in (torch version, threads,
+device name) and a list of result rows, so numbers from different runs can be compared honestly.
+Compare variants as ratios measured in the same run: this machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+__all__ = ["time_call", "environment_info", "write_results"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 2, repeats: int = 5) -> dict:
+    """Times ``fn`` after ``warmup`` calls.
+
+    Returns:
+        Dict with ``median_ms``, ``min_ms`` and ``repeats`` (wall-clock, device-synchronised).
+    """
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        samples.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": statistics.median(samples), "min_ms": min(samples), "repeats": repeats}
+
+
+def environment_info(device: torch.device) -> dict:
+    """What the numbers were measured on."""
+    info = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def write_results(path: str | Path, benchmark: str, config: dict, rows: list[dict], device: torch.device) -> Path:
+    """Writes ``{"benchmark", "config", "environment", "results"}`` as JSON, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": benchmark, "config": config, "environment": environment_info(device), "results": rows}
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        json.dump(payload, tmp, indent=2)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.replace(tmp.name, path)
+    return path
