@@ -1,0 +1,731 @@
+"""The ``astra-gym`` command line: record a rollout to mp4, or drive an env with the keyboard.
+
+Examples::
+
+    astra-gym rollout --env Astra-Drive-v0 --steps 64 --out drive.mp4
+    astra-gym rollout --env Astra-Explore-v0 --policy random --side-by-side --out explore.mp4
+    astra-gym play --env Astra-Drive-v0 --checkpoint debug
+
+Errors a user can fix (unknown env id, missing weights, unwritable output, no display) end with
+a one-line message that says what to do, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from tqdm import tqdm
+
+import astra_gym.envs  # noqa: F401 - registers the Astra ids (light: no torch)
+from astra_gym.envs.recording import VideoWriter, draw_action_hud, hud_kind, side_by_side
+from astra_gym.envs.render import DisplayUnavailableError, FrameWindow, upscale
+from astra_gym.envs.spaces import ACTION_NAMES, EXPLORE_BUTTONS
+
+__all__ = ["main", "build_parser", "CliError", "KeyboardControl", "scripted_policy"]
+
+PROG = "astra-gym"
+ASTRA_PREFIX = "Astra-"
+POLICIES = ("scripted", "random", "zero")
+#: Scenario of an env, from its HUD kind when the env does not say (stand-in Gymnasium envs).
+_SCENARIO_OF_KIND = {"drive": "drive", "manipulation": "manipulation", "buttons": "explore"}
+_DEFAULT_FPS = 20.0
+_WEIGHTS_HINT = (
+    "with this command, pass --checkpoint debug (tiny random weights: runs anywhere, shows noise) or "
+    "--checkpoint /path/to/bundle (a folder written by astra_gym.rollout.bundle.save_bundle)"
+)
+
+Action = np.ndarray
+Policy = Callable[[int], Action]
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as ``astra-gym <command>: error: <message>`` (exit status 1)."""
+
+
+# --------------------------------------------------------------------------------------------- arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``astra-gym`` argument parser (subcommands ``rollout`` and ``play``)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Gymnasium environments backed by the Astra world model: record rollouts, play with the keyboard.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    rollout = commands.add_parser(
+        "rollout",
+        help="run an env with a policy and save the video as mp4",
+        description="Run an env for --steps steps with a policy and write the frames (with an action HUD) to mp4.",
+    )
+    _add_env_arguments(rollout)
+    rollout.add_argument(
+        "--steps", type=_positive_int, default=64, metavar="N", help="env steps to run (default: %(default)s)"
+    )
+    rollout.add_argument(
+        "--policy",
+        choices=POLICIES,
+        default="scripted",
+        help="scripted: a smooth per-scenario pattern (drive: sinusoid steering with gas and brake pulses; "
+        "manipulation: reach +x, grasp, lift, carry; explore: walk forward with periodic turns); "
+        "random: uniform samples of the action space; zero: the all-zero action (default: %(default)s)",
+    )
+    rollout.add_argument(
+        "--out", type=Path, default=Path("rollout.mp4"), metavar="PATH", help="mp4 to write (default: %(default)s)"
+    )
+    rollout.add_argument(
+        "--hud",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="draw the action under each frame (default: on)",
+    )
+    rollout.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="also run the real simulator from the same start under the same actions and show both panels "
+        "(needs the sims extra; not available when the start frame came from a user image)",
+    )
+    rollout.add_argument(
+        "--fps",
+        type=_positive_float,
+        default=None,
+        metavar="FPS",
+        help="video frame rate (default: the env's render_fps, else 20)",
+    )
+    rollout.add_argument(
+        "--size",
+        type=_positive_int,
+        default=256,
+        metavar="PIXELS",
+        help="video panel height in pixels (default: %(default)s)",
+    )
+    play = commands.add_parser(
+        "play",
+        help="drive an env with the keyboard in a window",
+        description="Drive an env with the keyboard in a window (the world model answers every key).\n\n" + KEYS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_env_arguments(play)
+    play.add_argument(
+        "--fps", type=_positive_float, default=None, help="maximum frames per second shown (default: the env's)"
+    )
+    play.add_argument(
+        "--size",
+        type=_positive_int,
+        default=384,
+        metavar="PIXELS",
+        help="frame height in the window, pixels (default: %(default)s)",
+    )
+    play.add_argument(
+        "--max-steps",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="stop after this many steps (default: never)",
+    )
+    play.add_argument("--record", type=Path, default=None, metavar="PATH", help="also save what was shown to this mp4")
+    return parser
+
+
+def _add_env_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--env", default="Astra-Drive-v0", metavar="ID", help="registered env id (default: %(default)s)"
+    )
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="reset seed (default: %(default)s)")
+    parser.add_argument(
+        "--image",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="start from this picture (PNG/JPEG, resized to the model's frame size) instead of a recorded "
+        "start context (Astra envs only)",
+    )
+    model = parser.add_argument_group("world model (Astra envs only)")
+    model.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="NAME_OR_PATH",
+        help="world model: a bundled name (drive, manipulation, explore), debug (tiny random weights: runs "
+        "anywhere, shows noise) or a bundle folder (default: the env's own)",
+    )
+    model.add_argument(
+        "--denoise-steps",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="sampler steps per chunk (default: the env's)",
+    )
+    model.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        metavar="S",
+        help="action-free guidance scale, 1 = off (default: the env's)",
+    )
+    model.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N (default: %(default)s)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``astra-gym`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    User errors raise ``SystemExit(1)`` after printing one line to stderr.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = _cmd_rollout if args.command == "rollout" else _cmd_play
+    try:
+        return command(args)
+    except KeyboardInterrupt:
+        parser.exit(130, f"{PROG} {args.command}: interrupted\n")
+    except CliError as err:
+        parser.exit(1, f"{PROG} {args.command}: error: {err}\n")
+
+
+# --------------------------------------------------------------------------------------------- env set-up
+
+
+def _astra_ids() -> list[str]:
+    return sorted(env_id for env_id in gym.registry if env_id.startswith(ASTRA_PREFIX))
+
+
+def _check_env_id(env_id: str) -> None:
+    """Raises a :class:`CliError` listing the Astra ids if ``env_id`` is not registered."""
+    if env_id in gym.registry:
+        return
+    astra = _astra_ids()
+    close = difflib.get_close_matches(env_id, list(gym.registry), n=1)
+    hint = f" Did you mean {close[0]}?" if close else ""
+    if not astra:
+        raise CliError(f"unknown env id {env_id!r} and no Astra env is registered (astra_gym.envs registers them).")
+    raise CliError(f"unknown env id {env_id!r}.{hint} Astra envs: {', '.join(astra)}.")
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """AstraEnv keyword arguments from the world-model flags (those given, and the device), for Astra ids only."""
+    given = {
+        "--checkpoint": ("checkpoint", args.checkpoint),
+        "--denoise-steps": ("num_denoise_steps", args.denoise_steps),
+        "--guidance": ("guidance_scale", args.guidance),
+    }
+    kwargs = {name: value for name, value in given.values() if value is not None}
+    if args.image is not None and not args.env.startswith(ASTRA_PREFIX):
+        raise CliError(f"--image only applies to Astra envs, not {args.env}; drop it.")
+    if not args.env.startswith(ASTRA_PREFIX):
+        if kwargs:
+            flags = ", ".join(flag for flag, (_, value) in given.items() if value is not None)
+            raise CliError(f"{flags} only apply to Astra envs, not {args.env}; drop them.")
+        return {}
+    from astra_gym.utils.device import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except ValueError as err:
+        raise CliError(f"--device {args.device}: {err}.") from err
+    return {**kwargs, "device": args.device}
+
+
+def _make_env(args: argparse.Namespace):
+    """``gym.make`` of ``args.env`` in rgb_array mode, with user errors turned into :class:`CliError`."""
+    from astra_gym.world_model.checkpoints import CheckpointError
+
+    _check_env_id(args.env)
+    kwargs = _model_kwargs(args)
+    if args.env.startswith(ASTRA_PREFIX):
+        print(f"loading {args.env} ...", flush=True)
+    try:
+        return gym.make(args.env, render_mode="rgb_array", **kwargs)
+    except (CheckpointError, FileNotFoundError) as err:
+        raise CliError(f"cannot load the world model of {args.env}: {err}\nFix: {_WEIGHTS_HINT}.") from err
+
+
+def _reset(env: Any, args: argparse.Namespace, seed: int | None) -> tuple[Any, dict]:
+    """``env.reset``, from ``--image`` when given (a bad image is a :class:`CliError`)."""
+    if args.image is None:
+        return env.reset(seed=seed)
+    if not args.image.is_file():
+        raise CliError(f"--image {args.image} does not exist; give the path of a PNG or JPEG file.")
+    try:
+        return env.reset(seed=seed, options={"image": str(args.image)})
+    except ValueError as err:
+        raise CliError(f"--image {args.image}: {err}") from err
+
+
+def _env_attr(env: Any, name: str, default: Any = None) -> Any:
+    try:
+        return env.get_wrapper_attr(name)
+    except AttributeError:
+        return default
+
+
+def _scenario(env: Any) -> str | None:
+    """drive / manipulation / explore: the Astra env's scenario, else guessed from the action space (stand-ins)."""
+    core = _env_attr(env, "core")
+    scenario = getattr(core, "scenario", None) or _env_attr(env, "scenario")
+    if isinstance(scenario, str):
+        return scenario
+    try:
+        return _SCENARIO_OF_KIND.get(hud_kind(env.action_space))
+    except TypeError:
+        return None
+
+
+def _action_labels(env: Any) -> list[str] | None:
+    """Names of the action components: the Astra scenario's (``envs.spaces.ACTION_NAMES``), else ``button_names``."""
+    scenario = _scenario(env)
+    if scenario in ACTION_NAMES and _env_attr(env, "core") is not None:
+        return list(ACTION_NAMES[scenario])
+    labels = _env_attr(env, "button_names")
+    return None if labels is None else [str(label) for label in labels]
+
+
+def _render_fps(env: Any, requested: float | None) -> float:
+    if requested is not None:
+        return requested
+    fps = (env.metadata or {}).get("render_fps")
+    return float(fps) if fps else _DEFAULT_FPS
+
+
+def _step_frames(obs: Any, info: dict, env: Any) -> list[np.ndarray]:
+    """The frames one step produced: ``info["frames"]`` (a whole chunk) if present, else the observation."""
+    frames = info.get("frames") if isinstance(info, dict) else None
+    if frames is None:
+        frames = [obs] if _is_frame(obs) else [env.render()]
+    return [np.asarray(frame) for frame in frames]
+
+
+def _is_frame(obs: Any) -> bool:
+    return isinstance(obs, np.ndarray) and obs.dtype == np.uint8 and obs.ndim == 3 and obs.shape[-1] == 3
+
+
+# --------------------------------------------------------------------------------------------- output
+
+
+def _prepare_output(path: Path, flag: str = "--out") -> Path:
+    """Checks that ``path`` can receive the video (creating missing folders); returns it."""
+    if path.is_dir():
+        raise CliError(f"{flag} {path} is a folder; give a file name such as {path / 'rollout.mp4'}.")
+    if path.suffix.lower() != ".mp4":
+        raise CliError(f"{flag} {path} must end in .mp4 (the video is H.264 mp4).")
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CliError(f"cannot create the folder {folder} for {flag} ({err.strerror}); choose another path.") from err
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CliError(f"{flag} {path}: the folder {folder} is not writable; choose another path.")
+    return path
+
+
+def _open_video(path: Path, fps: float, flag: str = "--out"):
+    try:
+        return VideoWriter(path, fps).open()
+    except OSError as err:
+        raise CliError(f"{flag} {path}: {err}; choose another path.") from err
+
+
+# --------------------------------------------------------------------------------------------- policies
+
+
+def scripted_policy(scenario: str | None, action_space: Any, labels: Sequence[str] | None = None) -> Policy:
+    """A smooth, deterministic action pattern for ``scenario``, as a function of the step index.
+
+    * drive: sinusoid steering (period 48 steps) with gas 0.5, and a brake pulse every 64 steps.
+    * manipulation: reach +x with the gripper open, close it, lift, carry along +y, lower and open (64-step cycle).
+    * explore: walk forward, turning for 6 of every 32 steps, alternately left and right.
+
+    Raises:
+        CliError: No scripted pattern for this scenario / action space.
+    """
+    if scenario == "drive":
+        return lambda t: _cast(_drive_pattern(t), action_space)
+    if scenario == "manipulation":
+        return lambda t: _cast(_manipulation_pattern(t), action_space)
+    if scenario == "explore":
+        names = _button_names(action_space, labels)
+        return lambda t: _cast(_explore_pattern(t, names), action_space)
+    raise CliError(f"no scripted policy for {scenario or 'this env'}; use --policy random or --policy zero.")
+
+
+def _drive_pattern(t: int) -> list[float]:
+    braking = t % 64 >= 56
+    return [0.6 * math.sin(2 * math.pi * t / 48), 0.0 if braking else 0.5, 0.8 if braking else 0.0]
+
+
+_MANIPULATION_PHASES = (  # (until step, [dx, dy, dz, gripper]); gripper +1 open, -1 closed
+    (20, [0.8, 0.0, 0.0, 1.0]),
+    (28, [0.0, 0.0, 0.0, -1.0]),
+    (40, [0.0, 0.0, 0.6, -1.0]),
+    (52, [0.0, 0.6, 0.0, -1.0]),
+    (64, [0.0, 0.0, -0.6, 1.0]),
+)
+
+
+def _manipulation_pattern(t: int) -> list[float]:
+    phase = t % 64
+    return next(action for until, action in _MANIPULATION_PHASES if phase < until)
+
+
+def _explore_pattern(t: int, names: Sequence[str]) -> list[int]:
+    pressed = {"MOVE_FORWARD"}
+    if t % 32 >= 26:
+        pressed.add("TURN_LEFT" if (t // 32) % 2 == 0 else "TURN_RIGHT")
+    return [int(name in pressed) for name in names]
+
+
+def _button_names(action_space: Any, labels: Sequence[str] | None) -> list[str]:
+    size = int(np.prod(action_space.shape))
+    names = list(labels) if labels is not None else list(EXPLORE_BUTTONS) if size == len(EXPLORE_BUTTONS) else []
+    needed = {"MOVE_FORWARD", "TURN_LEFT", "TURN_RIGHT"}
+    if len(names) != size or not needed <= set(names):
+        raise CliError(f"the scripted explore policy needs buttons {sorted(needed)}; use --policy random.")
+    return names
+
+
+def _cast(action: Sequence[float], action_space: Any) -> Action:
+    array = np.asarray(action, dtype=action_space.dtype).reshape(action_space.shape)
+    if hasattr(action_space, "low"):
+        array = np.clip(array, action_space.low, action_space.high).astype(action_space.dtype)
+    return array
+
+
+def _zero_action(action_space: Any) -> Action:
+    if isinstance(action_space, gym.spaces.Discrete):
+        return np.asarray(action_space.start, dtype=action_space.dtype)
+    return _cast(np.zeros(action_space.shape), action_space)
+
+
+def _make_policy(name: str, env: Any, seed: int) -> Policy:
+    space = env.action_space
+    if name == "random":
+        space.seed(seed)
+        return lambda t: space.sample()
+    if name == "zero":
+        zero = _zero_action(space)
+        return lambda t: zero
+    return scripted_policy(_scenario(env), space, _action_labels(env))
+
+
+# --------------------------------------------------------------------------------------------- frames
+
+
+@dataclass
+class _Composer:
+    """Turns (model frame, real frame, action) into a video frame: side-by-side panels, then the HUD."""
+
+    action_space: Any
+    labels: list[str] | None
+    hud: bool
+    size: int
+
+    def __call__(self, frame: np.ndarray, action: Any, real: np.ndarray | None = None) -> np.ndarray:
+        if real is not None:
+            view = side_by_side(frame, real, ("Astra (model)", "simulator"), size=self.size)
+        else:
+            view = upscale(frame, max(1, -(-self.size // frame.shape[0])))
+        if not self.hud:
+            return view
+        return draw_action_hud(view, action, self.action_space, self.labels, size=self.size)
+
+
+@dataclass
+class _Timer:
+    """Wall time spent inside ``env.step`` and the frames it produced."""
+
+    seconds: float = 0.0
+    steps: int = 0
+    frames: int = 0
+
+    def rate(self) -> str:
+        if self.seconds <= 0:
+            return "n/a"
+        return f"{self.frames / self.seconds:.2f} frames/s ({self.steps / self.seconds:.2f} steps/s)"
+
+
+def _timed_step(env: Any, action: Any, timer: _Timer) -> tuple[Any, float, bool, bool, dict]:
+    start = time.perf_counter()
+    result = env.step(action)
+    timer.seconds += time.perf_counter() - start
+    timer.steps += 1
+    return result
+
+
+# --------------------------------------------------------------------------------------------- rollout
+
+
+def _cmd_rollout(args: argparse.Namespace) -> int:
+    if args.side_by_side and args.image is not None:
+        raise CliError("--side-by-side is unavailable with --image: a user image has no simulator state to replay.")
+    out = _prepare_output(args.out)
+    env = _make_env(args)
+    twin = None
+    try:
+        obs, info = _reset(env, args, args.seed)
+        if args.side_by_side:
+            twin = _RealTwin.start(env, info)
+        fps = _render_fps(env, args.fps)
+        compose = _Composer(env.action_space, _action_labels(env), args.hud, args.size)
+        with _open_video(out, fps) as video:
+            timer, end = _run_rollout(env, obs, info, args, compose, video, twin)
+    finally:
+        env.close()
+        if twin is not None:
+            twin.close()
+    _report_rollout(args, out, video, timer, end, fps)
+    return 0
+
+
+def _run_rollout(env, obs, info, args, compose: _Composer, video, twin) -> tuple[_Timer, str | None]:
+    """Steps the env ``args.steps`` times, writing every frame; returns the timer and why it stopped early."""
+    policy = _make_policy(args.policy, env, args.seed)
+    zero = _zero_action(env.action_space)
+    for frame in _step_frames(obs, info, env):  # the start context: real frames on both sides
+        video.write(compose(frame, zero, frame if twin else None))
+    timer, end = _Timer(), None
+    with tqdm(total=args.steps, desc=args.env, unit="step", disable=None, leave=False) as bar:
+        for t in range(args.steps):
+            action = policy(t)
+            obs, _, terminated, truncated, info = _timed_step(env, action, timer)
+            frames = _step_frames(obs, info, env)
+            timer.frames += len(frames)
+            reals = twin.step(action, len(frames)) if twin else [None] * len(frames)
+            for frame, real in zip(frames, reals, strict=True):
+                video.write(compose(frame, action, real))
+            bar.update(1)
+            if terminated or truncated:
+                end = f"the episode {'terminated' if terminated else 'was truncated'} after {t + 1} steps"
+                break
+    return timer, end
+
+
+def _report_rollout(args, out: Path, video, timer: _Timer, end: str | None, fps: float) -> None:
+    height, width = video.size
+    seconds = video.frames_written / fps
+    if end:
+        print(f"{end}; the video stops there.")
+    print(f"wrote {out} ({video.frames_written} frames, {width}x{height}, {seconds:.1f} s at {fps:g} fps)")
+    print(f"{args.env}: {timer.steps} steps, {timer.frames} frames in {timer.seconds:.2f} s -> {timer.rate()}")
+
+
+# --------------------------------------------------------------------------------------------- side by side
+
+
+class _RealTwin:
+    """The real simulator, put in the state the env started from and stepped with the same actions."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.ended = False
+
+    @classmethod
+    def start(cls, env: Any, info: dict) -> _RealTwin:
+        """Replays the start context's simulator seed and action prefix (from the env's frame bank).
+
+        Raises:
+            CliError: The start has no simulator behind it (user frames, synthetic bank), or the
+                simulator is not installed.
+        """
+        from astra_gym.data.replay import replay
+
+        bank, index = _start_context(env, info)
+        try:
+            session = replay(int(bank.seeds[index]), bank.prefix(index), scenario=bank.scenario, **bank.sim_config)
+        except ImportError as err:
+            raise CliError(f"--side-by-side needs the real simulator: {err}") from err
+        return cls(session)
+
+    def step(self, action: Any, count: int) -> list[np.ndarray]:
+        """Applies ``action`` ``count`` times (one simulator step per model frame); the frame after each.
+
+        Once the simulator's episode has ended its last frame is repeated.
+        """
+        frames = []
+        for _ in range(count):
+            if not self.ended:
+                self.session.advance(np.asarray(action)[None])
+                self.ended = self.session.done
+            frames.append(self.session.frame())
+        return frames
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _start_context(env: Any, info: dict) -> tuple[Any, int]:
+    """(frame bank, context index) the episode started from, or a :class:`CliError` saying why there is none."""
+    env_id = env.spec.id if env.spec else type(env.unwrapped).__name__
+    bank = getattr(_env_attr(env, "core"), "bank", None)
+    index = info.get("bank_index") if isinstance(info, dict) else None
+    unavailable = "--side-by-side is unavailable:"
+    if bank is None or index is None:
+        raise CliError(f"{unavailable} {env_id} does not say which simulator state its episode started from.")
+    if index < 0:
+        raise CliError(f"{unavailable} the start frames came from a user image or frames, not from a simulator.")
+    if bank.scenario == "synthetic" or int(bank.seeds[index]) < 0:
+        raise CliError(
+            f"{unavailable} {env_id} starts from synthetic frames with no simulator behind them; "
+            "use a variant with a recorded frame bank, e.g. --env Astra-Drive-v0 --checkpoint debug."
+        )
+    return bank, int(index)
+
+
+# --------------------------------------------------------------------------------------------- play
+
+KEYS_HELP = """\
+keys:
+  drive         Left/Right or A/D steer, Up or W gas, Down or S brake
+  explore       Up or W forward, Down or S back, Left/Right turn, A/D strafe (buttons the env has)
+  manipulation  arrows move x/y, W/S move up/down, Space closes the gripper (open when released)
+  any           R restarts the episode, Esc or closing the window quits
+"""
+
+
+@dataclass
+class KeyboardControl:
+    """Turns pygame key events into env actions (keys held = action), see ``KEYS_HELP``.
+
+    Args:
+        scenario: drive, manipulation or explore.
+        action_space: The env's action space (actions are cast and clipped to it).
+        labels: Button names for explore (default: the ViZDoom defaults).
+
+    Attributes:
+        held: Names of the keys held down (pygame key names such as "up", "a", "space").
+        quit: Esc was pressed or the window was closed.
+        restart: R was pressed since the last :meth:`take_restart`.
+    """
+
+    scenario: str
+    action_space: Any
+    labels: Sequence[str] | None = None
+    held: set[str] = field(default_factory=set)
+    quit: bool = False
+    restart: bool = False
+
+    def __post_init__(self) -> None:
+        if self.scenario not in ("drive", "manipulation", "explore"):
+            raise CliError(f"no keyboard mapping for {self.scenario or 'this env'}'s actions; use `rollout` instead.")
+        if self.scenario == "explore":
+            self.labels = list(self.labels or EXPLORE_BUTTONS)
+
+    def handle(self, events: Sequence[Any]) -> None:
+        """Updates the held keys and the quit / restart flags from pygame events."""
+        import pygame
+
+        for event in events:
+            if event.type == pygame.QUIT:
+                self.quit = True
+            elif event.type == pygame.KEYDOWN:
+                name = pygame.key.name(event.key)
+                self.quit |= name == "escape"
+                self.restart |= name == "r"
+                self.held.add(name)
+            elif event.type == pygame.KEYUP:
+                self.held.discard(pygame.key.name(event.key))
+
+    def take_restart(self) -> bool:
+        """Whether R was pressed (and clears it)."""
+        restart, self.restart = self.restart, False
+        return restart
+
+    def action(self) -> Action:
+        """The action the held keys ask for."""
+        down = self._down
+        if self.scenario == "drive":
+            steer = down("right", "d") - down("left", "a")
+            return _cast([steer, down("up", "w"), 0.8 * down("down", "s")], self.action_space)
+        if self.scenario == "manipulation":
+            dx, dy, dz = down("right") - down("left"), down("up") - down("down"), down("w") - down("s")
+            return _cast([dx, dy, dz, -1.0 if down("space") else 1.0], self.action_space)
+        pressed = {
+            "MOVE_FORWARD": down("up", "w"),
+            "MOVE_BACKWARD": down("down", "s"),
+            "TURN_LEFT": down("left"),
+            "TURN_RIGHT": down("right"),
+            "MOVE_LEFT": down("a"),
+            "MOVE_RIGHT": down("d"),
+        }
+        return _cast([pressed.get(name, 0) for name in self.labels], self.action_space)
+
+    def _down(self, *names: str) -> float:
+        return float(any(name in self.held for name in names))
+
+
+def _cmd_play(args: argparse.Namespace) -> int:
+    record = _prepare_output(args.record, "--record") if args.record else None
+    env = _make_env(args)
+    video = None
+    try:
+        control = KeyboardControl(_scenario(env), env.action_space, _action_labels(env))
+        fps = _render_fps(env, args.fps)
+        compose = _Composer(env.action_space, _action_labels(env), True, args.size)
+        video = _open_video(record, fps, "--record") if record else None
+        print(KEYS_HELP, end="")
+        with FrameWindow(f"{PROG} play: {args.env}", scale=1, fps=fps) as window:
+            steps = _play_loop(env, args, control, compose, window, video)
+        if video is not None:
+            video.close()
+            print(f"wrote {record} ({video.frames_written} frames)")
+    except DisplayUnavailableError as err:
+        raise CliError(str(err)) from err
+    finally:
+        env.close()
+        if video is not None:
+            video.abort()  # no-op after a successful close
+    print(f"played {steps} step{'' if steps == 1 else 's'}")
+    return 0
+
+
+def _play_loop(env, args, control: KeyboardControl, compose: _Composer, window, video) -> int:
+    """Shows frames and steps the env with the keyboard's action until Esc, window close or --max-steps."""
+    obs, info = _reset(env, args, args.seed)
+    frames, action, steps, done = _step_frames(obs, info, env), _zero_action(env.action_space), 0, False
+    while True:
+        for frame in frames:
+            shown = compose(frame, action)
+            window.show(shown)
+            if video is not None:
+                video.write(shown)
+        frames = frames[-1:]  # while waiting (episode over), keep showing the last frame
+        control.handle(window.events())
+        if control.quit or window.closed_by_user or (args.max_steps and steps >= args.max_steps):
+            return steps
+        if control.take_restart():
+            obs, info = _reset(env, args, None)
+            frames, action, done = _step_frames(obs, info, env), _zero_action(env.action_space), False
+        elif not done:
+            action = control.action()
+            obs, _, terminated, truncated, info = env.step(action)
+            frames, steps, done = _step_frames(obs, info, env), steps + 1, terminated or truncated
+            if done:
+                print(f"the episode ended after {steps} steps; press R to restart or Esc to quit")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""The loaded parts of one world model, from a trained bundle, the debug preset or the release.
+
+An env needs more than the transformer: the VAE whose latents the model was trained on, the reward
+model, the action normalisation and the rollout settings the model was trained for (action
+modality, chunk size, sampler, FramePack layout). :class:`WorldModelBundle` holds them for one
+scenario, and three loaders build it:
+
+* :func:`load_bundle`: a folder written by ``python -m astra_gym.training.bundle`` (the format is
+  documented there: ``bundle.json`` + ``world_model/`` + ``vae/`` + ``reward/<scenario>/``); the
+  bundled variants ship theirs under ``astra_gym/assets/models/<name>/``.
+* :func:`debug_bundle`: the weight-free test model (tiny presets, random weights from a fixed seed).
+* :func:`release_bundle`: the authors' released checkpoint with the Wan2.1 VAE and text encoder (GPU).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from torch import Tensor, nn
+
+from astra_gym.data.action_codecs import FEATURES, INFERENCE_FEATURE
+from astra_gym.rollout.engine import DEFAULT_LAYOUT, RolloutConfig, WorldModelRollout
+from astra_gym.world_model.checkpoints import CheckpointError
+from astra_gym.world_model.config import get_preset
+from astra_gym.world_model.framepack import FramePackLayout
+from astra_gym.world_model.reward_model import RewardModel, get_reward_model_preset
+from astra_gym.world_model.vae import SmallVAE, VideoVAE, get_small_vae_preset
+
+__all__ = [
+    "BundleError",
+    "WorldModelBundle",
+    "scenario_modality",
+    "scenario_action_dim",
+    "debug_bundle",
+    "load_bundle",
+    "release_bundle",
+    "RELEASE_MODALITY",
+]
+
+# Our env frames: 64x64 RGB (8x8 latents with the 8x spatial VAEs).
+DEFAULT_FRAME_SIZE = (64, 64)
+
+
+class BundleError(CheckpointError):
+    """A bundle folder is missing, incomplete or does not fit together."""
+
+
+def scenario_modality(scenario: str) -> str:
+    """Action modality a scenario's model is conditioned on (its command feature's modality)."""
+    return FEATURES[_inference_feature(scenario)].modality
+
+
+def scenario_action_dim(scenario: str) -> int:
+    """Width d of the scenario's command rows (without the flag)."""
+    return FEATURES[_inference_feature(scenario)].dim
+
+
+def _inference_feature(scenario: str) -> str:
+    try:
+        return INFERENCE_FEATURE[scenario]
+    except KeyError:
+        raise ValueError(f"unknown scenario {scenario!r}; choose one of {sorted(INFERENCE_FEATURE)}") from None
+
+
+@dataclass(frozen=True, eq=False)
+class WorldModelBundle:
+    """The loaded parts of one world model and the settings it was trained with.
+
+    Attributes:
+        transformer: The AstraTransformer (eval mode).
+        vae: Its VAE (eval mode).
+        reward_model: Its reward model (eval mode), or None (rewards unavailable).
+        rollout: Rollout defaults (modality, chunk, steps, guidance, shift, layout); ``device`` and
+            ``dtype`` say where the modules were loaded.
+        scenario: Scenario the model was trained on ("drive", "manipulation", "explore").
+        frame_size: (H, W) of the frames the model generates.
+        text_context: [1, L, text_dim] features of the prompt every rollout row gets, or None.
+        action_scale: Per-column divisor of the scenario's action rows (the model's action
+            normalisation), or None for raw rows.
+    """
+
+    transformer: nn.Module
+    vae: VideoVAE
+    reward_model: RewardModel | None
+    rollout: RolloutConfig
+    scenario: str
+    frame_size: tuple[int, int] = DEFAULT_FRAME_SIZE
+    text_context: Tensor | None = None
+    action_scale: tuple[float, ...] | None = None
+
+    def engine(self, **overrides: Any) -> WorldModelRollout:
+        """A :class:`WorldModelRollout` over these modules with rollout settings ``overrides``."""
+        config = self.rollout.replace(**overrides) if overrides else self.rollout
+        return WorldModelRollout(
+            self.transformer, self.vae, config, self.reward_model, self.text_context, self.action_scale
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# Debug bundle
+# ------------------------------------------------------------------------------------------------
+
+
+def debug_bundle(scenario: str = "drive", seed: int = 0, device: str | torch.device = "cpu") -> WorldModelBundle:
+    """The weight-free test bundle: debug transformer, debug SmallVAE and debug reward model.
+
+    Weights are PyTorch's default initialisation drawn from ``seed`` (the global RNG is left
+    untouched), except the transformer's output head, which Wan initialises to zero (the model would
+    ignore its inputs); it gets N(0, 0.02) weights so that actions and history change the frames.
+
+    Args:
+        scenario: Fixes the action modality and the reward model's action width.
+        seed: Seed of the weights.
+        device: Device of the modules.
+    """
+    from astra_gym.world_model.transformer import AstraTransformer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = AstraTransformer(get_preset("debug"))
+        nn.init.normal_(transformer.head.head.weight, std=0.02)
+        vae = SmallVAE(get_small_vae_preset("debug"))
+        reward_model = RewardModel(get_reward_model_preset("debug", scenario_action_dim(scenario)))
+    rollout = RolloutConfig(modality=scenario_modality(scenario), num_denoise_steps=4, device=device)
+    return WorldModelBundle(
+        transformer=transformer.eval().to(device),
+        vae=vae.eval().to(device),
+        reward_model=reward_model.eval().to(device),
+        rollout=rollout,
+        scenario=scenario,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Trained bundles (astra_gym.training.bundle)
+# ------------------------------------------------------------------------------------------------
+
+
+def _layout(data: dict | None) -> FramePackLayout:
+    if not data:
+        return DEFAULT_LAYOUT
+    data = dict(data)
+    data["patch_hw"] = tuple(data.get("patch_hw", DEFAULT_LAYOUT.patch_hw))
+    return FramePackLayout(**data)
+
+
+def _scenario_entry(manifest: dict, scenario: str, folder: Path) -> dict:
+    entries = manifest.get("scenarios", {})
+    if scenario not in entries:
+        raise BundleError(f"the bundle {folder} has no {scenario!r} model; it was trained for {sorted(entries)}")
+    return entries[scenario]
+
+
+def load_bundle(
+    folder: str | os.PathLike,
+    scenario: str,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+) -> WorldModelBundle:
+    """Loads the ``scenario`` part of a trained bundle (``python -m astra_gym.training.bundle``).
+
+    Weights stay as stored (float32); ``dtype`` is the compute dtype of the rollouts.
+
+    Raises:
+        BundleError: The folder is not a bundle, lacks the scenario, or a part does not load (every
+            message names the file and the fix).
+    """
+    from astra_gym.training.bundle import read_bundle
+    from astra_gym.training.reward_io import load_reward_model
+    from astra_gym.training.vae_io import load_vae
+    from astra_gym.world_model.checkpoints import load_pretrained
+
+    folder = Path(folder)
+    try:
+        manifest = read_bundle(folder)
+        entry = _scenario_entry(manifest, scenario, folder)
+        sampler = manifest.get("sampler") or {}
+        rollout = RolloutConfig(
+            modality=entry["modality"],
+            chunk_latents=int(manifest.get("chunk_latents") or 1),
+            num_denoise_steps=int(sampler.get("num_denoise_steps", 4)),
+            guidance_scale=float(sampler.get("guidance_scale", 1.0)),
+            shift=float(sampler.get("shift", 5.0)),
+            layout=_layout(manifest.get("layout")),
+            device=device,
+            dtype=dtype,
+        )
+        reward_model = None
+        if entry.get("reward_model") is not None:
+            reward_model = load_reward_model(entry["reward_model"], device=device)[0]
+        return WorldModelBundle(
+            transformer=load_pretrained(manifest["world_model"], device=device),
+            vae=load_vae(manifest["vae"], device=device),
+            reward_model=reward_model,
+            rollout=rollout,
+            scenario=scenario,
+            action_scale=tuple(entry["action_normalization"]["scale"]),
+        )
+    except BundleError:
+        raise
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as err:
+        raise BundleError(
+            f"could not load the {scenario!r} world model from the bundle {folder}: {err}. Rebuild the bundle with "
+            "`python -m astra_gym.training.bundle`."
+        ) from err
+
+
+# ------------------------------------------------------------------------------------------------
+# The authors' release
+# ------------------------------------------------------------------------------------------------
+
+# Release modality per scenario: vehicle commands go into nuScenes' 7-D vehicle slot; robot
+# commands (7-D) into Open-X's 12-D slot, zero-padded by the env. Keyboard actions have no release
+# modality.
+RELEASE_MODALITY = {"drive": "nuscenes", "manipulation": "openx"}
+# The released model generates 480x832 frames (4x temporal Wan VAE).
+RELEASE_FRAME_SIZE = (480, 832)
+
+
+def release_bundle(
+    astra_release: str | os.PathLike,
+    wan: str | os.PathLike,
+    prompt: str,
+    scenario: str,
+    device: str | torch.device = "cuda",
+    dtype: str | torch.dtype = "bfloat16",
+) -> WorldModelBundle:
+    """The authors' released transformer with the Wan2.1 VAE and UMT5 text encoder (a GPU setup).
+
+    The released model was trained on camera/vehicle/end-effector *poses* with the release's own
+    FramePack quirks; our envs give it the scenario's *command* rows in the exact convention, so its
+    frames follow the commands only loosely. It has no reward model: rewards are 0 and episodes
+    end only by truncation. Not exercised by the CPU tests (no weights on the CPU machines).
+
+    Args:
+        astra_release: The release's ``diffusion_pytorch_model.ckpt``.
+        wan: Local diffusers-format Wan2.1-T2V-1.3B folder (transformer base, vae/, text_encoder/, tokenizer/).
+        prompt: Text prompt of every rollout.
+        scenario: "drive" or "manipulation" (:data:`RELEASE_MODALITY`).
+        device: Device of the modules.
+        dtype: Weight and compute dtype of the transformer (the release runs bf16).
+    """
+    from astra_gym.utils.device import resolve_device, resolve_dtype
+    from astra_gym.world_model.checkpoints import load_astra_release
+    from astra_gym.world_model.text import UMT5TextEncoder
+    from astra_gym.world_model.vae import WanVAE
+
+    if scenario not in RELEASE_MODALITY:
+        raise ValueError(
+            f"the released Astra model has no action modality for scenario {scenario!r}; it supports "
+            f"{sorted(RELEASE_MODALITY)} (keyboard actions need a model trained by astra-gym)"
+        )
+    device = resolve_device(device)
+    weights_dtype = resolve_dtype(dtype, device)
+    transformer = load_astra_release(astra_release, wan_path=wan, device=device, dtype=weights_dtype)
+    vae = WanVAE.from_pretrained(wan, device=device, dtype=torch.float32)
+    text_context = UMT5TextEncoder.from_pretrained(wan, device=device, dtype=weights_dtype).encode(prompt)
+    rollout = RolloutConfig(
+        modality=RELEASE_MODALITY[scenario], num_denoise_steps=50, guidance_scale=2.0, device=device, dtype=dtype
+    )
+    return WorldModelBundle(transformer, vae, None, rollout, scenario, RELEASE_FRAME_SIZE, text_context)

@@ -1,0 +1,169 @@
+"""Learned reward and termination: a small CNN over the newest frame(s) and the action row.
+
+The world model predicts pixels only; an env built on it still owes the agent a reward and an
+episode end. :class:`RewardModel` reads what the agent saw after its action (the last
+``num_frames`` decoded frames of the chunk) and the action row that produced them, and predicts
+
+* ``reward``: a real number, trained by regression on the simulator's per-step reward;
+* ``termination_logit``: the log-odds that the simulator ended the episode at this step (trained
+  with binary cross-entropy on ``terminated``); the env terminates when ``logit > 0``.
+
+Architecture (all sizes from :class:`RewardModelConfig`)::
+
+    frames [B, k, 3, H, W] in [-1, 1]  ->  [B, 3k, H, W]
+      -> (Conv 3x3 stride 2, GroupNorm, SiLU) x len(channels)      [B, c_last, H / 2^n, W / 2^n]
+      -> global average pool                                        [B, c_last]
+    action [B, d] -> Linear(d, hidden) -> SiLU                      [B, hidden]
+    concat -> Linear(c_last + hidden, hidden) -> SiLU -> Linear(hidden, 2) -> (reward, termination_logit)
+
+Initialisation: PyTorch defaults, except the output layer: its reward weights are scaled by
+``output_init_scale`` and its termination bias is ``termination_prior_logit`` (default -8, a
+termination probability of 3e-4 per step) with zero termination weights, so an untrained model
+(the debug variant) gives small rewards and practically never ends an episode (RetinaNet's prior
+initialisation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["RewardModelConfig", "RewardModel", "REWARD_MODEL_PRESETS", "get_reward_model_preset"]
+
+
+@dataclass(frozen=True)
+class RewardModelConfig:
+    """Sizes of :class:`RewardModel`.
+
+    Attributes:
+        action_dim: Width d of the action rows it reads (the scenario's command feature without
+            the flag: 7 for vehicle/robot commands, 16 for keyboard).
+        num_frames: Newest frames k it sees (the last k frames of a chunk).
+        channels: Widths of the stride-2 conv stages.
+        hidden: Width of the action embedding and of the head.
+        output_init_scale: Factor on the initial reward weights (small = near-zero rewards).
+        termination_prior_logit: Initial bias of the termination logit.
+    """
+
+    action_dim: int
+    num_frames: int = 1
+    channels: tuple[int, ...] = (32, 64, 128)
+    hidden: int = 128
+    output_init_scale: float = 0.1
+    termination_prior_logit: float = -8.0
+
+    def __post_init__(self) -> None:
+        if self.action_dim < 1:
+            raise ValueError(f"RewardModelConfig.action_dim={self.action_dim} must be >= 1")
+        if self.num_frames < 1:
+            raise ValueError(f"RewardModelConfig.num_frames={self.num_frames} must be >= 1")
+        if not self.channels or min(self.channels) < 1 or self.hidden < 1:
+            raise ValueError(f"channels={self.channels} and hidden={self.hidden} must be positive")
+        if not math.isfinite(self.output_init_scale) or not math.isfinite(self.termination_prior_logit):
+            raise ValueError("output_init_scale and termination_prior_logit must be finite")
+
+    def replace(self, **changes) -> RewardModelConfig:
+        """Returns a copy with ``changes`` applied (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (inverse of :meth:`from_dict`)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RewardModelConfig:
+        """Builds a config from :meth:`to_dict` output; unknown keys raise a ValueError naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown RewardModelConfig fields {unknown}; known fields: {sorted(known)}")
+        data = dict(data)
+        if "channels" in data:
+            data["channels"] = tuple(data["channels"])
+        return cls(**data)
+
+
+REWARD_MODEL_PRESETS: dict[str, dict] = {
+    # Widths only; action_dim comes from the scenario.
+    "small": {"channels": (32, 64, 128), "hidden": 128},
+    "debug": {"channels": (8, 16), "hidden": 16},
+}
+
+
+def get_reward_model_preset(name: str, action_dim: int, **changes) -> RewardModelConfig:
+    """The named preset for action rows of width ``action_dim``; raises a ValueError listing presets."""
+    try:
+        sizes = REWARD_MODEL_PRESETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown reward model preset {name!r}; choose one of {sorted(REWARD_MODEL_PRESETS)}"
+        ) from None
+    return RewardModelConfig(action_dim=action_dim, **{**sizes, **changes})
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(channels, 8), channels)
+
+
+class RewardModel(nn.Module):
+    """Predicts (reward, termination logit) from the newest frames and the action row.
+
+    Args:
+        config: Sizes; see :class:`RewardModelConfig`.
+    """
+
+    def __init__(self, config: RewardModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        stages: list[nn.Module] = []
+        width = 3 * config.num_frames
+        for out in config.channels:
+            stages += [nn.Conv2d(width, out, 3, stride=2, padding=1), _group_norm(out), nn.SiLU()]
+            width = out
+        self.frame_encoder = nn.Sequential(*stages)
+        self.action_encoder = nn.Sequential(nn.Linear(config.action_dim, config.hidden), nn.SiLU())
+        self.head = nn.Sequential(
+            nn.Linear(width + config.hidden, config.hidden), nn.SiLU(), nn.Linear(config.hidden, 2)
+        )
+        self._init_output()
+
+    def _init_output(self) -> None:
+        """Small reward weights; termination starts at its prior logit (see the module docstring)."""
+        out = self.head[-1]
+        with torch.no_grad():
+            out.weight[0].mul_(self.config.output_init_scale)
+            out.weight[1].zero_()
+            out.bias[0].zero_()
+            out.bias[1].fill_(self.config.termination_prior_logit)
+
+    def forward(self, frames: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """Scores one transition per batch row.
+
+        Args:
+            frames: [B, k, 3, H, W] float pixels in [-1, 1], the newest k = ``num_frames`` frames,
+                oldest first.
+            actions: [B, d] float action rows (without the past/current flag).
+
+        Returns:
+            (reward [B], termination_logit [B]), float32.
+        """
+        self._check_inputs(frames, actions)
+        dtype = self.head[0].weight.dtype
+        images = frames.flatten(1, 2).to(dtype).contiguous()  # [B, k, 3, H, W] -> [B, 3k, H, W]
+        pooled = self.frame_encoder(images).mean(dim=(2, 3))  # [B, c_last]
+        features = torch.cat([pooled, self.action_encoder(actions.to(dtype))], dim=1)  # [B, c_last + hidden]
+        out = self.head(features).float()  # [B, 2]
+        return out[:, 0], out[:, 1]
+
+    def _check_inputs(self, frames: Tensor, actions: Tensor) -> None:
+        k, d = self.config.num_frames, self.config.action_dim
+        if frames.ndim != 5 or frames.shape[1:3] != (k, 3):
+            raise ValueError(f"frames must be [B, {k}, 3, H, W] in [-1, 1], got shape {tuple(frames.shape)}")
+        if actions.shape != (frames.shape[0], d):
+            raise ValueError(
+                f"actions must be [B, {d}] rows for B={frames.shape[0]}, got shape {tuple(actions.shape)}"
+            )

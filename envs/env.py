@@ -1,0 +1,270 @@
+"""``AstraEnv``: one world-model episode as a ``gymnasium.Env`` (a batch-1 shell over the engine)."""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from astra_gym.envs.core import EnvCore, reject_unknown_kwargs
+from astra_gym.envs.frame_bank import FrameBank
+from astra_gym.rollout.engine import WorldModelRollout
+from astra_gym.rollout.state import RolloutState
+
+__all__ = ["AstraEnv", "EnvSnapshot", "show_human"]
+
+_KWARGS = (
+    "scenario",
+    "checkpoint",
+    "frame_bank",
+    "num_denoise_steps",
+    "guidance_scale",
+    "frames_per_step",
+    "device",
+    "dtype",
+    "render_mode",
+    "render_fps",
+    "rollout",
+)
+
+
+def show_human(frame: np.ndarray, title: str, fps: float) -> None:
+    """Shows a frame for ``render_mode="human"`` in the shared window of ``astra_gym.envs.render``."""
+    from astra_gym.envs.render import show_frame
+
+    show_frame(frame, title, fps=fps)
+
+
+@dataclass(frozen=True, eq=False)
+class EnvSnapshot:
+    """Everything :meth:`AstraEnv.set_state` needs to continue an episode exactly.
+
+    Attributes:
+        rollout: Deep copy of the rollout state (history, generator states, VAE stream, counters).
+        np_random_state: State of the env's numpy generator (used by the next reset).
+        observation: The last observation, uint8 [H, W, 3].
+        elapsed_steps: Steps since the last reset.
+        terminated: Whether the episode has terminated.
+    """
+
+    rollout: RolloutState
+    np_random_state: dict
+    observation: np.ndarray
+    elapsed_steps: int
+    terminated: bool
+
+
+class AstraEnv(gym.Env):
+    """An imagined episode of a simulator, generated frame by frame by the Astra world model.
+
+    ## Description
+
+    The world model (a flow-matching video diffusion transformer conditioned on actions, arXiv
+    2512.08931) continues a start clip chunk by chunk: each ``step`` denoises the next chunk of
+    latents given the FramePack history and the action, decodes it to frames, and a learned
+    reward model scores it. This class is a batch-1 shell over
+    :class:`~astra_gym.rollout.engine.WorldModelRollout`; :class:`~astra_gym.envs.vector_env.AstraVectorEnv`
+    runs N of them in one batched denoise and is what ``gym.make_vec`` returns.
+
+    ## Action Space
+
+    The simulator's own (``envs/spaces.py``): drive ``Box([-1, 0, 0], [1, 1, 1], float32)`` (steer,
+    gas, brake), manipulation ``Box(-1, 1, (4,), float32)`` (dx, dy, dz, gripper), explore
+    ``MultiBinary(6)`` (ViZDoom buttons). The action is held for the whole chunk. Out-of-space,
+    wrongly shaped, non-numeric or non-finite actions raise a ``ValueError`` naming the bound and
+    the fix (Gymnasium: they are the caller's error); the env stays usable.
+
+    ## Observation Space
+
+    ``Box(0, 255, (64, 64, 3), uint8)``: the last frame of the new chunk. All frames of the chunk
+    (oldest first) are in ``info["frames"]`` (uint8 [frames_per_step, 64, 64, 3]).
+
+    ## Timeline
+
+    With our per-frame VAE and one latent per step (``frames_per_step=1``), a context of T frames:
+
+    | env call | latent index | history packed (FramePack)  | new chunk (denoised) | action row used  | obs       |
+    |----------|--------------|-----------------------------|----------------------|------------------|-----------|
+    | reset    | 0 .. T-1     | -                           | - (frames encoded)   | context / null   | frame T-1 |
+    | step 1   | T            | 0 .. T-1                    | latent T             | action of step 1 | frame T   |
+    | step k   | T + k - 1    | start 0 + last 19 (4x/2x/1x)| latent T + k - 1     | action of step k | its frame |
+
+    The start token stays at most 30 latents before the new chunk (``max_start_distance``), so
+    arbitrarily long episodes stay within the temporal positions the model was trained on.
+    With a Wan-style VAE (temporal factor 4) a step returns 4 frames per latent.
+
+    ## Rewards
+
+    ``reward_model(last frame, action row)`` (:class:`~astra_gym.world_model.reward_model.RewardModel`),
+    trained to regress the simulator's reward. ``info["termination_prob"]`` is its termination
+    probability.
+
+    ## Starting State
+
+    A context from the variant's frame bank (real simulator frames; ``info["bank_index"]`` and
+    ``info["sim_seed"]`` identify it, so the real simulator can be put in the same state), chosen
+    with the env's ``np_random``; or the caller's frames: ``reset(options={"frames": uint8 [T, H,
+    W, 3]})`` or ``reset(options={"image": path_or_uint8_array})`` (resized to 64x64).
+
+    ## Episode End
+
+    * Termination: the reward model's termination probability exceeds 0.5. Stepping a terminated
+      episode raises ``gymnasium.error.ResetNeeded``.
+    * Truncation: ``max_episode_steps`` of the registration (``gym.make`` adds ``TimeLimit``).
+
+    ## Arguments
+
+    | kwarg               | default              | meaning                                                          |
+    |---------------------|----------------------|------------------------------------------------------------------|
+    | ``scenario``        | variant              | ``"drive"``, ``"manipulation"`` or ``"explore"``                 |
+    | ``checkpoint``      | variant              | bundled name, bundle folder, ``"debug"``, release dict (core.py) |
+    | ``frame_bank``      | variant              | bundled bank name, npz path, ``"synthetic"`` or a ``FrameBank``  |
+    | ``num_denoise_steps`` | the checkpoint's   | Euler steps per chunk                                            |
+    | ``guidance_scale``  | the checkpoint's     | action-free guidance scale (1 = off)                             |
+    | ``frames_per_step`` | the checkpoint's     | latents generated per step (chunk size)                          |
+    | ``device``          | ``"auto"``           | ``"cpu"``, ``"cuda[:N]"`` or ``"auto"``                          |
+    | ``dtype``           | ``None`` (auto)      | compute dtype: float32 on CPU, bf16 on capable GPUs              |
+    | ``render_mode``     | ``None``             | ``"rgb_array"`` (the last frame) or ``"human"``                  |
+    | ``render_fps``      | variant              | playback rate of the frames                                      |
+    | ``rollout``         | ``None``             | a ``WorldModelRollout`` to share (replaces the model kwargs)     |
+
+    Any other keyword raises a ``TypeError`` listing these.
+
+    ## State snapshots
+
+    ``snapshot = env.get_state()`` deep-copies the rollout state (FramePack history, generator
+    states, VAE stream), the numpy generator and the episode counters; ``env.set_state(snapshot)``
+    restores it, so the same actions reproduce the same continuation (MPC branching).
+
+    ## Version History
+
+    * v0: initial release.
+    """
+
+    metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 25}
+
+    def __init__(
+        self,
+        scenario: str = "drive",
+        checkpoint: Any = "debug",
+        frame_bank: str | os.PathLike | FrameBank = "synthetic",
+        num_denoise_steps: int | None = None,
+        guidance_scale: float | None = None,
+        frames_per_step: int | None = None,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype | None = None,
+        render_mode: str | None = None,
+        render_fps: float = 25.0,
+        rollout: WorldModelRollout | None = None,
+        **unknown: Any,
+    ) -> None:
+        reject_unknown_kwargs("AstraEnv", unknown, _KWARGS)
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode={render_mode!r} must be None or one of {self.metadata['render_modes']}")
+        self.core = EnvCore(
+            scenario,
+            checkpoint,
+            frame_bank,
+            num_denoise_steps,
+            guidance_scale,
+            frames_per_step,
+            device,
+            dtype,
+            rollout,
+        )
+        self.metadata = {**type(self).metadata, "render_fps": render_fps}
+        self.render_mode = render_mode
+        self.action_space = self.core.action_space
+        self.observation_space = self.core.observation_space
+        self._state: RolloutState | None = None
+        self._obs: np.ndarray | None = None
+        self._elapsed = 0
+        self._terminated = False
+
+    @property
+    def engine(self) -> WorldModelRollout:
+        """The rollout engine (shared by every env built from the same checkpoint)."""
+        return self.core.engine
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        """Starts an episode from a frame-bank context or ``options["frames"]`` / ``options["image"]``.
+
+        Returns:
+            (last context frame, info with ``frames`` (the context), ``bank_index``, ``sim_seed``).
+        """
+        super().reset(seed=seed)
+        start = self.core.start([self.np_random], options)
+        self._state = self.core.reset_state(start)
+        self._obs = start.frames[0, -1].copy()
+        self._elapsed, self._terminated = 0, False
+        info = {
+            "frames": start.frames[0].copy(),
+            "bank_index": int(start.bank_index[0]),
+            "sim_seed": int(start.sim_seed[0]),
+        }
+        self._render_human()
+        return self._obs.copy(), info
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """Generates the next chunk for ``action`` (see the class docstring)."""
+        if self._state is None:
+            raise gym.error.ResetNeeded("call env.reset() before env.step()")
+        if self._terminated:
+            raise gym.error.ResetNeeded(
+                f"the episode terminated after {self._elapsed} steps; call env.reset() before stepping again"
+            )
+        actions = self.core.check(action, batch=None)
+        self._state, out = self.core.advance(self._state, actions)
+        self._obs = out.frames[0, -1].copy()
+        self._elapsed += 1
+        self._terminated = bool(out.terminated[0])
+        info = {"frames": out.frames[0], "termination_prob": float(out.termination_prob[0])}
+        self._render_human()
+        return self._obs.copy(), float(out.reward[0]), self._terminated, False, info
+
+    def render(self) -> np.ndarray | None:
+        """``rgb_array``: the last frame (uint8 [H, W, 3]); ``human``: shows it; None before reset."""
+        if self._obs is None:
+            return None
+        if self.render_mode == "human":
+            self._render_human()
+            return None
+        return self._obs.copy()
+
+    def _render_human(self) -> None:
+        if self.render_mode == "human":
+            title = self.spec.id if self.spec is not None else "AstraEnv"
+            show_human(self._obs, title, self.metadata["render_fps"])
+
+    def close(self) -> None:
+        """Closes the human-render window (if this env opened one); safe to call twice."""
+        if self.render_mode == "human":
+            from astra_gym.envs.render import close_window
+
+            close_window()
+
+    def get_state(self) -> EnvSnapshot:
+        """A deep copy of everything needed to continue this episode (see the class docstring)."""
+        if self._state is None:
+            raise gym.error.ResetNeeded("call env.reset() before env.get_state()")
+        return EnvSnapshot(
+            rollout=self._state.clone(),
+            np_random_state=copy.deepcopy(self.np_random.bit_generator.state),
+            observation=self._obs.copy(),
+            elapsed_steps=self._elapsed,
+            terminated=self._terminated,
+        )
+
+    def set_state(self, snapshot: EnvSnapshot) -> None:
+        """Restores a snapshot taken by :meth:`get_state` (of this env or one with the same model)."""
+        if not isinstance(snapshot, EnvSnapshot) or snapshot.rollout.batch_size != 1:
+            raise ValueError("set_state expects a snapshot returned by AstraEnv.get_state()")
+        self._state = snapshot.rollout.clone()
+        self.np_random.bit_generator.state = copy.deepcopy(snapshot.np_random_state)
+        self._obs = snapshot.observation.copy()
+        self._elapsed, self._terminated = snapshot.elapsed_steps, snapshot.terminated

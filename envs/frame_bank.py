@@ -1,0 +1,269 @@
+"""Start contexts of the envs: real simulator frames shipped with the package, or synthetic ones.
+
+A world-model episode starts from a few real frames (the context the model continues). The
+bundled banks ``astra_gym/assets/frame_banks/<scenario>.npz`` hold a few dozen contexts recorded
+from the simulators, each with the simulator seed and the action prefix that produced it, so the
+real simulator can be put in exactly the same state (for side-by-side comparisons)::
+
+    from astra_gym.data.replay import replay
+    bank = load_frame_bank("drive")
+    with replay(int(bank.seeds[i]), bank.prefix(i), scenario=bank.scenario, **bank.sim_config) as sim:
+        assert (sim.frame() == bank.frames[i, -1]).all()
+
+File format (``np.savez_compressed``; ``N`` contexts of ``T`` frames, prefixes padded to ``P``):
+
+=================  ========================  ==========================================================
+key                shape, dtype              meaning
+=================  ========================  ==========================================================
+``frames``         [N, T, H, W, 3] uint8     context frames, oldest first; ``frames[i, -1]`` is the
+                                             state after ``actions[i, :prefix_lengths[i]]``
+``seeds``          [N] int64                 simulator reset seed of each context
+``actions``        [N, P, ...] native dtype  action prefix from the reset (after the simulator's
+                                             warm-up) to the last context frame, zero-padded
+``prefix_lengths`` [N] int64                 valid length of each prefix (>= T - 1)
+``meta``           0-d str (JSON)            ``format``, ``version``, ``scenario``, ``sim_config``,
+                                             ``button_names``, ``policy``, how it was built
+=================  ========================  ==========================================================
+
+Build the bundled banks (needs the ``sims`` extra)::
+
+    python -m astra_gym.envs.frame_bank --scenario drive --out astra_gym/assets/frame_banks/drive.npz
+
+The debug variant uses :func:`synthetic_frame_bank` (procedural frames, no file, no actions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "FrameBank",
+    "BANK_FORMAT",
+    "BUNDLED_BANKS",
+    "bundled_bank_path",
+    "load_frame_bank",
+    "save_frame_bank",
+    "synthetic_frame_bank",
+    "build_frame_bank",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+BANK_FORMAT = "astra-gym-frame-bank"
+BANK_VERSION = 1
+BUNDLED_BANKS = ("drive", "manipulation", "explore")
+
+
+def bundled_bank_path(name: str) -> Path:
+    """Path of the bundled bank ``name`` inside the installed package."""
+    import astra_gym
+
+    return Path(astra_gym.__file__).resolve().parent / "assets" / "frame_banks" / f"{name}.npz"
+
+
+@dataclass(frozen=True, eq=False)
+class FrameBank:
+    """Start contexts (see the module docstring for the fields).
+
+    Attributes:
+        frames: [N, T, H, W, 3] uint8.
+        seeds: [N] int64 simulator seeds (-1 for synthetic contexts).
+        actions: [N, P, ...] native action prefixes (P = 0 for synthetic banks).
+        prefix_lengths: [N] int64.
+        meta: ``scenario``, ``sim_config``, ``button_names``, ...
+    """
+
+    frames: np.ndarray
+    seeds: np.ndarray
+    actions: np.ndarray
+    prefix_lengths: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        frames = self.frames
+        if frames.dtype != np.uint8 or frames.ndim != 5 or frames.shape[-1] != 3 or len(frames) == 0:
+            raise ValueError(f"frame bank frames must be uint8 [N>0, T, H, W, 3], got {frames.dtype} {frames.shape}")
+        count = len(frames)
+        for name in ("seeds", "actions", "prefix_lengths"):
+            if len(getattr(self, name)) != count:
+                raise ValueError(f"frame bank {name} has {len(getattr(self, name))} entries for {count} contexts")
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def scenario(self) -> str:
+        """Scenario the contexts come from ("synthetic" for procedural banks)."""
+        return str(self.meta.get("scenario", "synthetic"))
+
+    @property
+    def sim_config(self) -> dict:
+        """Simulator config overrides that rebuild the recording simulator (``make_simulator``)."""
+        return dict(self.meta.get("sim_config", {}))
+
+    @property
+    def context_length(self) -> int:
+        """Frames T per context."""
+        return self.frames.shape[1]
+
+    def prefix(self, index: int) -> np.ndarray:
+        """The action prefix of context ``index`` (native dtype)."""
+        return self.actions[index, : int(self.prefix_lengths[index])]
+
+    def context_actions(self, index: int) -> np.ndarray | None:
+        """The T - 1 actions that produced frames 1..T-1 of context ``index`` (None if unknown)."""
+        steps = self.context_length - 1
+        if int(self.prefix_lengths[index]) < steps:
+            return None
+        return self.prefix(index)[len(self.prefix(index)) - steps :]
+
+
+def load_frame_bank(name_or_path: str | os.PathLike) -> FrameBank:
+    """A bundled bank by name ("drive", "manipulation", "explore"), "synthetic", or a path to an npz.
+
+    Raises:
+        FileNotFoundError: The bank does not exist (names the path and how to build it).
+        ValueError: The file is not a frame bank.
+    """
+    if name_or_path == "synthetic":
+        return synthetic_frame_bank()
+    path = bundled_bank_path(str(name_or_path)) if name_or_path in BUNDLED_BANKS else Path(name_or_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"frame bank {path} not found; build it with `python -m astra_gym.envs.frame_bank --scenario "
+            f"<drive|manipulation|explore> --out {path}` (needs the sims extra), or use frame_bank='synthetic'"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            bank = FrameBank(data["frames"], data["seeds"], data["actions"], data["prefix_lengths"], meta)
+    except (KeyError, ValueError, OSError) as err:
+        raise ValueError(f"{path} is not a readable frame bank ({err}); rebuild it") from err
+    if meta.get("format") != BANK_FORMAT or meta.get("version", 0) > BANK_VERSION:
+        raise ValueError(f"{path} is not a version <= {BANK_VERSION} {BANK_FORMAT} file; rebuild it")
+    return bank
+
+
+def save_frame_bank(bank: FrameBank, path: str | os.PathLike) -> Path:
+    """Writes ``bank`` as a compressed npz (see the module docstring)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": BANK_FORMAT, "version": BANK_VERSION, **bank.meta}
+    with open(path, "wb") as f:
+        np.savez_compressed(
+            f,
+            frames=bank.frames,
+            seeds=bank.seeds.astype(np.int64),
+            actions=bank.actions,
+            prefix_lengths=bank.prefix_lengths.astype(np.int64),
+            meta=np.array(json.dumps(meta)),
+        )
+    return path
+
+
+def synthetic_frame_bank(count: int = 16, context_frames: int = 2, size: int = 64, seed: int = 0) -> FrameBank:
+    """Procedural contexts for the debug variant: a coloured square drifting over a two-tone gradient.
+
+    Deterministic in ``seed``; no simulator and no action prefixes.
+    """
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0.0, 1.0, size)[None, :, None]  # [1, W, 1]
+    frames = np.empty((count, context_frames, size, size, 3), np.uint8)
+    for i in range(count):
+        low, high = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        background = low + (high - low) * ramp  # [1, W, 3]
+        colour = rng.uniform(0, 255, 3)
+        corner, velocity = rng.integers(0, size - 16, 2), rng.integers(-3, 4, 2)
+        for t in range(context_frames):
+            image = np.repeat(background, size, axis=0)
+            top, left = np.clip(corner + t * velocity, 0, size - 16)
+            image[top : top + 16, left : left + 16] = colour
+            frames[i, t] = image.round().astype(np.uint8)
+    empty = np.zeros((count, 0), np.float32)
+    meta = {"scenario": "synthetic", "seed": seed}
+    return FrameBank(frames, np.full(count, -1, np.int64), empty, np.zeros(count, np.int64), meta)
+
+
+def build_frame_bank(
+    scenario: str,
+    count: int = 32,
+    context_frames: int = 4,
+    start_steps: tuple[int, int] = (8, 60),
+    policy: str = "expert",
+    seed: int = 0,
+) -> FrameBank:
+    """Records ``count`` start contexts from the scenario's simulator (needs the ``sims`` extra).
+
+    Context i: reset the simulator with seed ``seed + i``, run the behaviour policy (policy seed
+    ``seed + i``) for ``s_i ~ U{start_steps}`` steps and keep the last ``context_frames`` frames
+    and all ``s_i`` actions. Episodes that end before ``s_i`` keep their last frames.
+    """
+    from astra_gym.data.policies import make_policy
+    from astra_gym.data.recorder import Recorder
+    from astra_gym.data.sims import make_simulator
+
+    sim = make_simulator(scenario)
+    buttons = sim.attrs().get("button_names", ())
+    rng = np.random.default_rng(seed)
+    episodes = []
+    with Recorder(sim, make_policy(policy, scenario, buttons)) as recorder:
+        for i in range(count):
+            steps = int(rng.integers(max(start_steps[0], context_frames - 1), start_steps[1] + 1))
+            episodes.append(recorder.record(seed=seed + i, steps=steps, policy_seed=seed + i))
+    width = max(ep.num_steps for ep in episodes)
+    actions = np.zeros((count, width, *episodes[0].actions.shape[1:]), episodes[0].actions.dtype)
+    for i, ep in enumerate(episodes):
+        actions[i, : ep.num_steps] = ep.actions
+    meta = {
+        "scenario": scenario,
+        "sim_config": sim.config_dict(),
+        "button_names": list(buttons),
+        "policy": policy,
+        "seed": seed,
+        "start_steps": list(start_steps),
+    }
+    return FrameBank(
+        frames=np.stack([ep.frames[-context_frames:] for ep in episodes]),
+        seeds=np.array([ep.seed for ep in episodes], np.int64),
+        actions=actions,
+        prefix_lengths=np.array([ep.num_steps for ep in episodes], np.int64),
+        meta=meta,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: ``python -m astra_gym.envs.frame_bank --scenario drive --out path.npz``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenario", required=True, choices=BUNDLED_BANKS, help="simulator to record")
+    parser.add_argument("--out", required=True, type=Path, help="output .npz path")
+    parser.add_argument("--count", type=int, default=32, help="number of start contexts")
+    parser.add_argument("--context-frames", type=int, default=4, help="frames per context")
+    parser.add_argument("--min-start", type=int, default=8, help="fewest policy steps before a context ends")
+    parser.add_argument("--max-start", type=int, default=60, help="most policy steps before a context ends")
+    parser.add_argument("--policy", default="expert", help="behaviour policy: random, expert or mix")
+    parser.add_argument("--seed", type=int, default=0, help="first simulator seed (context i uses seed + i)")
+    args = parser.parse_args(argv)
+    bank = build_frame_bank(
+        args.scenario, args.count, args.context_frames, (args.min_start, args.max_start), args.policy, args.seed
+    )
+    path = save_frame_bank(bank, args.out)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logger.info(
+        "wrote %d contexts of %d frames to %s (%.0f kB)",
+        len(bank),
+        bank.context_length,
+        path,
+        path.stat().st_size / 1024,
+    )
+
+
+if __name__ == "__main__":
+    main()

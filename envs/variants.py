@@ -1,0 +1,71 @@
+"""The registered variants: one frozen :class:`VariantSpec` per Gymnasium id (data, not code paths).
+
+Variants differ only by constructor kwargs. This module imports nothing heavy, so registering
+them (``import astra_gym``) never imports torch. The user-facing table, with version history,
+is ``envs/README.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["VariantSpec", "VARIANTS", "ENTRY_POINT", "VECTOR_ENTRY_POINT", "BUNDLED_MODEL", "variant"]
+
+ENTRY_POINT = "astra_gym.envs.env:AstraEnv"
+# The multi-scenario model bundle of the real variants (astra_gym/assets/models/<name>/).
+BUNDLED_MODEL = "small-v0"
+VECTOR_ENTRY_POINT = "astra_gym.envs.vector_env:AstraVectorEnv"
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One registered id and the kwargs it passes to ``AstraEnv`` / ``AstraVectorEnv``.
+
+    Attributes:
+        id: Gymnasium id (``Name-vN``; bump N whenever dynamics, reward, obs or actions change).
+        scenario: ``"drive"``, ``"manipulation"`` or ``"explore"``: fixes the action space, the
+            action rows and the reward model's inputs.
+        checkpoint: Default world model: a bundle name under ``astra_gym/assets/models/`` or ``"debug"``.
+        frame_bank: Default start contexts: a bundled bank name or ``"synthetic"``.
+        max_episode_steps: Truncation length (the simulator's own episode length in env steps).
+        render_fps: Playback rate of the frames (the simulator's recorded fps).
+        extra_kwargs: Further constructor kwargs.
+    """
+
+    id: str
+    scenario: str
+    checkpoint: str
+    frame_bank: str
+    max_episode_steps: int
+    render_fps: float
+    extra_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """Constructor kwargs registered with the id."""
+        base = {"scenario": self.scenario, "checkpoint": self.checkpoint, "frame_bank": self.frame_bank}
+        return {**base, "render_fps": self.render_fps, **self.extra_kwargs}
+
+
+VARIANTS: dict[str, VariantSpec] = {
+    spec.id: spec
+    for spec in (
+        # CarRacing-v3: 1000 physics steps at frame skip 2.
+        VariantSpec("Astra-Drive-v0", "drive", BUNDLED_MODEL, "drive", max_episode_steps=500, render_fps=25.0),
+        # FetchPush-v4: 50 steps.
+        VariantSpec("Astra-Manipulation-v0", "manipulation", BUNDLED_MODEL, "manipulation", 50, 25.0),
+        # ViZDoom my_way_home: 2100 tics at frame skip 4.
+        VariantSpec("Astra-Explore-v0", "explore", BUNDLED_MODEL, "explore", 525, 8.75),
+        # Tests and docs: tiny random model, synthetic start frames, driving actions.
+        VariantSpec("Astra-Debug-v0", "drive", "debug", "synthetic", 200, 25.0, {"device": "cpu"}),
+    )
+}
+
+
+def variant(env_id: str) -> VariantSpec:
+    """The spec of a registered id; raises a ValueError listing the ids if unknown."""
+    try:
+        return VARIANTS[env_id]
+    except KeyError:
+        raise ValueError(f"unknown astra-gym variant {env_id!r}; registered: {sorted(VARIANTS)}") from None

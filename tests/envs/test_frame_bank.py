@@ -1,0 +1,79 @@
+"""Frame banks: the bundled banks are small, well formed and reproducible by the real simulators."""
+
+import numpy as np
+import pytest
+
+from astra_gym.envs.frame_bank import (
+    BUNDLED_BANKS,
+    bundled_bank_path,
+    load_frame_bank,
+    main,
+    synthetic_frame_bank,
+)
+
+
+@pytest.mark.parametrize("name", BUNDLED_BANKS)
+def test_bundled_banks_are_small_and_well_formed(name):
+    assert bundled_bank_path(name).stat().st_size < 1_000_000
+    bank = load_frame_bank(name)
+    assert bank.scenario == name and len(bank) >= 24
+    assert bank.frames.dtype == np.uint8 and bank.frames.shape[1:] == (4, 64, 64, 3)
+    assert (bank.prefix_lengths >= bank.context_length - 1).all()
+    assert bank.context_actions(0).shape[0] == bank.context_length - 1
+    assert len(np.unique(bank.seeds)) == len(bank)
+
+
+def _replay_or_skip(name, bank, index):
+    try:
+        from astra_gym.data.replay import replay
+
+        return replay(int(bank.seeds[index]), bank.prefix(index), scenario=bank.scenario, **bank.sim_config)
+    except (ImportError, RuntimeError) as err:  # simulator or its renderer missing
+        pytest.skip(f"the {name} simulator is not available here: {err}")
+
+
+@pytest.mark.sims
+@pytest.mark.parametrize("name", BUNDLED_BANKS)
+def test_the_simulator_reproduces_a_context_from_its_seed_and_action_prefix(name):
+    bank = load_frame_bank(name)
+    index = len(bank) - 1
+    with _replay_or_skip(name, bank, index) as session:
+        assert np.array_equal(session.frame(), bank.frames[index, -1])
+
+
+def test_synthetic_bank_is_deterministic_and_has_no_actions():
+    first, second = synthetic_frame_bank(seed=1), synthetic_frame_bank(seed=1)
+    assert np.array_equal(first.frames, second.frames) and first.context_actions(0) is None
+    assert not np.array_equal(first.frames, synthetic_frame_bank(seed=2).frames)
+
+
+def test_missing_bank_says_how_to_build_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m astra_gym.envs.frame_bank"):
+        load_frame_bank(tmp_path / "none.npz")
+    (tmp_path / "bad.npz").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a readable frame bank"):
+        load_frame_bank(tmp_path / "bad.npz")
+
+
+@pytest.mark.sims
+def test_cli_builds_a_bank(tmp_path):
+    pytest.importorskip("vizdoom")
+    out = tmp_path / "explore.npz"
+    main(["--scenario", "explore", "--out", str(out), "--count", "2", "--context-frames", "2",
+          "--min-start", "2", "--max-start", "4"])  # fmt: skip
+    bank = load_frame_bank(out)
+    assert bank.frames.shape == (2, 2, 64, 64, 3) and bank.meta["button_names"][0] == "MOVE_FORWARD"
+
+
+def test_bank_context_actions_reach_the_model_history():
+    """A bank context starts the model with the actions that produced it (exact convention)."""
+    from astra_gym.data.action_codecs import vehicle_command_rows
+    from tests.envs.conftest import make_debug
+
+    env = make_debug("Astra-Drive-v0")
+    _, info = env.reset(seed=0)
+    bank = env.unwrapped.core.bank
+    history = env.unwrapped._state.history
+    stored = history.recent_actions[0, -4:, :7].numpy()  # the 4 context latents
+    assert np.array_equal(stored[0], np.zeros(7))  # the first latent carries the null row
+    assert np.array_equal(stored[1:], vehicle_command_rows(bank.context_actions(info["bank_index"])))

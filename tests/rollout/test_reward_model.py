@@ -1,0 +1,35 @@
+"""RewardModel (astra_gym/world_model/reward_model.py): shapes, prior initialisation, config, errors."""
+
+import pytest
+import torch
+
+from astra_gym.world_model.reward_model import RewardModel, RewardModelConfig, get_reward_model_preset
+
+
+def test_outputs_and_prior_initialisation():
+    torch.manual_seed(0)
+    model = RewardModel(get_reward_model_preset("debug", action_dim=7, num_frames=2)).eval()
+    frames = torch.rand(5, 2, 3, 64, 64) * 2 - 1
+    reward, logit = model(frames, torch.randn(5, 7))
+    assert reward.shape == logit.shape == (5,) and reward.dtype == logit.dtype == torch.float32
+    torch.testing.assert_close(logit, torch.full((5,), -8.0))  # termination starts at its prior
+    assert reward.abs().max() < 0.1 and reward.std() > 0  # small, but it reads its inputs
+
+
+def test_config_round_trip_and_validation():
+    config = get_reward_model_preset("small", action_dim=16)
+    assert RewardModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown RewardModelConfig fields \\['width'\\]"):
+        RewardModelConfig.from_dict({"action_dim": 3, "width": 2})
+    with pytest.raises(ValueError, match="num_frames=0"):
+        RewardModelConfig(action_dim=3, num_frames=0)
+    with pytest.raises(ValueError, match="unknown reward model preset 'huge'"):
+        get_reward_model_preset("huge", 3)
+
+
+def test_wrong_input_shapes_are_named():
+    model = RewardModel(get_reward_model_preset("debug", action_dim=7))
+    with pytest.raises(ValueError, match=r"frames must be \[B, 1, 3, H, W\]"):
+        model(torch.zeros(2, 3, 64, 64), torch.zeros(2, 7))
+    with pytest.raises(ValueError, match=r"actions must be \[B, 7\]"):
+        model(torch.zeros(2, 1, 3, 64, 64), torch.zeros(2, 6))
