@@ -1,0 +1,199 @@
+"""Bundle a trained world model, its VAE and reward models into one model folder for the envs.
+
+Usage::
+
+    python -m astra_gym.training.bundle --name small-v0 --world-model runs/wm/final --vae runs/vae/final \\
+        --reward runs/reward-drive/final --reward runs/reward-manipulation/final \\
+        --reward runs/reward-explore/final --out astra_gym/assets/models/small-v0
+
+Layout of a bundle (written atomically)::
+
+    <name>/
+        bundle.json        manifest: relative paths, per-scenario modality/feature/normalisation/reward model
+        MODEL_CARD.md      what was trained on what, sizes, held-out metrics, limitations
+        world_model/       save_pretrained folder (checkpoints.load_pretrained)
+        vae/               vae_io folder (training.vae_io.load_vae)
+        reward/<scenario>/ reward_io folders (training.reward_io.load_reward_model)
+
+Checks before anything is written: the VAE is the one the world model's latent caches were built
+with (same identity hash), every reward model scores a scenario the world model was trained on,
+and its action normalisation equals the world model's (else a warning: the env normalises once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from astra_gym.training.checkpointing import atomic_folder
+from astra_gym.training.reward_io import read_reward_config
+from astra_gym.training.vae_io import read_vae_config
+from astra_gym.world_model.checkpoints import read_pretrained_config
+
+__all__ = ["BUNDLE_FORMAT", "make_bundle", "read_bundle", "main"]
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "astra-gym-model-bundle"
+BUNDLE_VERSION = 1
+MANIFEST = "bundle.json"
+
+
+def _check_vae(extra: Mapping[str, Any], vae_meta: Mapping[str, Any], allow_mismatch: bool) -> None:
+    expected = extra.get("vae", {}).get("identity", {}).get("hash")
+    found = vae_meta["identity"]["hash"]
+    if expected != found:
+        message = (
+            f"the VAE (identity {found}) is not the one the world model's latent caches were built with ({expected}); "
+            "pass the VAE whose weights encoded the caches"
+        )
+        if not allow_mismatch:
+            raise ValueError(message + " (or --allow-vae-mismatch if only its metadata differs)")
+        logger.warning(message)
+
+
+def _reward_entries(extra: Mapping[str, Any], rewards: Sequence[str | os.PathLike]) -> dict[str, tuple[Path, dict]]:
+    """{scenario: (folder, metadata)}, checked against the world model's scenarios."""
+    entries: dict[str, tuple[Path, dict]] = {}
+    for folder in rewards:
+        meta = read_reward_config(folder)
+        scenario = meta["scenario"]
+        if scenario not in extra.get("scenarios", {}):
+            raise ValueError(f"reward model {folder} scores {scenario!r}, which the world model was not trained on")
+        if scenario in entries:
+            raise ValueError(f"two reward models for {scenario!r}: {entries[scenario][0]} and {folder}")
+        expected = extra["scenarios"][scenario]["action_normalization"]["scale"]
+        if meta["action_normalization"]["scale"] != expected:
+            logger.warning(
+                "reward model %s normalises actions differently from the world model; retrain it with "
+                "--action-norm pointing at the world-model folder",
+                folder,
+            )
+        entries[scenario] = (Path(folder), meta)
+    return entries
+
+
+def _manifest(name: str, extra: Mapping[str, Any], rewards: Mapping[str, tuple[Path, dict]]) -> dict[str, Any]:
+    scenarios = {
+        scenario: {**entry, "reward_model": f"reward/{scenario}" if scenario in rewards else None}
+        for scenario, entry in extra["scenarios"].items()
+    }
+    return {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "name": name,
+        "world_model": "world_model",
+        "vae": "vae",
+        "scenarios": scenarios,
+        "chunk_latents": extra.get("chunk_latents"),
+        "layout": extra.get("layout"),
+        "sampler": extra.get("sampler"),
+    }
+
+
+def _model_card(name: str, config: Any, extra: Mapping[str, Any], vae_meta: Mapping, rewards: Mapping) -> str:
+    training = extra.get("training", {})
+    datasets = training.get("config", {}).get("datasets", [])
+    lines = [
+        f"# {name}",
+        "",
+        "An Astra-style action-conditioned video world model (flow-matching DiT with FramePack history and a "
+        "Mixture of Action Experts), trained by astra-gym on recordings of real simulators.",
+        "",
+        "## Contents",
+        f"- world model: {config.num_layers} blocks, width {config.dim}, routing {config.routing}, "
+        f"{config.num_experts} experts; {training.get('step')} steps, {training.get('samples_seen')} samples, "
+        f"{training.get('weights')} weights",
+        f"- VAE: SmallVAE preset {vae_meta.get('preset')}, held-out PSNR "
+        f"{vae_meta.get('metrics', {}).get('holdout_psnr_db')} dB",
+        f"- chunk: {extra.get('chunk_latents')} latent(s); sampler: {extra.get('sampler')}",
+        "",
+        "## Scenarios",
+    ]
+    for scenario, entry in extra["scenarios"].items():
+        reward = rewards.get(scenario)
+        scores = {k: v for k, v in (reward[1]["metrics"] if reward else {}).items() if k.startswith("eval/")}
+        lines.append(
+            f"- {scenario}: modality {entry['modality']}, feature {entry['feature']}; reward model: "
+            f"{'held-out ' + json.dumps(scores) if reward else 'none'}"
+        )
+    lines += ["", "## Training data"]
+    lines += [f"- {d.get('scenario')}: {d.get('root')} (weight {d.get('weight')})" for d in datasets]
+    lines += [
+        "",
+        "## Limitations",
+        "- Trained on a few simulators at 64x64; frames outside that distribution are not modelled.",
+        "- Long rollouts drift; rewards and terminations come from a separate per-frame model and inherit its errors.",
+        "- Action rows must be normalised with `scenarios[s].action_normalization` of bundle.json before use.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def make_bundle(
+    name: str,
+    world_model: str | os.PathLike,
+    vae: str | os.PathLike,
+    rewards: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    allow_vae_mismatch: bool = False,
+) -> Path:
+    """Checks and copies the parts into ``out`` (replaced atomically as a whole); returns it."""
+    config, extra = read_pretrained_config(world_model)
+    vae_meta = read_vae_config(vae)
+    _check_vae(extra, vae_meta, allow_vae_mismatch)
+    reward_entries = _reward_entries(extra, rewards)
+    manifest = _manifest(name, extra, reward_entries)
+    card = _model_card(name, config, extra, vae_meta, reward_entries)
+    with atomic_folder(out) as tmp:
+        shutil.copytree(world_model, tmp / "world_model")
+        shutil.copytree(vae, tmp / "vae")
+        for scenario, (folder, _) in reward_entries.items():
+            shutil.copytree(folder, tmp / "reward" / scenario)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+        (tmp / "MODEL_CARD.md").write_text(card, encoding="utf-8")
+    logger.info("wrote bundle %s to %s", name, out)
+    return Path(out).absolute()
+
+
+def read_bundle(folder: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a bundle with every relative path resolved against ``folder``."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"no {MANIFEST} in {folder}; build one with `python -m astra_gym.training.bundle`")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != BUNDLE_FORMAT or int(manifest.get("format_version", 0)) > BUNDLE_VERSION:
+        raise ValueError(f"{path} is not a model bundle of this astra-gym version")
+    manifest["world_model"] = folder / manifest["world_model"]
+    manifest["vae"] = folder / manifest["vae"]
+    for entry in manifest["scenarios"].values():
+        if entry["reward_model"] is not None:
+            entry["reward_model"] = folder / entry["reward_model"]
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point (see the module docstring)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m astra_gym.training.bundle", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--name", required=True, help="bundle name (the folder name under astra_gym/assets/models)")
+    parser.add_argument("--world-model", required=True, help="world-model folder (train_world_model's RUN/final)")
+    parser.add_argument("--vae", required=True, help="VAE folder (train_vae's OUT/final)")
+    parser.add_argument("--reward", action="append", default=[], help="reward-model folder (repeat per scenario)")
+    parser.add_argument("--out", required=True, help="bundle folder to write (replaced as a whole)")
+    parser.add_argument(
+        "--allow-vae-mismatch", action="store_true", help="warn instead of failing on a VAE hash mismatch"
+    )
+    args = parser.parse_args(argv)
+    make_bundle(args.name, args.world_model, args.vae, args.reward, args.out, args.allow_vae_mismatch)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Saving and loading trained :class:`~astra_gym.world_model.reward_model.RewardModel` folders.
+
+A reward-model folder (written atomically)::
+
+    reward.safetensors   state dict
+    config.json          {"format": "astra-gym-reward-model", "format_version": 1,
+                          "config": RewardModelConfig, "scenario": ..., "feature": ...,
+                          "action_normalization": ActionNormalizer.to_dict(), "metrics": {...}}
+
+The model reads action rows normalised with ``action_normalization`` (the world model's, when the
+trainer was pointed at it), so an env applies one normalisation to the rows it gives both models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from astra_gym.training.checkpointing import atomic_folder
+from astra_gym.training.normalization import ActionNormalizer
+from astra_gym.world_model.reward_model import RewardModel, RewardModelConfig
+
+__all__ = ["REWARD_FORMAT", "save_reward_model", "load_reward_model", "read_reward_config"]
+
+REWARD_FORMAT = "astra-gym-reward-model"
+REWARD_FORMAT_VERSION = 1
+REWARD_WEIGHTS = "reward.safetensors"
+_CONFIG = "config.json"
+
+
+def save_reward_model(
+    model: RewardModel,
+    folder: str | os.PathLike,
+    *,
+    scenario: str,
+    feature: str,
+    normalizer: ActionNormalizer,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Writes ``model`` and its metadata to ``folder`` atomically (replaced as a whole).
+
+    Args:
+        model: The trained reward model.
+        folder: Target folder.
+        scenario: Scenario it scores (``"drive"``, ...).
+        feature: Action feature of its rows (e.g. ``"vehicle_command"``).
+        normalizer: Normalisation applied to the rows it was trained on.
+        metrics: JSON-able held-out results.
+
+    Returns:
+        The absolute folder.
+    """
+    meta = {
+        "format": REWARD_FORMAT,
+        "format_version": REWARD_FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "scenario": scenario,
+        "feature": feature,
+        "action_normalization": normalizer.to_dict(),
+        "metrics": dict(metrics or {}),
+    }
+    text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    folder = Path(folder).absolute()
+    with atomic_folder(folder) as tmp:
+        save_file(state, str(tmp / REWARD_WEIGHTS))
+        (tmp / _CONFIG).write_text(text, encoding="utf-8")
+    return folder
+
+
+def read_reward_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """The ``config.json`` of a reward-model folder (raises naming the problem if it is not one)."""
+    path = Path(folder) / _CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no {_CONFIG} in {folder}; train one with `python -m astra_gym.training.train_reward`"
+        )
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    if meta.get("format") != REWARD_FORMAT or int(meta.get("format_version", 0)) > REWARD_FORMAT_VERSION:
+        raise ValueError(
+            f"{path} is not a reward-model folder of this astra-gym version (format {meta.get('format')!r})"
+        )
+    return meta
+
+
+def load_reward_model(
+    folder: str | os.PathLike, device: torch.device | str = "cpu"
+) -> tuple[RewardModel, dict[str, Any]]:
+    """Loads a :func:`save_reward_model` folder (strict).
+
+    Returns:
+        (model in eval mode on ``device``, the folder's metadata).
+    """
+    meta = read_reward_config(folder)
+    model = RewardModel(RewardModelConfig.from_dict(meta["config"]))
+    model.load_state_dict(load_file(str(Path(folder) / REWARD_WEIGHTS)), strict=True)
+    return model.to(device).eval(), meta

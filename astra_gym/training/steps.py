@@ -1,0 +1,195 @@
+"""One world-model training step as small pure functions (astra-release.md §7.3, the paper's recipe).
+
+:func:`prepare_inputs` turns a packed clean batch into the model's training inputs, drawing from
+one generator in a fixed order:
+
+1. **Noise-as-mask** (:func:`~astra_gym.world_model.framepack.corrupt_history`): with probability
+   ``history_noise_p`` per row, the history groups of ``history_noise_scales`` become
+   ``(1 - s) x + s eps`` with ``s ~ U(history_noise_sigma)`` and independent noise; the model is not
+   told ``s``. Release: p = 0.8, s in [0.626, 1.0], only the 1x group.
+2. **Action dropout** (:func:`~astra_gym.world_model.action_encoders.drop_actions`): with
+   probability ``action_dropout`` per row, the whole action sequence (flags included) becomes the
+   null action, which teaches the unconditional branch of action-free guidance. Release: 0.05.
+3. **Timestep** ``sigma`` (:func:`~astra_gym.world_model.flow_matching.sample_timesteps`) and target
+   noise; ``x_sigma = (1 - sigma) x0 + sigma eps`` and the velocity target ``eps - x0``.
+
+:func:`train_step` runs the model on those inputs and returns the loss: the (optionally
+timestep-weighted) flow-matching MSE plus ``moe_balance_weight`` times the MoAE load-balancing loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from astra_gym.training.cli_args import arg
+from astra_gym.training.data import WorldModelBatch
+from astra_gym.world_model.action_encoders import drop_actions
+from astra_gym.world_model.conditioning import ActionInput, FramePackInputs
+from astra_gym.world_model.flow_matching import (
+    add_noise,
+    flow_matching_loss,
+    sample_timesteps,
+    timestep_weight,
+    velocity_target,
+)
+from astra_gym.world_model.framepack import corrupt_history
+
+__all__ = ["StepConfig", "ModelInputs", "prepare_inputs", "train_step", "per_dataset_mse"]
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """The per-step training recipe (defaults = the release, astra-release.md §7.3); see the field help."""
+
+    history_noise_p: float = arg(0.8, "noise-as-mask: probability that a row's history is noised (0 = off)")
+    history_noise_sigma: tuple[float, float] = arg(
+        (0.626, 1.0), "noise-as-mask: (low, high) of the uniform history noise level (release 0.626 1.0)"
+    )
+    history_noise_scales: tuple[int, ...] = arg(
+        (1,), "noise-as-mask: FramePack group scales to noise, from 1 2 4 (release: only 1x)"
+    )
+    action_dropout: float = arg(0.05, "probability that a row's whole action sequence becomes the null action (AFG)")
+    timestep_sampling: Literal["uniform", "logit_normal"] = arg(
+        "uniform", "timestep distribution: uniform over the shifted 1000-point grid (release) or logit-normal"
+    )
+    timestep_shift: float = arg(5.0, "shift of the training timestep grid (release 5.0)")
+    loss_weighting: Literal["release", "none"] = arg(
+        "release", "per-sample loss weight: the release's Gaussian bump in t, or none"
+    )
+    moe_balance_weight: float = arg(0.01, "weight of the MoAE load-balancing loss (learned routing only)")
+
+    def __post_init__(self) -> None:
+        for name in ("history_noise_p", "action_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1]")
+        low, high = self.history_noise_sigma
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"history_noise_sigma={self.history_noise_sigma} must satisfy 0 <= low <= high <= 1")
+        if any(s not in (1, 2, 4) for s in self.history_noise_scales):
+            raise ValueError(f"history_noise_scales={self.history_noise_scales} must be drawn from (1, 2, 4)")
+        if self.timestep_sampling not in ("uniform", "logit_normal"):
+            raise ValueError(f"timestep_sampling={self.timestep_sampling!r} must be 'uniform' or 'logit_normal'")
+        if self.loss_weighting not in ("release", "none"):
+            raise ValueError(f"loss_weighting={self.loss_weighting!r} must be 'release' or 'none'")
+        if self.moe_balance_weight < 0:
+            raise ValueError(f"moe_balance_weight={self.moe_balance_weight} must be >= 0")
+
+
+@dataclass(frozen=True, eq=False)
+class ModelInputs:
+    """What the model sees in one training step, and what it must predict.
+
+    Attributes:
+        noisy: [B, C, F, h, w] float32 noisy target latents ``x_sigma``.
+        timestep: [B] float32 ``1000 * sigma``.
+        frame_pack: History after noise-as-mask.
+        actions: Actions after dropout.
+        target_velocity: [B, C, F, h, w] float32 ``eps - x0``.
+        history_noised: [B] bool rows whose history was noised.
+        actions_dropped: [B] bool rows whose actions were nulled.
+    """
+
+    noisy: Tensor
+    timestep: Tensor
+    frame_pack: FramePackInputs
+    actions: ActionInput
+    target_velocity: Tensor
+    history_noised: Tensor
+    actions_dropped: Tensor
+
+
+def prepare_inputs(batch: WorldModelBatch, cfg: StepConfig, generator: torch.Generator) -> ModelInputs:
+    """Noise-as-mask, action dropout, timestep and target noise (draw order: module docstring).
+
+    Args:
+        batch: Clean packed batch on the model's device.
+        cfg: Step recipe.
+        generator: CPU generator; every draw of the step comes from it.
+
+    Returns:
+        The model inputs and regression target.
+    """
+    target = batch.target
+    frame_pack = batch.frame_pack
+    if cfg.history_noise_p > 0 and frame_pack.history:
+        frame_pack = corrupt_history(
+            frame_pack, generator, cfg.history_noise_p, cfg.history_noise_sigma, cfg.history_noise_scales
+        )
+    actions, dropped = drop_actions(batch.actions, cfg.action_dropout, generator)
+    sigma, timestep = sample_timesteps(
+        batch.batch_size, generator, shift=cfg.timestep_shift, mode=cfg.timestep_sampling, device=target.device
+    )
+    noise = torch.randn(target.shape, generator=generator, dtype=torch.float32).to(target.device)
+    return ModelInputs(
+        noisy=add_noise(target, noise, sigma),
+        timestep=timestep,
+        frame_pack=frame_pack,
+        actions=actions,
+        target_velocity=velocity_target(target, noise),
+        history_noised=_changed_rows(batch.frame_pack, frame_pack),
+        actions_dropped=dropped,
+    )
+
+
+def _changed_rows(before: FramePackInputs, after: FramePackInputs) -> Tensor:
+    """[B] bool rows whose history latents differ between two packs of the same batch."""
+    changed = torch.zeros(before.target_frame_pos.shape[0], dtype=torch.bool, device=before.target_frame_pos.device)
+    for old, new in zip(before.history, after.history, strict=True):
+        changed |= (old.latents != new.latents).flatten(1).any(dim=1).to(changed.device)
+    return changed
+
+
+def train_step(
+    model: nn.Module, batch: WorldModelBatch, cfg: StepConfig, generator: torch.Generator
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Loss of one batch (no backward, no optimizer step).
+
+    Args:
+        model: The :class:`~astra_gym.world_model.transformer.AstraTransformer` (possibly wrapped
+            for data parallelism; called with ``return_aux=True``).
+        batch: Clean packed batch on the model's device.
+        cfg: Step recipe.
+        generator: CPU generator of every random draw of the step.
+
+    Returns:
+        (loss, logs): the 0-d loss with gradients, and detached 0-d logs ``loss``,
+        ``loss_flow`` (weighted flow loss), ``mse`` (unweighted), ``moe_balance``,
+        ``history_noised`` and ``actions_dropped`` (fractions of rows), plus ``mse_per_row`` [B].
+    """
+    inputs = prepare_inputs(batch, cfg, generator)
+    velocity, aux = model(inputs.noisy, inputs.timestep, None, inputs.frame_pack, inputs.actions, return_aux=True)
+    weight = timestep_weight(inputs.timestep, shift=cfg.timestep_shift) if cfg.loss_weighting == "release" else None
+    flow_loss, flow_logs = flow_matching_loss(velocity, inputs.target_velocity, weight)
+    balance = aux["moe_balance_loss"].float()
+    loss = flow_loss + cfg.moe_balance_weight * balance
+    per_row = (velocity.detach().float() - inputs.target_velocity).pow(2).flatten(1).mean(dim=1)  # [B]
+    logs = {
+        "loss": loss.detach(),
+        "loss_flow": flow_logs["loss"],
+        "mse": flow_logs["mse"],
+        "moe_balance": balance.detach(),
+        "history_noised": inputs.history_noised.float().mean(),
+        "actions_dropped": inputs.actions_dropped.float().mean(),
+        "mse_per_row": per_row,
+    }
+    return loss, logs
+
+
+def per_dataset_mse(per_row: Tensor, dataset: Tensor, num_datasets: int) -> tuple[Tensor, Tensor]:
+    """Sums and counts of per-row MSE by dataset (for logging; reduce across processes, then divide).
+
+    Args:
+        per_row: [B] per-row MSE.
+        dataset: [B] long dataset index.
+        num_datasets: Number of datasets K.
+
+    Returns:
+        (sums [K], counts [K]) float32.
+    """
+    sums = torch.zeros(num_datasets, device=per_row.device).index_add(0, dataset, per_row.float())
+    counts = torch.zeros(num_datasets, device=per_row.device).index_add(0, dataset, torch.ones_like(per_row).float())
+    return sums, counts

@@ -1,0 +1,340 @@
+"""Train a :class:`~astra_gym.world_model.reward_model.RewardModel` for one scenario from episodes.
+
+Usage::
+
+    python -m astra_gym.training.train_reward --preset small --episodes data/drive \\
+        --action-norm runs/wm/final --out runs/reward-drive
+
+One sample is one env step t of a recorded episode: the ``num_frames`` newest frames after the
+step (``frames[t+2-k .. t+1]``, the first frame repeated at the episode start), the step's action
+row (the scenario's command feature, normalised like the world model's rows), and the targets
+``rewards[t]`` and ``terminated[t]``. Loss = reward regression (Huber or MSE) + ``termination_weight``
+x binary cross-entropy on the termination logit. Terminations are rare, so the BCE weighs the
+positive class by ``(negatives / positives) ** termination_balance`` (1 = fully balanced, 0 = none).
+
+Held-out episodes (``--holdout-fraction``) give ``eval/reward_mae`` (and the MAE of always predicting
+the training mean, for reference) and termination accuracy, balanced accuracy, precision and
+recall at the env's decision threshold (logit > 0). The model is saved atomically to
+``<out>/final`` (:mod:`astra_gym.training.reward_io`) with those numbers in its metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from astra_gym.data.action_codecs import INFERENCE_FEATURE, episode_rows
+from astra_gym.data.episodes import Episode
+from astra_gym.training.checkpointing import step_generator
+from astra_gym.training.cli_args import add_config_arguments, apply_overrides, arg
+from astra_gym.training.episode_data import load_split, uint8_to_pixels
+from astra_gym.training.metrics import MetricWriter
+from astra_gym.training.normalization import ActionNormalizer
+from astra_gym.training.optim import cosine_schedule, make_adamw
+from astra_gym.training.reward_io import save_reward_model
+from astra_gym.utils.device import resolve_device
+from astra_gym.world_model.reward_model import RewardModel, get_reward_model_preset
+
+__all__ = ["RewardTrainConfig", "PRESETS", "TransitionPool", "train_reward", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RewardTrainConfig:
+    """Everything a reward-model training run reads (each field is a CLI flag; see ``--help``)."""
+
+    episodes: tuple[str, ...] = arg((), "episode folder of the scenario; repeat the flag", parse=str, append=True)
+    scenario: str | None = arg(None, "scenario of the episodes (none = read from them; they must agree)")
+    model_preset: str = arg("small", "RewardModel size preset: small or debug")
+    num_frames: int = arg(1, "newest frames the model sees")
+    action_norm: str = arg(
+        "rms", "rms (from these episodes), none, or a world-model folder whose normalisation to reuse"
+    )
+    batch_size: int = arg(64, "transitions per step")
+    total_steps: int = arg(5000, "optimizer steps")
+    lr: float = arg(1e-3, "peak AdamW learning rate")
+    min_lr_ratio: float = arg(0.1, "final learning rate as a fraction of --lr (cosine decay)")
+    warmup_steps: int = arg(100, "linear learning-rate warm-up steps")
+    weight_decay: float = arg(1e-4, "AdamW weight decay (matrices/kernels only)")
+    max_grad_norm: float = arg(1.0, "gradient clipping norm (0 = off)")
+    reward_loss: Literal["huber", "mse"] = arg("huber", "reward regression loss")
+    termination_weight: float = arg(1.0, "weight of the termination BCE")
+    termination_balance: float = arg(1.0, "positive-class BCE weight = (neg/pos) ** this (1 = balanced, 0 = off)")
+    holdout_fraction: float = arg(0.1, "share of the episodes held out for evaluation")
+    eval_every: int = arg(500, "steps between held-out evaluations (0 = only at the end)")
+    seed: int = arg(0, "seed of the split, the init and every random draw")
+    device: str = arg("auto", "torch device: auto, cpu, cuda, cuda:N")
+    out: str = arg("runs/reward", "output folder (the model is saved to OUT/final)")
+    log_every: int = arg(50, "steps between metric rows")
+    tensorboard: bool = arg(True, "also write TensorBoard event files")
+    progress: bool = arg(True, "show a tqdm progress bar")
+
+    def __post_init__(self) -> None:
+        for name in ("num_frames", "batch_size", "total_steps", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)} must be >= 1")
+        if self.termination_balance < 0 or self.termination_weight < 0:
+            raise ValueError("--termination-balance and --termination-weight must be >= 0")
+
+
+PRESETS: dict[str, RewardTrainConfig] = {
+    "debug": RewardTrainConfig(
+        model_preset="debug",
+        batch_size=8,
+        total_steps=10,
+        warmup_steps=2,
+        eval_every=5,
+        log_every=1,
+        tensorboard=False,
+    ),
+    "small": RewardTrainConfig(model_preset="small"),
+}
+
+
+class TransitionPool:
+    """Every step of some episodes of one scenario: frames, normalised action row, reward, termination.
+
+    Args:
+        episodes: Episodes of one scenario.
+        feature: Action feature of the rows.
+        normalizer: Applied to the rows.
+        num_frames: Newest frames per sample k.
+    """
+
+    def __init__(self, episodes: Sequence[Episode], feature: str, normalizer: ActionNormalizer, num_frames: int):
+        self.frames = [ep.frames for ep in episodes]
+        rows = [torch.from_numpy(episode_rows(ep, (feature,))[feature]) for ep in episodes]
+        self.rows = normalizer.apply(torch.cat(rows))  # [N, d]
+        self.rewards = torch.from_numpy(np.concatenate([ep.rewards for ep in episodes])).float()  # [N]
+        self.terminated = torch.from_numpy(np.concatenate([ep.terminated for ep in episodes]))  # [N]
+        self.episode = np.concatenate([np.full(ep.num_steps, i) for i, ep in enumerate(episodes)])
+        self.step = np.concatenate([np.arange(ep.num_steps) for ep in episodes])
+        self.num_frames = num_frames
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(frames [B, k, 3, H, W] in [-1, 1], rows [B, d], rewards [B], terminated [B]) of transitions ``index``."""
+        clips = []
+        for i in index.tolist():
+            frames, t = self.frames[self.episode[i]], int(self.step[i])
+            picks = np.clip(np.arange(t + 2 - self.num_frames, t + 2), 0, None)  # newest k frames after step t
+            clips.append(uint8_to_pixels(frames[picks]))
+        return torch.stack(clips), self.rows[index], self.rewards[index], self.terminated[index]
+
+    def sample(self, count: int, generator: torch.Generator):
+        """:meth:`gather` of ``count`` transitions drawn uniformly."""
+        return self.gather(torch.randint(len(self), (count,), generator=generator))
+
+
+def _scenario(cfg: RewardTrainConfig, episodes: Sequence[Episode]) -> str:
+    found = sorted({ep.scenario for ep in episodes})
+    if cfg.scenario is not None and found != [cfg.scenario]:
+        raise ValueError(f"--scenario {cfg.scenario} but the episodes are {found}; pass one scenario's folders")
+    if len(found) != 1:
+        raise ValueError(f"the episodes mix scenarios {found}; train one reward model per scenario")
+    return found[0]
+
+
+def _normalizer(cfg: RewardTrainConfig, scenario: str, feature: str, episodes: Sequence[Episode]) -> ActionNormalizer:
+    """``--action-norm``: from the episodes' rows (rms), identity (none) or a world-model folder."""
+    if cfg.action_norm == "none":
+        rows = episode_rows(episodes[0], (feature,))[feature]
+        return ActionNormalizer.identity(feature, rows.shape[1])
+    if cfg.action_norm == "rms":
+        return ActionNormalizer.from_rows(
+            feature, np.concatenate([episode_rows(ep, (feature,))[feature] for ep in episodes])
+        )
+    from astra_gym.world_model.checkpoints import read_pretrained_config
+
+    _, extra = read_pretrained_config(cfg.action_norm)
+    entry = extra.get("scenarios", {}).get(scenario)
+    if entry is None or entry["feature"] != feature:
+        raise ValueError(f"world model {cfg.action_norm} has no {scenario!r} scenario with feature {feature!r}")
+    return ActionNormalizer.from_dict(entry["action_normalization"])
+
+
+def _pos_weight(pool: TransitionPool, balance: float) -> float:
+    positives = int(pool.terminated.sum())
+    if positives == 0:
+        logger.warning("no terminations in the training episodes; the termination head learns 'never'")
+        return 1.0
+    return ((len(pool) - positives) / positives) ** balance
+
+
+def _losses(model: RewardModel, batch, cfg: RewardTrainConfig, pos_weight: float, device) -> tuple[torch.Tensor, dict]:
+    frames, rows, rewards, terminated = (t.to(device) for t in batch)
+    reward, logit = model(frames, rows)
+    if cfg.reward_loss == "huber":
+        reward_loss = F.smooth_l1_loss(reward, rewards)
+    else:
+        reward_loss = F.mse_loss(reward, rewards)
+    weight = torch.tensor(pos_weight, device=device)
+    term_loss = F.binary_cross_entropy_with_logits(logit, terminated.float(), pos_weight=weight)
+    loss = reward_loss + cfg.termination_weight * term_loss
+    return loss, {
+        "train/loss": loss.item(),
+        "train/reward_loss": reward_loss.item(),
+        "train/termination_loss": term_loss.item(),
+    }
+
+
+@torch.no_grad()
+def evaluate(model: RewardModel, pool: TransitionPool, reward_mean: float, batch: int = 256) -> dict[str, float]:
+    """Held-out reward MAE (and the constant-mean baseline's) and termination classification scores."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    preds, logits = [], []
+    for start in range(0, len(pool), batch):
+        frames, rows, _, _ = pool.gather(torch.arange(start, min(start + batch, len(pool))))
+        reward, logit = model(frames.to(device), rows.to(device))
+        preds.append(reward.cpu())
+        logits.append(logit.cpu())
+    model.train(was_training)
+    reward, predicted = torch.cat(preds), torch.cat(logits) > 0
+    truth = pool.terminated
+    tp, tn = int((predicted & truth).sum()), int((~predicted & ~truth).sum())
+    pos, neg = int(truth.sum()), int((~truth).sum())
+    return {
+        "eval/reward_mae": float((reward - pool.rewards).abs().mean()),
+        "eval/reward_mae_mean_baseline": float((pool.rewards - reward_mean).abs().mean()),
+        "eval/termination_accuracy": (tp + tn) / len(pool),
+        "eval/termination_balanced_accuracy": 0.5 * (tp / pos if pos else 1.0) + 0.5 * (tn / neg if neg else 1.0),
+        "eval/termination_precision": tp / int(predicted.sum()) if int(predicted.sum()) else math.nan,
+        "eval/termination_recall": tp / pos if pos else math.nan,
+    }
+
+
+_EVAL_KEYS = [
+    "eval/reward_mae",
+    "eval/reward_mae_mean_baseline",
+    "eval/termination_accuracy",
+    "eval/termination_balanced_accuracy",
+    "eval/termination_precision",
+    "eval/termination_recall",
+]
+_TRAIN_KEYS = ["train/loss", "train/reward_loss", "train/termination_loss", "train/lr", "perf/samples_per_s"]
+
+
+def train_reward(cfg: RewardTrainConfig) -> Path:
+    """Trains, evaluates and saves one scenario's reward model; returns the saved folder."""
+    split = load_split(cfg.episodes, cfg.holdout_fraction, step_generator(cfg.seed, "split", 0))
+    train_eps = [ep for group in split.train for ep in group]
+    held_eps = [ep for group in split.holdout for ep in group]
+    scenario = _scenario(cfg, train_eps + held_eps)
+    feature = INFERENCE_FEATURE[scenario]
+    normalizer = _normalizer(cfg, scenario, feature, train_eps)
+    pool = TransitionPool(train_eps, feature, normalizer, cfg.num_frames)
+    held = TransitionPool(held_eps, feature, normalizer, cfg.num_frames) if held_eps else None
+    device = resolve_device(cfg.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(step_generator(cfg.seed, "init", 0).initial_seed())
+        config = get_reward_model_preset(cfg.model_preset, pool.rows.shape[1], num_frames=cfg.num_frames)
+        model = RewardModel(config).to(device).train()
+    writer = MetricWriter(cfg.out, _TRAIN_KEYS + _EVAL_KEYS, 0, cfg.tensorboard)
+    reward_mean = float(pool.rewards.mean())
+    try:
+        _loop(model, pool, held, reward_mean, _pos_weight(pool, cfg.termination_balance), cfg, writer)
+        metrics: dict[str, Any] = {"steps": cfg.total_steps, "train_transitions": len(pool)}
+        if held is not None:
+            metrics.update(evaluate(model, held, reward_mean))
+            writer.write(cfg.total_steps, metrics_only(metrics))
+    finally:
+        writer.close()
+    metrics["config"] = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+    folder = save_reward_model(
+        model.cpu(),
+        Path(cfg.out) / "final",
+        scenario=scenario,
+        feature=feature,
+        normalizer=normalizer,
+        metrics=metrics,
+    )
+    logger.info("saved %s reward model to %s", scenario, folder)
+    return folder
+
+
+def metrics_only(metrics: dict[str, Any]) -> dict[str, float]:
+    """The ``eval/*`` entries of a metrics dict."""
+    return {k: v for k, v in metrics.items() if k in _EVAL_KEYS}
+
+
+def _loop(model, pool, held, reward_mean, pos_weight, cfg: RewardTrainConfig, writer: MetricWriter) -> None:
+    """The training steps with logging, periodic evaluation and a progress bar."""
+    device = next(model.parameters()).device
+    optimizer = make_adamw(model, cfg.lr, cfg.weight_decay)
+    scheduler = cosine_schedule(optimizer, cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio)
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.total_steps, desc="train reward model", unit="step")
+    tick = time.perf_counter()
+    for step in range(cfg.total_steps):
+        loss, logs = _losses(
+            model, pool.sample(cfg.batch_size, step_generator(cfg.seed, "data", step)), cfg, pos_weight, device
+        )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+        logs["train/lr"] = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if bar is not None:
+            bar.update(1)
+        if (step + 1) % cfg.log_every == 0:
+            now = time.perf_counter()
+            logs["perf/samples_per_s"] = cfg.log_every * cfg.batch_size / (now - tick)
+            tick = now
+            writer.write(step + 1, logs)
+            if bar is not None:
+                bar.set_postfix(loss=f"{logs['train/loss']:.4f}")
+        if held is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+            writer.write(step + 1, evaluate(model, held, reward_mean))
+    if bar is not None:
+        bar.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI: ``--preset`` then one flag per :class:`RewardTrainConfig` field."""
+    parser = argparse.ArgumentParser(
+        prog="python -m astra_gym.training.train_reward",
+        description=__doc__.split("\n\n")[0] + " Flags override the --preset; --print-config shows the result.",
+    )
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="small", help="base configuration (default: small)"
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    add_config_arguments(parser, RewardTrainConfig)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point (see the module docstring)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    cfg = apply_overrides(PRESETS[args.preset], args)
+    if args.print_config:
+        print(json.dumps(dataclasses.asdict(cfg), indent=2))
+        return
+    train_reward(cfg)
+
+
+if __name__ == "__main__":
+    main()

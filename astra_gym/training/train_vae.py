@@ -1,0 +1,254 @@
+"""Train the per-frame :class:`~astra_gym.world_model.vae.SmallVAE` on recorded episode frames.
+
+Usage::
+
+    python -m astra_gym.training.train_vae --preset small --out runs/vae \\
+        --episodes data/drive --episodes data/manipulation --episodes data/explore
+
+Every step draws a batch of frames: each row picks a folder uniformly (so every scenario gets the
+same share whatever its size), then a frame uniformly among that folder's training frames. The
+loss is the VAE's own reconstruction + KL (:meth:`SmallVAE.loss`). At the end the latent
+normalisation (per-channel mean/std of the posterior means) is set from ``--stats-frames``
+training frames, the reconstruction PSNR is measured on frames of held-out episodes (also
+logged every ``--eval-every`` steps as ``eval/psnr``), and the VAE is saved atomically to
+``<out>/final`` (:mod:`astra_gym.training.vae_io`). Metrics go to ``<out>/metrics.csv`` and
+TensorBoard. The run is short on purpose and not resumable; a failed run is simply restarted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from astra_gym.training.checkpointing import step_generator
+from astra_gym.training.cli_args import add_config_arguments, apply_overrides, arg
+from astra_gym.training.episode_data import load_split, uint8_to_pixels
+from astra_gym.training.metrics import MetricWriter
+from astra_gym.training.optim import cosine_schedule, make_adamw
+from astra_gym.training.vae_io import save_vae
+from astra_gym.utils.device import resolve_device
+from astra_gym.world_model.vae import SmallVAE, get_small_vae_preset
+
+__all__ = ["VaeTrainConfig", "PRESETS", "FramePool", "psnr", "train_vae", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VaeTrainConfig:
+    """Everything a VAE training run reads (each field is a CLI flag; see ``--help``)."""
+
+    episodes: tuple[str, ...] = arg((), "episode folder (one per scenario); repeat the flag", parse=str, append=True)
+    vae_preset: str = arg("small", "SmallVAE preset (architecture): small or debug")
+    kl_weight: float | None = arg(None, "override of the preset's KL weight (none = keep)")
+    batch_size: int = arg(32, "frames per step")
+    total_steps: int = arg(20000, "optimizer steps")
+    lr: float = arg(2e-4, "peak AdamW learning rate")
+    min_lr_ratio: float = arg(0.1, "final learning rate as a fraction of --lr (cosine decay)")
+    warmup_steps: int = arg(200, "linear learning-rate warm-up steps")
+    weight_decay: float = arg(0.0, "AdamW weight decay (conv kernels only)")
+    max_grad_norm: float = arg(1.0, "gradient clipping norm (0 = off)")
+    holdout_fraction: float = arg(0.1, "share of each folder's episodes held out for PSNR")
+    eval_every: int = arg(1000, "steps between held-out PSNR measurements (0 = only at the end)")
+    eval_frames: int = arg(256, "held-out frames per PSNR measurement")
+    stats_frames: int = arg(4096, "training frames used to set the latent mean/std")
+    seed: int = arg(0, "seed of the split, the init and every random draw")
+    device: str = arg("auto", "torch device: auto, cpu, cuda, cuda:N")
+    out: str = arg("runs/vae", "output folder (the VAE is saved to OUT/final)")
+    log_every: int = arg(50, "steps between metric rows")
+    tensorboard: bool = arg(True, "also write TensorBoard event files")
+    progress: bool = arg(True, "show a tqdm progress bar")
+
+    def __post_init__(self) -> None:
+        get_small_vae_preset(self.vae_preset)
+        for name in ("batch_size", "total_steps", "eval_frames", "stats_frames", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)} must be >= 1")
+
+    def vae_config(self):
+        """The SmallVAE config: the preset, with the KL weight override."""
+        config = get_small_vae_preset(self.vae_preset)
+        return config if self.kl_weight is None else config.replace(kl_weight=self.kl_weight)
+
+
+PRESETS: dict[str, VaeTrainConfig] = {
+    "debug": VaeTrainConfig(
+        vae_preset="debug",
+        batch_size=4,
+        total_steps=10,
+        warmup_steps=2,
+        eval_every=5,
+        eval_frames=8,
+        stats_frames=16,
+        log_every=1,
+        tensorboard=False,
+    ),
+    "small": VaeTrainConfig(vae_preset="small"),
+}
+
+
+class FramePool:
+    """All frames of some episodes grouped per folder, as uint8 arrays.
+
+    Args:
+        groups: Per folder, its episodes.
+    """
+
+    def __init__(self, groups: Sequence[Sequence]) -> None:
+        self.frames = [np.concatenate([ep.frames for ep in eps]) for eps in groups if eps]
+        shapes = {f.shape[1:] for f in self.frames}
+        if len(shapes) != 1:
+            raise ValueError(
+                f"all episodes must have frames of one size, got {sorted(shapes)}; record with one --size"
+            )
+        logger.info(
+            "frame pool: %d frames, %.1f MB",
+            sum(len(f) for f in self.frames),
+            sum(f.nbytes for f in self.frames) / 2**20,
+        )
+
+    def __len__(self) -> int:
+        return sum(len(f) for f in self.frames)
+
+    def sample(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """``count`` frames, folder uniform then frame uniform: float [count, 3, 1, H, W] in [-1, 1]."""
+        folders = torch.randint(len(self.frames), (count,), generator=generator).tolist()
+        picks = [self.frames[g][int(torch.randint(len(self.frames[g]), (), generator=generator))] for g in folders]
+        return uint8_to_pixels(np.stack(picks))[:, :, None]
+
+    def first(self, count: int) -> torch.Tensor:
+        """Up to ``count`` frames spread evenly over the pool (deterministic): [N, 3, 1, H, W]."""
+        frames = np.concatenate(self.frames)
+        index = np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(np.int64)
+        return uint8_to_pixels(frames[index])[:, :, None]
+
+
+def psnr(reconstruction: torch.Tensor, pixels: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of two videos in [-1, 1] (peak = the full range 2)."""
+    mse = float((reconstruction.float() - pixels.float()).pow(2).mean())
+    return float("inf") if mse == 0 else 10.0 * math.log10(4.0 / mse)
+
+
+@torch.no_grad()
+def evaluate_psnr(vae: SmallVAE, pixels: torch.Tensor, batch: int = 64) -> float:
+    """PSNR of ``vae.decode(vae.encode(x))`` against ``x`` [N, 3, 1, H, W] (deterministic)."""
+    recon = torch.cat(
+        [vae.decode(vae.encode(pixels[i : i + batch].to(vae.device))).cpu() for i in range(0, len(pixels), batch)]
+    )
+    return psnr(recon, pixels)
+
+
+@torch.no_grad()
+def set_latent_stats(vae: SmallVAE, pixels: torch.Tensor, batch: int = 64) -> None:
+    """Sets the VAE's latent normalisation to the exact per-channel mean/std over ``pixels``."""
+    vae.latent_count.zero_()
+    for i in range(0, len(pixels), batch):
+        vae.update_latent_stats(vae.encode_raw(pixels[i : i + batch].to(vae.device)))
+
+
+def _step(vae: SmallVAE, pool: FramePool, optimizer, scheduler, cfg: VaeTrainConfig, step: int) -> dict[str, float]:
+    """One optimizer step; returns scalar logs."""
+    pixels = pool.sample(cfg.batch_size, step_generator(cfg.seed, "data", step)).to(vae.device)
+    loss, logs = vae.loss(pixels, step_generator(cfg.seed, "noise", step))
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {**{f"train/{k}": float(v) for k, v in logs.items()}, "train/lr": lr, "train/grad_norm": float(norm)}
+
+
+def train_vae(cfg: VaeTrainConfig) -> Path:
+    """Trains, normalises, evaluates and saves a SmallVAE; returns the saved folder."""
+    split = load_split(cfg.episodes, cfg.holdout_fraction, step_generator(cfg.seed, "split", 0))
+    pool, held = FramePool(split.train), FramePool(split.holdout) if any(split.holdout) else None
+    device = resolve_device(cfg.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(step_generator(cfg.seed, "init", 0).initial_seed())
+        vae = SmallVAE(cfg.vae_config()).to(device).train()
+    optimizer = make_adamw(vae, cfg.lr, cfg.weight_decay)
+    scheduler = cosine_schedule(optimizer, cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio)
+    keys = ["train/loss", "train/recon", "train/kl", "train/lr", "train/grad_norm", "perf/samples_per_s", "eval/psnr"]
+    writer = MetricWriter(cfg.out, keys, 0, cfg.tensorboard)
+    eval_pixels = held.first(cfg.eval_frames) if held is not None else None
+    try:
+        _loop(vae, pool, eval_pixels, optimizer, scheduler, cfg, writer)
+        vae.eval()
+        set_latent_stats(vae, pool.first(cfg.stats_frames))
+        metrics = {"steps": cfg.total_steps, "train_frames": len(pool)}
+        if eval_pixels is not None:
+            metrics["holdout_psnr_db"] = evaluate_psnr(vae, eval_pixels)
+            writer.write(cfg.total_steps, {"eval/psnr": metrics["holdout_psnr_db"]})
+    finally:
+        writer.close()
+    metrics["config"] = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    folder = save_vae(vae.cpu(), Path(cfg.out) / "final", cfg.vae_preset, metrics)
+    logger.info("saved VAE to %s (held-out PSNR %s dB)", folder, metrics.get("holdout_psnr_db"))
+    return folder
+
+
+def _loop(vae, pool, eval_pixels, optimizer, scheduler, cfg: VaeTrainConfig, writer: MetricWriter) -> None:
+    """The training steps with logging, periodic PSNR and a progress bar."""
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.total_steps, desc="train VAE", unit="step")
+    tick = time.perf_counter()
+    for step in range(cfg.total_steps):
+        logs = _step(vae, pool, optimizer, scheduler, cfg, step)
+        if bar is not None:
+            bar.update(1)
+        if (step + 1) % cfg.log_every == 0:
+            now = time.perf_counter()
+            logs["perf/samples_per_s"] = cfg.log_every * cfg.batch_size / (now - tick)
+            tick = now
+            writer.write(step + 1, logs)
+            if bar is not None:
+                bar.set_postfix(loss=f"{logs['train/loss']:.4f}", sps=f"{logs['perf/samples_per_s']:.0f}")
+        if eval_pixels is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+            vae.eval()
+            writer.write(step + 1, {"eval/psnr": evaluate_psnr(vae, eval_pixels)})
+            vae.train()
+    if bar is not None:
+        bar.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI: ``--preset`` then one flag per :class:`VaeTrainConfig` field."""
+    parser = argparse.ArgumentParser(
+        prog="python -m astra_gym.training.train_vae",
+        description=__doc__.split("\n\n")[0] + " Flags override the --preset; --print-config shows the result.",
+    )
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="small", help="base configuration (default: small)"
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    add_config_arguments(parser, VaeTrainConfig)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point (see the module docstring)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    cfg = apply_overrides(PRESETS[args.preset], args)
+    if args.print_config:
+        print(json.dumps(dataclasses.asdict(cfg), indent=2))
+        return
+    train_vae(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,396 @@
+"""Training stack on the debug presets: loss goes down, exact resume, noise-as-mask, action dropout,
+VAE / reward trainers, exported folders. Everything runs on a tiny synthetic latent cache built with
+the real cache writer and a debug SmallVAE (32x32 frames -> 4x4x4 latents)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from astra_gym.data import latent_cache
+from astra_gym.data.episodes import episode_filename, save_episode
+from astra_gym.training import bundle, train_reward, train_vae, train_world_model
+from astra_gym.training.checkpointing import atomic_folder, latest_checkpoint, step_generator
+from astra_gym.training.data import DatasetSpec, JointLatentData, WindowDraw
+from astra_gym.training.normalization import ActionNormalizer
+from astra_gym.training.reward_io import load_reward_model
+from astra_gym.training.steps import StepConfig, prepare_inputs, train_step
+from astra_gym.training.vae_io import load_vae
+from astra_gym.world_model.action_encoders import flag_columns
+from astra_gym.world_model.checkpoints import load_pretrained, read_pretrained_config
+from astra_gym.world_model.config import get_preset
+from astra_gym.world_model.framepack import FramePackLayout
+from astra_gym.world_model.transformer import AstraTransformer
+from astra_gym.world_model.vae import SmallVAE
+from tests.data.synthetic import drive_episode, explore_episode, manipulation_episode
+
+SIZE = 32  # pixels -> 4x4 latents with the debug VAE (spatial factor 8)
+LAYOUT = FramePackLayout(mode="exact", max_start_distance=20)
+
+
+def _episodes(seed: int = 0):
+    return {
+        "drive": [drive_episode(6, 8, seed=seed + i, size=SIZE) for i in range(3)],
+        "explore": [explore_episode(6, 8, seed=seed + 10 + i, size=SIZE) for i in range(3)],
+        "manipulation": [manipulation_episode(14, seed=seed + 20 + i, size=SIZE) for i in range(3)],
+    }
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A latent cache of 9 episodes (3 per scenario, 15 latents each) from a debug SmallVAE."""
+    root = tmp_path_factory.mktemp("cache")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        vae = SmallVAE.from_preset("debug").eval()
+    pairs = [(f"{s}-{i}", ep) for s, eps in _episodes().items() for i, ep in enumerate(eps)]
+    latent_cache.build_latent_cache(pairs, vae, root, latent_cache.CacheConfig(episodes_per_shard=4))
+    return root
+
+
+@pytest.fixture(scope="module")
+def episode_dirs(tmp_path_factory):
+    """Episode folders per scenario; the last drive episode terminates (for the reward trainer)."""
+    root = tmp_path_factory.mktemp("episodes")
+    for scenario, episodes in _episodes(seed=100).items():
+        for i, ep in enumerate(episodes):
+            if scenario == "drive" and i == 2:
+                ep.terminated[-1], ep.truncated[-1] = True, False
+            save_episode(ep, root / scenario / episode_filename(i))
+    return root
+
+
+def _specs(cache):
+    return tuple(DatasetSpec(str(cache), s, w) for s, w in (("drive", 1.0), ("explore", 2.0), ("manipulation", 1.0)))
+
+
+def _data(cache, max_history: int = 6) -> JointLatentData:
+    return JointLatentData(_specs(cache), get_preset("debug"), 1, max_history, LAYOUT)
+
+
+def _model(seed: int = 0) -> AstraTransformer:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return AstraTransformer(get_preset("debug"))
+
+
+# --------------------------------------------------------------------------------------- train_step
+
+
+def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(cache):
+    data, model = _data(cache), _model()
+    batch = data.batch(4, step_generator(0, "data", 0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss, logs = train_step(model, batch, StepConfig(), step_generator(0, "noise", 0))  # same draws every step
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(logs["loss_flow"]))
+    assert all(np.isfinite(losses)) and logs["moe_balance"] > 0
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def _long_history_batch(data: JointLatentData, rows: int = 6):
+    """Every row with a 6-latent history, so the 4x, 2x and 1x groups all hold latents."""
+    draws = [WindowDraw(dataset=i % 3, window=i, history=6, offset=0) for i in range(rows)]
+    return data.load(draws)
+
+
+def test_noise_as_mask_noises_only_the_chosen_scale(cache):
+    data = _data(cache)
+    batch = _long_history_batch(data)
+    assert sorted(g.scale for g in batch.frame_pack.history) == [1, 2, 4]
+    for scale in (1, 2, 4):
+        cfg = StepConfig(history_noise_p=1.0, history_noise_scales=(scale,), action_dropout=0.0)
+        inputs = prepare_inputs(batch, cfg, step_generator(0, "noise", scale))
+        assert bool(inputs.history_noised.all())
+        for before, after in zip(batch.frame_pack.history, inputs.frame_pack.history, strict=True):
+            same = [torch.equal(getattr(before, f), getattr(after, f)) for f in ("frame_pos", "action_row", "valid")]
+            assert all(same) and before.scale == after.scale
+            rows_changed = (before.latents != after.latents).flatten(1).any(dim=1)
+            assert bool(rows_changed.all()) if before.scale == scale else not bool(rows_changed.any())
+        assert torch.equal(inputs.actions.values, batch.actions.values)  # dropout off: actions untouched
+        torch.testing.assert_close(
+            inputs.noisy - inputs.timestep.view(-1, 1, 1, 1, 1) / 1000 * inputs.target_velocity,
+            batch.target,
+            rtol=0,
+            atol=1e-5,
+        )  # x_s - s (eps - x0) = x0: targets untouched
+    # sigma = 1: the noised group is pure noise, independent of the history latents it replaced.
+    cfg = StepConfig(history_noise_p=1.0, history_noise_sigma=(1.0, 1.0), action_dropout=0.0)
+    zeroed_groups = tuple(
+        dataclasses.replace(g, latents=torch.zeros_like(g.latents)) for g in batch.frame_pack.history
+    )
+    zeroed = dataclasses.replace(batch, frame_pack=dataclasses.replace(batch.frame_pack, history=zeroed_groups))
+    noised = [prepare_inputs(b, cfg, step_generator(1, "noise", 0)).frame_pack.history for b in (batch, zeroed)]
+    one_x = [next(g.latents for g in groups if g.scale == 1) for groups in noised]
+    assert torch.equal(one_x[0], one_x[1])
+    off = prepare_inputs(batch, StepConfig(history_noise_p=0.0, action_dropout=0.0), step_generator(0, "noise", 0))
+    assert off.frame_pack is batch.frame_pack and not bool(off.history_noised.any())
+
+
+def test_action_dropout_nulls_whole_rows_and_nothing_else(cache):
+    data = _data(cache)
+    batch = data.load([WindowDraw(dataset=i % 3, window=i, history=1 + i % 6, offset=0) for i in range(16)])
+    cfg = StepConfig(history_noise_p=0.0, action_dropout=0.5)
+    inputs = prepare_inputs(batch, cfg, step_generator(3, "noise", 0))
+    dropped = inputs.actions_dropped
+    assert 0 < int(dropped.sum()) < 16
+    values, original = inputs.actions.values, batch.actions.values
+    assert bool((values[dropped] == 0).all())  # the null action: every column zero, flag included
+    assert torch.equal(values[~dropped], original[~dropped])
+    assert bool((original[dropped].abs().sum(dim=(1, 2)) > 0).all())  # those rows did carry actions
+    assert torch.equal(inputs.actions.modality, batch.actions.modality)
+    assert inputs.frame_pack is batch.frame_pack
+
+
+def test_batches_mix_modalities_with_per_row_flags(cache):
+    data = _data(cache)
+    batch = data.batch(32, step_generator(0, "data", 5))
+    assert set(batch.actions.modality.tolist()) == {1, 2, 3}  # vehicle, robot, keyboard slots
+    assert batch.actions.values.shape[-1] == 17  # padded to the keyboard width (16 + flag)
+    columns = flag_columns(get_preset("debug"), batch.actions.modality)  # [B]
+    flags = batch.actions.values[torch.arange(32)[:, None], :, columns[:, None]][:, 0]  # [B, A]
+    targets = batch.frame_pack.target_action_row[:, 0]
+    assert bool((flags[torch.arange(32), targets] == 0).all())  # target rows: flag 0
+    assert bool((flags[:, 0] == 1).all())  # the start slot: flag 1
+    again = data.batch(32, step_generator(0, "data", 5))
+    assert torch.equal(again.target, batch.target) and torch.equal(again.actions.values, batch.actions.values)
+
+
+def test_action_normalizer_keeps_the_null_row_and_pools_stats():
+    rows = torch.tensor([[0.5, 1.0, 0.0], [-0.5, 1.0, 0.0], [1.5, 1.0, 0.0]])
+    norm = ActionNormalizer.from_rows("x", rows)
+    assert torch.equal(norm.apply(torch.zeros(2, 3)), torch.zeros(2, 3))
+    assert norm.apply(rows)[:, 1].tolist() == [1.0, 1.0, 1.0] and norm.scale[2] == 1.0  # constant and empty columns
+    torch.testing.assert_close(norm.invert(norm.apply(rows)), rows)
+    halves = [
+        {"count": n, "mean": r.mean(0).tolist(), "std": r.std(0, unbiased=False).tolist()}
+        for n, r in ((1, rows[:1]), (2, rows[1:]))
+    ]
+    np.testing.assert_allclose(ActionNormalizer.from_stats("x", halves).scale, norm.scale, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------------------- world-model runs
+
+
+def _run_config(cache, run_dir, **changes):
+    base = train_world_model.PRESETS["debug"]
+    return dataclasses.replace(
+        base,
+        datasets=_specs(cache),
+        run_dir=str(run_dir),
+        total_steps=8,
+        checkpoint_every=4,
+        warmup_steps=2,
+        progress=False,
+        **changes,
+    )
+
+
+@pytest.fixture(scope="module")
+def straight_run(cache, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("straight")
+    return train_world_model.train(_run_config(cache, run_dir)), run_dir
+
+
+def _losses(rows, first: int):
+    return [r["train/loss"] for r in rows if "train/loss" in r and r["step"] > first]
+
+
+def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(cache, straight_run, tmp_path):
+    straight, straight_dir = straight_run
+    first = train_world_model.train(_run_config(cache, tmp_path, stop_after=4))
+    assert first.step == 4 and first.final is None and latest_checkpoint(tmp_path).name == "step_00000004"
+    torch.manual_seed(12345)  # a "fresh process": the global RNG state is different, every object is rebuilt
+    resumed = train_world_model.train(_run_config(cache, tmp_path))
+    assert resumed.step == 8 and [r["step"] for r in resumed.rows] == [5, 6, 7, 8]
+    assert _losses(resumed.rows, 4) == _losses(straight.rows, 4)  # exact float equality, step by step
+    for name, value in load_pretrained(straight.final).state_dict().items():
+        assert torch.equal(value, load_pretrained(resumed.final).state_dict()[name]), name
+    straight_csv = [line.split(",")[:12] for line in (straight_dir / "metrics.csv").read_text().splitlines()]
+    resumed_csv = [line.split(",")[:12] for line in (tmp_path / "metrics.csv").read_text().splitlines()]
+    assert straight_csv == resumed_csv  # the CSV of the resumed run holds each step once, identical values
+
+
+def test_exported_world_model_loads_with_everything_an_env_needs(cache, straight_run):
+    result, run_dir = straight_run
+    model = load_pretrained(result.final)
+    config, extra = read_pretrained_config(result.final)
+    assert config == get_preset("debug") and isinstance(model, AstraTransformer)
+    index = latent_cache.read_index(cache)
+    assert extra["vae"]["identity"]["hash"] == index["vae"]["hash"]
+    assert {s: (e["modality"], e["feature"]) for s, e in extra["scenarios"].items()} == {
+        "drive": ("vehicle", "vehicle_command"),
+        "explore": ("keyboard", "keyboard"),
+        "manipulation": ("robot", "robot_command"),
+    }
+    drive_stats = index["features"]["vehicle_command"]["stats"]
+    expected = ActionNormalizer.from_stats("vehicle_command", drive_stats)
+    assert extra["scenarios"]["drive"]["action_normalization"]["scale"] == list(expected.scale)
+    assert extra["chunk_latents"] == 1 and extra["layout"]["mode"] == "exact" and extra["training"]["weights"] == "ema"
+    assert extra["sampler"]["num_denoise_steps"] >= 1 and extra["training"]["step"] == 8
+    assert load_pretrained(run_dir / "checkpoints" / "step_00000008" / "model") is not None
+
+
+def test_checkpoint_writes_are_atomic(tmp_path):
+    target = tmp_path / "ckpt"
+    with atomic_folder(target) as tmp:
+        (tmp / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_folder(target) as tmp:
+        (tmp / "a.txt").write_text("half-written")
+        raise RuntimeError("killed")
+    assert (target / "a.txt").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_cli_every_flag_has_help_and_presets_resolve(cache, capsys):
+    parser = train_world_model.build_parser()
+    assert all(action.help for action in parser._actions)
+    train_world_model.main(
+        [
+            "--preset",
+            "debug",
+            "--dataset",
+            f"scenario=drive,path={cache},weight=2",
+            "--history-noise-scales",
+            "1",
+            "2",
+            "--ema-decay",
+            "none",
+            "--print-config",
+        ]
+    )
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["datasets"][0]["weight"] == 2.0 and printed["step"]["history_noise_scales"] == [1, 2]
+    assert printed["ema_decay"] is None and printed["model_preset"] == "debug"
+    with pytest.raises(ValueError, match="scenario"):
+        DatasetSpec.parse(f"path={cache}")
+
+
+# --------------------------------------------------------------------------------------- VAE and reward trainers
+
+
+def test_vae_trainer_writes_a_loadable_normalised_vae(episode_dirs, tmp_path):
+    cfg = dataclasses.replace(
+        train_vae.PRESETS["debug"],
+        episodes=(str(episode_dirs / "drive"), str(episode_dirs / "explore")),
+        out=str(tmp_path),
+        total_steps=4,
+        progress=False,
+        holdout_fraction=0.34,
+    )
+    folder = train_vae.train_vae(cfg)
+    vae = load_vae(folder)
+    meta = json.loads((folder / "config.json").read_text())
+    assert np.isfinite(meta["metrics"]["holdout_psnr_db"])
+    assert not torch.equal(vae.latents_std, torch.ones(4)) and float(vae.latent_count) == 16 * 4 * 4  # frames x h x w
+    # The cache builder reads the same weights and records the same VAE identity.
+    cache_vae = latent_cache.load_vae("debug", str(folder / "vae.safetensors"))
+    assert latent_cache.vae_identity(cache_vae)["hash"] == meta["identity"]["hash"]
+    assert "eval/psnr" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_reward_trainer_writes_a_loadable_model_with_metrics(episode_dirs, tmp_path):
+    cfg = dataclasses.replace(
+        train_reward.PRESETS["debug"],
+        episodes=(str(episode_dirs / "drive"),),
+        out=str(tmp_path),
+        total_steps=4,
+        progress=False,
+        holdout_fraction=0.34,
+    )
+    model, meta = load_reward_model(train_reward.train_reward(cfg))
+    assert meta["scenario"] == "drive" and meta["feature"] == "vehicle_command"
+    assert {"eval/reward_mae", "eval/termination_accuracy"} <= set(meta["metrics"])
+    reward, logit = model(torch.zeros(2, 1, 3, SIZE, SIZE), torch.zeros(2, 7))
+    assert reward.shape == logit.shape == (2,)
+    pool = train_reward.TransitionPool(
+        _episodes()["drive"], "vehicle_command", ActionNormalizer.identity("vehicle_command", 7), num_frames=3
+    )
+    frames, rows, rewards, _ = pool.gather(torch.tensor([0, 5]))
+    episode = _episodes()["drive"][0]
+    # Step t sees the 3 newest frames after it, frames[t-1 .. t+1]; at t = 0 frame 0 is repeated.
+    assert torch.equal(frames[0], train_reward.uint8_to_pixels(episode.frames[[0, 0, 1]]))
+    assert torch.equal(frames[1], train_reward.uint8_to_pixels(episode.frames[[4, 5, 6]]))
+    assert rows.shape == (2, 7) and rewards[1] == float(episode.rewards[5])
+    # Class balancing: the one terminal step of 42 weighs as much as the 41 others (balance 1), or 1 (balance 0).
+    episodes = _episodes()["drive"]
+    episodes[0].terminated[-1] = True
+    pool = train_reward.TransitionPool(episodes, "vehicle_command", ActionNormalizer.identity("vehicle_command", 7), 1)
+    assert (
+        len(pool) == 42 and train_reward._pos_weight(pool, 1.0) == 41.0 and train_reward._pos_weight(pool, 0.0) == 1.0
+    )
+
+
+# --------------------------------------------------------------------------------------- the whole pipeline
+
+
+def test_pipeline_vae_cache_world_model_reward_bundle(episode_dirs, tmp_path):
+    """The README recipe at debug size: every hand-off (VAE -> caches -> world model -> reward -> bundle)."""
+    scenarios = ("drive", "manipulation", "explore")
+    vae_cfg = dataclasses.replace(
+        train_vae.PRESETS["debug"],
+        episodes=tuple(str(episode_dirs / s) for s in scenarios),
+        out=str(tmp_path / "vae"),
+        total_steps=2,
+        progress=False,
+    )
+    vae_folder = train_vae.train_vae(vae_cfg)
+    for s in scenarios:  # the documented cache command, with the trained weights
+        latent_cache.main(
+            [
+                "--episodes",
+                str(episode_dirs / s),
+                "--vae",
+                "debug",
+                "--vae-weights",
+                str(vae_folder / "vae.safetensors"),
+                "--out",
+                str(tmp_path / f"cache-{s}"),
+            ]
+        )
+    specs = tuple(DatasetSpec(str(tmp_path / f"cache-{s}"), s) for s in scenarios)
+    wm = train_world_model.train(
+        dataclasses.replace(
+            train_world_model.PRESETS["debug"],
+            datasets=specs,
+            run_dir=str(tmp_path / "wm"),
+            total_steps=2,
+            progress=False,
+            vae=str(vae_folder),
+        )
+    )
+    reward_cfg = dataclasses.replace(
+        train_reward.PRESETS["debug"],
+        episodes=(str(episode_dirs / "drive"),),
+        out=str(tmp_path / "reward"),
+        total_steps=2,
+        progress=False,
+        action_norm=str(wm.final),
+    )
+    reward_folder = train_reward.train_reward(reward_cfg)
+    out = bundle.make_bundle("test", wm.final, vae_folder, [reward_folder], tmp_path / "bundle")
+    manifest = bundle.read_bundle(out)
+    assert sorted(manifest["scenarios"]) == sorted(scenarios)
+    assert manifest["scenarios"]["drive"]["reward_model"] == out / "reward" / "drive"
+    assert manifest["scenarios"]["explore"]["reward_model"] is None
+    _, reward_meta = load_reward_model(manifest["scenarios"]["drive"]["reward_model"])
+    assert (
+        reward_meta["action_normalization"]["scale"] == manifest["scenarios"]["drive"]["action_normalization"]["scale"]
+    )
+    assert load_vae(manifest["vae"]).latent_channels == load_pretrained(manifest["world_model"]).config.in_channels
+    assert "drive" in (out / "MODEL_CARD.md").read_text()
+    with pytest.raises(ValueError, match="VAE"):  # a VAE other than the caches' is refused
+        bundle.make_bundle(
+            "bad",
+            wm.final,
+            train_vae.train_vae(dataclasses.replace(vae_cfg, seed=1, out=str(tmp_path / "vae2"))),
+            [],
+            tmp_path / "bad",
+        )
