@@ -368,7 +368,7 @@ class SmallVAEConfig:
 
 
 SMALL_VAE_PRESETS: dict[str, SmallVAEConfig] = {
-    "small": SmallVAEConfig(latent_channels=8, channels=(64, 128, 256), num_res_blocks=2),
+    "small": SmallVAEConfig(latent_channels=8, channels=(32, 64, 128), num_res_blocks=1),
     "debug": SmallVAEConfig(latent_channels=4, channels=(8, 16, 16), num_res_blocks=1),
 }
 

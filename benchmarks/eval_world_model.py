@@ -1,0 +1,496 @@
+"""Fidelity and action following of a world model on held-out simulator episodes.
+
+From several starts of every held-out episode, the model is reset on real context frames and rolled
+out for ``--chunks`` chunks under the recorded actions and, from the same start and noise, under
+random actions of the data's random policy; the recorded continuation is the simulator's own
+continuation under the recorded actions. Reported per chunk and overall: PSNR/SSIM, ΔPSNR (Genie),
+the accuracy of an inverse-dynamics model trained on real frames on real vs generated video, the
+reward model's error on real vs generated frames, and the VAE's reconstruction ceiling (see
+:mod:`astra_gym.evaluation.rollouts` for the exact definitions).
+
+Usage::
+
+    python -m benchmarks.eval_world_model --checkpoint small-v0 --scenario drive \\
+        --episodes data/heldout/drive --chunks 8 --context 4 --out results/eval_drive.json \\
+        --idm results/idm_drive.safetensors --idm-train-episodes data/drive
+    python -m benchmarks.eval_world_model --checkpoint debug --scenario explore --episodes data/explore \\
+        --chunks 2 --starts-per-episode 1 --max-episodes 2 --out results/eval_debug.json   # plumbing check
+
+``--checkpoint`` is a bundle name (``astra_gym/assets/models/NAME``), a bundle folder
+(``python -m astra_gym.training.bundle``), a world-model folder (``save_pretrained``; give ``--vae``
+unless its metadata names the VAE folder, and ``--reward-model`` to score rewards) or ``debug`` (the
+tiny preset with random weights: tests the plumbing, its numbers mean nothing). The IDM is loaded
+from ``--idm``; if that file does not exist and ``--idm-train-episodes`` is given, one is trained on
+those (training-split) episodes and saved there first. ``--replay`` also runs the simulators (the
+``sims`` extra): it checks that replaying the recorded actions reproduces the recording, and scores
+the random-action rollouts against the simulator's continuation under the same random actions.
+
+Writes one JSON file (``--out``; the command line is stored in it) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from astra_gym.data.action_codecs import FEATURES, INFERENCE_FEATURE
+from astra_gym.data.episodes import Episode, episode_paths, load_episode
+from astra_gym.evaluation.idm import (
+    IDMTrainConfig,
+    InverseDynamicsModel,
+    accuracy,
+    load_idm,
+    make_idm_config,
+    save_idm,
+    train_idm,
+)
+from astra_gym.evaluation.rollouts import (
+    EvalPlan,
+    evaluate_rollouts,
+    make_starts,
+    replay_continuations,
+    run_rollouts,
+)
+from astra_gym.rollout.engine import DEFAULT_LAYOUT, RolloutConfig, WorldModelRollout
+from astra_gym.utils.device import resolve_device
+from benchmarks.common import environment_info
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "astra_gym" / "assets" / "models"
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading the world model
+# ------------------------------------------------------------------------------------------------
+
+
+def load_world_model(args: argparse.Namespace, device: torch.device) -> tuple[WorldModelRollout, dict]:
+    """(engine with the checkpoint's action normalisation, JSON description of what was loaded)."""
+    if args.checkpoint == "debug":
+        return _debug_model(args, device)
+    folder = Path(args.checkpoint)
+    if not folder.exists() and (MODELS_DIR / args.checkpoint).is_dir():
+        folder = MODELS_DIR / args.checkpoint
+    if (folder / "bundle.json").is_file():
+        return _bundle_model(folder, args, device)
+    if (folder / "config.json").is_file():
+        return _folder_model(folder, args, device)
+    known = sorted(p.name for p in MODELS_DIR.iterdir()) if MODELS_DIR.is_dir() else []
+    raise SystemExit(
+        f"--checkpoint {args.checkpoint!r}: no bundle.json or config.json there and no bundled model of that name "
+        f"(bundled: {known or 'none'}); pass a bundle or save_pretrained folder, or 'debug'"
+    )
+
+
+def _engine_config(args: argparse.Namespace, modality: str, meta: dict, device: torch.device) -> RolloutConfig:
+    """Rollout settings from the checkpoint metadata, with the command-line overrides."""
+    sampler = meta.get("sampler") or {}
+    layout = DEFAULT_LAYOUT
+    if meta.get("layout"):
+        from astra_gym.world_model.framepack import FramePackLayout
+
+        stored = dict(meta["layout"], patch_hw=tuple(meta["layout"]["patch_hw"]))
+        layout = FramePackLayout(**stored)
+    return RolloutConfig(
+        modality=modality,
+        chunk_latents=int(meta.get("chunk_latents") or 1),
+        num_denoise_steps=args.denoise_steps or int(sampler.get("num_denoise_steps", 4)),
+        guidance_scale=args.guidance if args.guidance is not None else float(sampler.get("guidance_scale", 1.0)),
+        shift=float(sampler.get("shift", 5.0)),
+        layout=layout,
+        device=device,
+    )
+
+
+def _debug_model(args: argparse.Namespace, device: torch.device) -> tuple[WorldModelRollout, dict]:
+    """The debug transformer, debug SmallVAE and debug reward model with seeded random weights."""
+    from astra_gym.world_model.config import get_preset
+    from astra_gym.world_model.reward_model import RewardModel, get_reward_model_preset
+    from astra_gym.world_model.transformer import AstraTransformer
+    from astra_gym.world_model.vae import SmallVAE
+
+    feature = FEATURES[INFERENCE_FEATURE[args.scenario]]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        model = AstraTransformer(get_preset("debug")).to(device).eval()
+        vae = SmallVAE.from_preset("debug").to(device).eval()
+        reward = RewardModel(get_reward_model_preset("debug", feature.dim)).to(device).eval()
+    config = _engine_config(args, feature.modality, {}, device)
+    info = {"kind": "debug (random weights)", "feature": feature.name, "modality": feature.modality}
+    return WorldModelRollout(model, vae, config, reward_model=reward), info
+
+
+def _bundle_model(folder: Path, args: argparse.Namespace, device: torch.device) -> tuple[WorldModelRollout, dict]:
+    from astra_gym.training.bundle import read_bundle
+
+    manifest = read_bundle(folder)
+    entry = _scenario_entry(manifest, args.scenario, folder)
+    reward = args.reward_model or entry.get("reward_model")
+    return _assemble(manifest["world_model"], args.vae or manifest["vae"], reward, entry, manifest, args, device)
+
+
+def _folder_model(folder: Path, args: argparse.Namespace, device: torch.device) -> tuple[WorldModelRollout, dict]:
+    from astra_gym.world_model.checkpoints import read_pretrained_config
+
+    _, extra = read_pretrained_config(folder)
+    entry = _scenario_entry(extra, args.scenario, folder)
+    vae = args.vae or (extra.get("vae") or {}).get("folder")
+    if vae is None:
+        raise SystemExit(f"{folder} does not name its VAE folder; pass --vae FOLDER (train_vae output)")
+    return _assemble(folder, vae, args.reward_model, entry, extra, args, device)
+
+
+def _scenario_entry(meta: dict, scenario: str, folder: Path) -> dict:
+    scenarios = meta.get("scenarios") or {}
+    if scenario not in scenarios:
+        raise SystemExit(f"{folder} was not trained on {scenario!r} (it has {sorted(scenarios)}); pick one of those")
+    entry = scenarios[scenario]
+    if entry["feature"] != INFERENCE_FEATURE[scenario]:
+        raise SystemExit(
+            f"{folder} conditions {scenario} on {entry['feature']!r}; this evaluation drives the model with the "
+            f"commanded actions ({INFERENCE_FEATURE[scenario]!r}) and cannot evaluate pose-conditioned models"
+        )
+    return entry
+
+
+def _assemble(world_model, vae_folder, reward_folder, entry: dict, meta: dict, args, device) -> tuple:
+    """Loads the parts of a folder or bundle into one engine."""
+    from astra_gym.training.reward_io import load_reward_model
+    from astra_gym.training.vae_io import load_vae
+    from astra_gym.world_model.checkpoints import load_pretrained, read_pretrained_config
+
+    model = load_pretrained(world_model, device=device).eval()
+    vae = load_vae(vae_folder, device)
+    reward = load_reward_model(reward_folder, device)[0] if reward_folder else None
+    scale = [float(v) for v in entry["action_normalization"]["scale"]]
+    config = _engine_config(args, entry["modality"], meta, device)
+    _, extra = read_pretrained_config(world_model)
+    info = {
+        "kind": "checkpoint",
+        "world_model": str(world_model),
+        "vae": str(vae_folder),
+        "reward_model": None if reward_folder is None else str(reward_folder),
+        "feature": entry["feature"],
+        "modality": entry["modality"],
+        "training": {k: v for k, v in (extra.get("training") or {}).items() if k != "config"},
+        "training_datasets": ((extra.get("training") or {}).get("config") or {}).get("datasets", []),
+    }
+    return WorldModelRollout(model, vae, config, reward_model=reward, action_scale=scale), info
+
+
+# ------------------------------------------------------------------------------------------------
+# Data, held-out check, IDM
+# ------------------------------------------------------------------------------------------------
+
+
+def load_heldout(args: argparse.Namespace) -> list[tuple[str, Episode]]:
+    """(path, episode) pairs of ``--episodes`` of the scenario (at most ``--max-episodes``)."""
+    paths = episode_paths(args.episodes)
+    if not paths:
+        raise SystemExit(
+            f"no episode_*.hdf5 files in {args.episodes}; record held-out episodes with astra_gym.data.generate"
+        )
+    paths = paths[: args.max_episodes] if args.max_episodes else paths
+    episodes = [(str(p), load_episode(p)) for p in paths]
+    wrong = [p for p, ep in episodes if ep.scenario != args.scenario]
+    if wrong:
+        raise SystemExit(
+            f"{len(wrong)} episodes are not {args.scenario!r} episodes (e.g. {wrong[0]}); check --episodes"
+        )
+    return episodes
+
+
+def heldout_check(info: dict, episodes: list[tuple[str, Episode]]) -> dict:
+    """Compares the held-out episodes with the world model's training caches (by source path and seed)."""
+    seen_sources, seen_seeds, read = set(), set(), []
+    for spec in info.get("training_datasets", []):
+        index = Path(spec.get("root", "")) / "index.json"
+        if not index.is_file():
+            continue
+        read.append(str(index.parent))
+        for shard in json.loads(index.read_text(encoding="utf-8")).get("shards", []):
+            for entry in shard.get("episodes", []):
+                seen_sources.add(str(Path(entry.get("source", "")).resolve()))
+                seen_seeds.add((entry.get("env_id"), entry.get("seed")))
+    overlap = [p for p, ep in episodes if str(Path(p).resolve()) in seen_sources or (ep.env_id, ep.seed) in seen_seeds]
+    return {"checked_caches": read, "overlapping_episodes": overlap}
+
+
+def get_idm(
+    args: argparse.Namespace, episodes: list[tuple[str, Episode]], device: torch.device
+) -> tuple[InverseDynamicsModel | None, dict]:
+    """Loads ``--idm`` or trains it on ``--idm-train-episodes`` (then saves it to ``--idm``)."""
+    if args.idm is None:
+        return None, {"status": "skipped (no --idm)"}
+    path = Path(args.idm)
+    if path.is_file():
+        idm, facts = load_idm(path, device)
+        return _check_idm(idm, args, path, facts, episodes), {"path": str(path), "status": "loaded", **facts}
+    if not args.idm_train_episodes:
+        raise SystemExit(f"--idm {path} does not exist; pass --idm-train-episodes DIR (training split) to train it")
+    train = [load_episode(p) for p in episode_paths(args.idm_train_episodes)]
+    if not train:
+        raise SystemExit(f"no episodes in --idm-train-episodes {args.idm_train_episodes}")
+    buttons = train[0].attrs.get("button_names", ()) if args.scenario == "explore" else ()
+    config = make_idm_config(args.scenario, buttons, gripper=_fingers_move(train))
+    settings = IDMTrainConfig(steps=args.idm_steps, batch_size=args.idm_batch_size)
+    _log(f"training the IDM on {len(train)} episodes of {args.idm_train_episodes} ({settings.steps} steps)")
+    idm, losses = train_idm(train, config, settings, generator=torch.Generator().manual_seed(args.seed), device=device)
+    facts = {
+        "train_episodes": str(args.idm_train_episodes),
+        "num_train_episodes": len(train),
+        "steps": settings.steps,
+        "final_loss": float(np.mean(losses[-20:])),
+        "heldout_full_episode_accuracy": _full_accuracy(idm, episodes),
+        "train_seeds": sorted({(ep.env_id, ep.seed) for ep in train}),
+    }
+    _check_idm(idm, args, path, facts, episodes)
+    save_idm(idm, path, facts)
+    return idm, {"path": str(path), "status": "trained", **facts}
+
+
+def _fingers_move(episodes: list[Episode]) -> bool:
+    """Whether the recorded finger opening varies (FetchPush-v4 blocks the fingers: no gripper head then)."""
+    openings = [ep.poses["gripper"] for ep in episodes if "gripper" in ep.poses]
+    return bool(openings) and float(np.ptp(np.concatenate(openings))) > 1e-3
+
+
+def _check_idm(
+    idm: InverseDynamicsModel, args: argparse.Namespace, path: Path, facts: dict, episodes: list[tuple[str, Episode]]
+) -> InverseDynamicsModel:
+    """The IDM is for this scenario and was not trained on the held-out episodes."""
+    if idm.config.scenario != args.scenario:
+        raise SystemExit(f"--idm {path} recovers {idm.config.scenario!r} actions, not {args.scenario!r}")
+    trained = {tuple(pair) for pair in facts.get("train_seeds", [])}
+    overlap = [p for p, ep in episodes if (ep.env_id, ep.seed) in trained]
+    if overlap and not args.allow_train_overlap:
+        raise SystemExit(
+            f"the IDM was trained on {len(overlap)} of the --episodes (e.g. {overlap[0]}); train it on the training "
+            "split (--idm-train-episodes) or pass --allow-train-overlap"
+        )
+    return idm
+
+
+def _full_accuracy(idm: InverseDynamicsModel, episodes: list[tuple[str, Episode]]) -> float:
+    """Mean IDM accuracy over every transition of the held-out episodes (real video)."""
+    scores = [accuracy(idm, ep.frames, ep.actions, episode_buttons=ep.attrs.get("button_names")) for _, ep in episodes]
+    counts = np.array([s["count"] for s in scores], np.float64)
+    values = np.array([s["mean_accuracy"] or 0.0 for s in scores])
+    return float((counts * values).sum() / max(counts.sum(), 1.0))
+
+
+# ------------------------------------------------------------------------------------------------
+# Output
+# ------------------------------------------------------------------------------------------------
+
+_COLUMNS = (
+    ("chunk", "chunk", "{}"),
+    ("psnr", "PSNR (dB)", "{:.2f}"),
+    ("ssim", "SSIM", "{:.3f}"),
+    ("psnr_random", "PSNR rand. act.", "{:.2f}"),
+    ("delta_psnr", "ΔPSNR (dB)", "{:+.2f}"),
+    ("vae_recon_psnr", "VAE ceiling (dB)", "{:.2f}"),
+    ("idm_real", "IDM bal. acc. real", "{:.3f}"),
+    ("idm_generated", "IDM bal. acc. gen.", "{:.3f}"),
+    ("idm_generated_random", "IDM bal. acc. gen. rand.", "{:.3f}"),
+    ("psnr_replay_random", "PSNR vs replay rand.", "{:.2f}"),
+    ("reward_mae_real", "reward MAE real", "{:.3f}"),
+    ("reward_mae_generated", "reward MAE gen.", "{:.3f}"),
+)
+
+
+def markdown_table(per_chunk: list[dict]) -> str:
+    """The per-chunk rows as a markdown table (columns absent from every row are left out)."""
+    columns = [c for c in _COLUMNS if any(c[0] in row for row in per_chunk)]
+    lines = ["| " + " | ".join(c[1] for c in columns) + " |", "|" + "|".join("---:" for _ in columns) + "|"]
+    for row in per_chunk:
+        cells = [_cell(row.get(key), fmt) for key, _, fmt in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        return value
+    return fmt.format(value)
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """Headline numbers under the table."""
+    lines = [
+        f"starts: {summary['num_starts']} from {summary['num_episodes']} held-out episodes",
+        f"PSNR {summary['psnr']['mean_capped']:.2f} dB (exact frames: {summary['psnr']['num_inf']}), "
+        f"SSIM {summary['ssim']['mean_capped']:.3f}, ΔPSNR {summary['delta_psnr']['mean_capped']:+.2f} dB, "
+        f"VAE ceiling {summary['vae_recon_psnr']['mean_capped']:.2f} dB",
+    ]
+    if "idm" in summary:
+        idm, real, gen = summary["idm"], summary["idm"]["real"], summary["idm"]["generated"]
+        lines.append(
+            f"IDM balanced accuracy: real {real['balanced_accuracy']:.3f}, generated {gen['balanced_accuracy']:.3f} "
+            f"(ratio {_fmt(idm['ratio_generated_to_real'])}, above-chance ratio {_fmt(idm['above_chance_ratio'])}), "
+            f"generated under random actions {idm['generated_random']['balanced_accuracy']:.3f}; "
+            f"chance {real['balanced_chance']:.3f}"
+        )
+        lines.append(
+            f"IDM mean accuracy: real {real['mean_accuracy']:.3f}, generated {gen['mean_accuracy']:.3f}; "
+            f"majority baseline {real['majority_baseline']:.3f}"
+        )
+    if "reward_model" in summary:
+        rm = summary["reward_model"]
+        lines.append(
+            f"reward MAE: real {rm['real']['reward_mae']:.3f}, generated {rm['generated']['reward_mae']:.3f} "
+            f"(target std {rm['target_reward_std']:.3f}); termination accuracy real "
+            f"{rm['real']['termination_accuracy']:.3f}, generated {rm['generated']['termination_accuracy']:.3f}"
+        )
+    return lines
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _jsonable(value: Any) -> Any:
+    """Nested value with non-finite floats as "inf"/"-inf"/"nan" strings and paths/tuples/arrays converted."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else str(float(value))
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (Path, torch.device)):
+        return str(value)
+    return value
+
+
+def write_json(path: str | os.PathLike, payload: dict) -> Path:
+    """Strict JSON (no NaN/Infinity tokens), written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_jsonable(payload), indent=2, allow_nan=False)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as tmp:
+        tmp.write(text)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.replace(tmp.name, path)
+    return path
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.eval_world_model", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="bundle name or folder, world-model folder, or 'debug'")
+    parser.add_argument("--scenario", required=True, choices=sorted(INFERENCE_FEATURE))
+    parser.add_argument("--episodes", required=True, help="folder of HELD-OUT episodes (never used in training)")
+    parser.add_argument("--chunks", type=int, default=8, help="chunks generated per rollout")
+    parser.add_argument("--context", type=int, default=4, help="real context frames per start")
+    parser.add_argument("--starts-per-episode", type=int, default=4, help="evenly spaced starts per episode")
+    parser.add_argument("--max-episodes", type=int, default=None, help="use only the first N episodes")
+    parser.add_argument("--out", default=None, help="JSON results file (default results/eval_<scenario>.json)")
+    parser.add_argument("--markdown", default=None, help="also write the table to this file")
+    parser.add_argument("--idm", default=None, help="IDM file (.safetensors); trained there if missing (see below)")
+    parser.add_argument(
+        "--idm-train-episodes", default=None, help="training-split episodes to train a missing --idm on"
+    )
+    parser.add_argument("--idm-steps", type=int, default=2000, help="IDM optimizer steps when training")
+    parser.add_argument("--idm-batch-size", type=int, default=64, help="IDM batch size when training")
+    parser.add_argument("--vae", default=None, help="VAE folder (overrides the checkpoint's)")
+    parser.add_argument("--reward-model", default=None, help="reward-model folder (overrides the bundle's)")
+    parser.add_argument("--replay", action="store_true", help="run the simulators: replay check + random-action truth")
+    parser.add_argument(
+        "--denoise-steps", type=int, default=None, help="Euler steps per chunk (default: checkpoint's)"
+    )
+    parser.add_argument(
+        "--guidance", type=float, default=None, help="action-free guidance scale (default: checkpoint's)"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="starts per engine call (2 rows each)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random actions, rollout noise and the IDM")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--allow-train-overlap", action="store_true", help="evaluate even if episodes were trained on")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Runs the evaluation, writes the JSON and prints the table; returns the JSON payload."""
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    engine, model_info = load_world_model(args, device)
+    episodes = load_heldout(args)
+    check = heldout_check(model_info, episodes)
+    if check["overlapping_episodes"] and not args.allow_train_overlap:
+        raise SystemExit(
+            f"{len(check['overlapping_episodes'])} --episodes were used to train the model (e.g. "
+            f"{check['overlapping_episodes'][0]}); evaluate on held-out episodes or pass --allow-train-overlap"
+        )
+    plan = EvalPlan(
+        args.scenario,
+        args.context,
+        args.chunks,
+        engine.config.chunk_latents,
+        engine.temporal_factor,
+        args.starts_per_episode,
+        args.seed,
+    )
+    starts = make_starts(episodes, plan)
+    if not starts:
+        raise SystemExit(
+            f"no episode of {args.episodes} has the {plan.steps_needed} steps a start needs; "
+            "lower --chunks or --context"
+        )
+    idm, idm_info = get_idm(args, episodes, device)
+    _log(f"rolling out {len(starts)} starts x 2 action sequences x {plan.chunks} chunks")
+    outputs = run_rollouts(
+        engine, starts, plan, args.batch_size, progress=lambda done, total: _log(f"  {done}/{total} starts")
+    )
+    real_random, replay_checks = replay_continuations(episodes, starts, plan) if args.replay else (None, None)
+    results = evaluate_rollouts(starts, outputs, plan, idm, real_random)
+    payload = {
+        "benchmark": "eval_world_model",
+        "command": "python -m benchmarks.eval_world_model " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "config": vars(args),
+        "plan": {**plan.__dict__, "frames_per_chunk": plan.frames_per_chunk, "horizon": plan.horizon},
+        "model": model_info,
+        "data": {"episodes": args.episodes, "num_episodes": len(episodes), "heldout_check": check},
+        "idm": idm_info,
+        "environment": environment_info(device),
+        **results,
+        "replay_check": replay_checks,
+    }
+    table = markdown_table(results["per_chunk"])
+    text = "\n".join([table, "", *summary_lines(results["summary"])])
+    print(text)
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(f"`{payload['command']}`\n\n{text}\n", encoding="utf-8")
+    out = write_json(args.out or f"results/eval_{args.scenario}.json", payload)
+    _log(f"wrote {out}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
