@@ -1,0 +1,115 @@
+"""Model-predictive path integral (MPPI) planning: a return-weighted average of noisy candidates.
+
+Williams et al. (2017), "Information theoretic MPC for model-based reinforcement learning". Per call::
+
+    params = warm start (the previous plan shifted) or the initial distribution
+    repeat iterations:
+        candidates = sample(params, num_candidates)                [n, H, *action_shape]
+        returns    = imagine_returns(dynamics, state, candidates)  one batched rollout of n rows
+        weights    = softmax(returns / temperature)
+        params.loc = weighted average of the candidates            (exploration noise stays fixed)
+    execute mode(params)[0]
+
+Box actions: the nominal sequence plus Gaussian noise of fixed ``noise_std``, clipped to the bounds
+(the weighted average of clipped samples stays inside them). MultiBinary buttons: Bernoulli
+logits set to the weighted press frequencies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+from astra_gym.agents.mpc.planner import Dynamics, PlanResult, imagine_returns
+from astra_gym.agents.mpc.sampling import SequenceParams, make_sampler, with_scale
+
+__all__ = ["MPPIConfig", "MPPIPlanner", "softmax_weights"]
+
+
+@dataclass(frozen=True)
+class MPPIConfig:
+    """MPPI settings.
+
+    Attributes:
+        horizon: Imagined steps H per candidate.
+        num_candidates: Candidates n per iteration (the batch of one imagined rollout).
+        iterations: Weighted updates per planning call (1 is classic MPPI).
+        temperature: lambda of the softmax weights, in return units (smaller = greedier).
+        noise_std: Box: std of the exploration noise as a fraction of each half range (fixed).
+        discount: Per-step discount of the imagined rewards.
+        min_prob: MultiBinary: press probabilities stay in [min_prob, 1 - min_prob].
+    """
+
+    horizon: int = 8
+    num_candidates: int = 64
+    iterations: int = 1
+    temperature: float = 1.0
+    noise_std: float = 0.3
+    discount: float = 0.99
+    min_prob: float = 0.05
+
+    def __post_init__(self) -> None:
+        if min(self.horizon, self.num_candidates, self.iterations) < 1:
+            raise ValueError(f"MPPIConfig sizes must be >= 1, got {self}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature={self.temperature} must be > 0")
+
+
+def softmax_weights(returns: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(returns / temperature)`` computed stably (weights sum to 1)."""
+    logits = (returns - returns.max()) / temperature
+    weights = np.exp(logits)
+    return weights / weights.sum()
+
+
+class MPPIPlanner:
+    """MPPI over action sequences of one action space (see the module docstring).
+
+    Args:
+        action_space: Box or MultiBinary space of the env.
+        config: MPPI settings.
+    """
+
+    def __init__(self, action_space: gym.Space, config: MPPIConfig | None = None) -> None:
+        self.config = config or MPPIConfig()
+        self.sampler = make_sampler(action_space, init_std=self.config.noise_std, min_prob=self.config.min_prob)
+        self.horizon = self.config.horizon
+
+    def plan(
+        self,
+        dynamics: Dynamics,
+        state: object,
+        rng: np.random.Generator,
+        warm_start: SequenceParams | None = None,
+    ) -> PlanResult:
+        """Plans from the batch-1 ``state`` (see :class:`~astra_gym.agents.mpc.planner.Planner`)."""
+        cfg = self.config
+        noise = self.sampler.initial(cfg.horizon).scale  # fixed exploration noise
+        params = warm_start if warm_start is not None else self.sampler.initial(cfg.horizon)
+        params = with_scale(params, noise)
+        means, maxima = [], []
+        for _ in range(cfg.iterations):
+            candidates = self.sampler.sample(params, cfg.num_candidates, rng)
+            returns = imagine_returns(dynamics, state, candidates, cfg.discount)
+            params = with_scale(self.sampler.fit(candidates, softmax_weights(returns, cfg.temperature)), noise)
+            means.append(float(returns.mean()))
+            maxima.append(float(returns.max()))
+        plan = self.sampler.mode(params)
+        return PlanResult(
+            action=plan[0],
+            plan=plan,
+            params=params,
+            warm_start=self.sampler.shift(params),
+            returns=returns,
+            best_return=max(maxima),
+            diagnostics={
+                "iterations": cfg.iterations,
+                "candidates": cfg.num_candidates,
+                "imagined_steps": cfg.iterations * cfg.num_candidates * cfg.horizon,
+                "mean_return": means,
+                "max_return": maxima,
+                "effective_samples": float(1.0 / np.sum(softmax_weights(returns, cfg.temperature) ** 2)),
+            },
+        )

@@ -1,0 +1,166 @@
+"""CEM and MPPI find known optima through the Planner API; the world-model dynamics imagine in one batch."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from astra_gym.agents.mpc.cem import CEMConfig, CEMPlanner
+from astra_gym.agents.mpc.controller import MPCController
+from astra_gym.agents.mpc.mppi import MPPIConfig, MPPIPlanner
+from astra_gym.agents.mpc.planner import imagine_returns
+from astra_gym.agents.mpc.sampling import make_sampler
+from astra_gym.agents.mpc.world_model import WorldModelDynamics
+from astra_gym.envs.spaces import action_space
+
+# ------------------------------------------------------------------------------------------------
+# Toy dynamics with a known optimum
+# ------------------------------------------------------------------------------------------------
+
+DT, TARGET, COST, HORIZON = 0.5, 1.0, 0.2, 5
+
+
+class PointMass:
+    """1-D double integrator, state [B, 2] = (position, velocity); reward -(x - target)^2 - cost a^2."""
+
+    def __init__(self) -> None:
+        self.step_batches: list[int] = []
+
+    def fork(self, state: np.ndarray, n: int) -> np.ndarray:
+        return np.repeat(state, n, axis=0)
+
+    def step(self, state: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        self.step_batches.append(len(state))
+        accel = np.asarray(actions, np.float64)[:, 0]
+        velocity = state[:, 1] + DT * accel
+        return np.stack([state[:, 0] + DT * velocity, velocity], axis=1)
+
+    def score(self, state: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        accel = np.asarray(actions, np.float64)[:, 0]
+        return -((state[:, 0] - TARGET) ** 2) - COST * accel**2, np.full(len(state), -np.inf)
+
+
+def optimal_plan(position: float, velocity: float) -> tuple[np.ndarray, float]:
+    """Least-squares optimum of the quadratic return (positions are linear in the actions)."""
+    steps = np.arange(1, HORIZON + 1)
+    # x_t = gain @ actions + free (position after step t)
+    gain = np.array([[DT * DT * (t - k + 1) if k <= t else 0.0 for k in steps] for t in steps])
+    free = position + steps * DT * velocity
+    plan = np.linalg.solve(gain.T @ gain + COST * np.eye(HORIZON), gain.T @ (TARGET - free))
+    value = -np.sum((gain @ plan + free - TARGET) ** 2) - COST * np.sum(plan**2)
+    return plan, value
+
+
+SPACE = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)  # wide enough that the optimum is inside
+ITERATIONS = 15
+PLANNERS = {
+    "cem": lambda: CEMPlanner(SPACE, CEMConfig(HORIZON, 300, 30, ITERATIONS, discount=1.0, min_std=0.001)),
+    "mppi": lambda: MPPIPlanner(
+        SPACE, MPPIConfig(HORIZON, 300, ITERATIONS, temperature=0.005, noise_std=0.1, discount=1.0)
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PLANNERS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_planner_finds_point_mass_optimum(name, seed):
+    state = np.array([[0.0, 0.0]])
+    plan, value = optimal_plan(0.0, 0.0)
+    dynamics = PointMass()
+    result = PLANNERS[name]().plan(dynamics, state, np.random.default_rng(seed))
+    achieved = imagine_returns(PointMass(), state, result.plan[None], discount=1.0)[0]
+    assert achieved == pytest.approx(value, abs=0.01)  # optimum -1.005; the zero plan scores -5.0
+    assert result.action == pytest.approx(plan[0], abs=0.1)  # optimum 1.28
+    assert SPACE.contains(result.action)
+    # One batched rollout per iteration: H steps of all candidates, never one candidate at a time.
+    candidates = PLANNERS[name]().config.num_candidates
+    assert set(dynamics.step_batches) == {candidates} and len(dynamics.step_batches) == ITERATIONS * HORIZON
+
+
+class ButtonPattern:
+    """Stateless: reward = number of buttons matching a per-step target pattern (MultiBinary(4))."""
+
+    PATTERN = np.array([[1, 0, 1, 0], [0, 1, 1, 0], [1, 1, 0, 0]], np.int8)
+
+    def fork(self, state, n):
+        return np.repeat(state, n, axis=0)
+
+    def step(self, state, actions):
+        return state + 1  # step counter per row
+
+    def score(self, state, actions):
+        target = self.PATTERN[state[:, 0] - 1]
+        return (np.asarray(actions) == target).sum(axis=1).astype(float), np.full(len(state), -np.inf)
+
+
+@pytest.mark.parametrize(
+    "planner",
+    [
+        CEMPlanner(gym.spaces.MultiBinary(4), CEMConfig(horizon=3, num_candidates=64, num_elites=8, iterations=5)),
+        MPPIPlanner(
+            gym.spaces.MultiBinary(4), MPPIConfig(horizon=3, num_candidates=64, iterations=5, temperature=0.3)
+        ),
+    ],
+    ids=["cem", "mppi"],
+)
+def test_planner_finds_button_pattern(planner):
+    result = planner.plan(ButtonPattern(), np.zeros((1, 1), np.int64), np.random.default_rng(0))
+    assert np.array_equal(result.plan, ButtonPattern.PATTERN)
+    assert result.action.dtype == np.int8 and gym.spaces.MultiBinary(4).contains(result.action)
+
+
+def test_soft_termination_discounts_later_rewards():
+    class Ending:
+        def fork(self, state, n):
+            return np.repeat(state, n, axis=0)
+
+        def step(self, state, actions):
+            return state
+
+        def score(self, state, actions):
+            return np.ones(len(state)), np.zeros(len(state))  # reward 1, termination probability 1/2
+
+    returns = imagine_returns(Ending(), np.zeros((1, 1)), np.zeros((2, 3, 1)), discount=0.5)
+    assert returns == pytest.approx([1 + 0.5 * 0.5 + 0.25 * 0.25] * 2)
+
+
+@pytest.mark.parametrize("scenario", ["drive", "manipulation", "explore"])
+def test_samples_respect_the_action_space(scenario):
+    space = action_space(scenario)
+    sampler = make_sampler(space, init_std=3.0)  # wide: many draws fall outside before clipping
+    samples = sampler.sample(sampler.initial(5), 200, np.random.default_rng(0))
+    assert samples.shape == (200, 5, *space.shape) and samples.dtype == space.dtype
+    assert all(space.contains(a) for a in samples.reshape(-1, *space.shape))
+    if scenario == "explore":
+        assert set(np.unique(samples).tolist()) == {0, 1}
+    else:
+        assert np.any(samples == space.low) and np.any(samples == space.high)  # clipped, not rejected
+        assert len(np.unique(samples)) > 100
+
+
+# ------------------------------------------------------------------------------------------------
+# The world model as dynamics
+# ------------------------------------------------------------------------------------------------
+
+
+def test_world_model_candidates_share_noise(debug_engine):
+    """With shared noise, identical candidates imagine identical returns; different actions differ."""
+    dynamics = WorldModelDynamics(debug_engine, "drive", noise="shared")
+    frames = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    state = dynamics.encode(frames, [None, *[np.array([0.0, 1.0, 0.0])] * 3], seed=0)
+    plan = np.array([[[0.5, 1.0, 0.0]] * 2, [[0.5, 1.0, 0.0]] * 2, [[-1.0, 0.0, 1.0]] * 2], np.float32)
+    returns = imagine_returns(dynamics, state, plan)
+    assert returns[0] == returns[1] and returns[0] != returns[2]
+
+
+def test_controller_reencodes_real_frames(debug_engine):
+    planner = CEMPlanner(action_space("drive"), CEMConfig(horizon=2, num_candidates=4, num_elites=2, iterations=1))
+    controller = MPCController(WorldModelDynamics(debug_engine, "drive"), planner, context_frames=3, seed=0)
+    frame = np.zeros((64, 64, 3), np.uint8)
+    controller.reset(frame, {"frames": frame[None]})
+    for step in range(4):
+        action = controller.act(frame, {"frames": np.full((1, 64, 64, 3), step, np.uint8)})
+        assert action_space("drive").contains(action)
+    assert len(controller._frames) == 3 and controller._actions[0] is not None  # the reset frame left the window
+    assert controller.imagined_steps == 4 * 4 * 2

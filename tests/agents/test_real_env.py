@@ -1,0 +1,71 @@
+"""The real-simulator wrapper presents exactly the Astra env's interface."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from astra_gym.agents.real_env import RealSimEnv, make_real_env
+from astra_gym.envs.variants import VARIANTS
+from tests.agents.conftest import require_sim
+
+REAL_IDS = ["Astra-Drive-v0", "Astra-Manipulation-v0", "Astra-Explore-v0"]
+
+
+@pytest.mark.sims
+@pytest.mark.parametrize("env_id", REAL_IDS)
+def test_same_interface_as_the_astra_env(env_id):
+    require_sim(VARIANTS[env_id].scenario)
+    astra = gym.make(env_id, checkpoint="debug", device="cpu")
+    env = make_real_env(env_id, max_episode_steps=3)
+    try:
+        assert env.observation_space == astra.observation_space
+        assert env.action_space == astra.action_space
+        obs, info = env.reset(seed=7)
+        assert env.observation_space.contains(obs) and np.array_equal(info["frames"][-1], obs)
+        assert info["sim_seed"] == 7
+        env.action_space.seed(0)
+        ends = []
+        for _ in range(3):
+            obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+            assert env.observation_space.contains(obs) and isinstance(reward, float)
+            assert info["frames"].shape == (1, 64, 64, 3) and np.array_equal(info["frames"][-1], obs)
+            ends.append(terminated or truncated)
+        assert ends == [False, False, True]  # TimeLimit, like gym.make(env_id, max_episode_steps=3)
+        with pytest.raises(ValueError, match="outside the action space|not a button state"):
+            env.step(np.full(env.action_space.shape, 2, env.action_space.dtype))
+    finally:
+        env.close()
+        astra.close()
+
+
+@pytest.mark.sims
+def test_seeded_resets_repeat_and_default_length():
+    require_sim("drive")
+    env = make_real_env("Astra-Drive-v0")
+    try:
+        assert env._max_episode_steps == VARIANTS["Astra-Drive-v0"].max_episode_steps
+        first, _ = env.reset(seed=3)
+        action = np.array([0.0, 1.0, 0.0], np.float32)
+        stepped = env.step(action)[0]
+        again, _ = env.reset(seed=3)
+        assert np.array_equal(first, again) and np.array_equal(stepped, env.step(action)[0])
+        _, info = env.reset()
+        assert info["sim_seed"] != 3  # drawn from the env's generator
+    finally:
+        env.close()
+
+
+@pytest.mark.sims
+@pytest.mark.parametrize("scenario", ["drive", "manipulation", "explore"])
+@pytest.mark.filterwarnings("ignore:.*alternative render modes")  # built without the registry (no spec)
+@pytest.mark.filterwarnings("ignore:builtin type")  # Box2D's SWIG types
+def test_passes_gymnasium_env_checker(scenario):
+    require_sim(scenario)
+    env = RealSimEnv(scenario, render_mode="rgb_array")
+    try:
+        check_env(env, skip_render_check=False)  # includes seeded-reset determinism
+    finally:
+        env.close()

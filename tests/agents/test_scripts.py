@@ -1,0 +1,71 @@
+"""The entry points run end to end at tiny size: training, MPC against a real simulator, the benchmark."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from astra_gym.agents import train_sb3
+from astra_gym.agents.mpc import run_mpc
+from benchmarks import agent_returns
+from tests.agents.conftest import require_sim
+
+TINY_PPO = "--num-envs 2 --n-steps 16 --batch-size 32 --n-epochs 1 --no-progress-bar".split()
+
+
+def test_train_inside_writes_the_run_folder(tmp_path):
+    summary = train_sb3.main(
+        "--env Astra-Debug-v0 --total-timesteps 32 --imagined-horizon 5 --eval-freq 0 --eval-episodes 0 "
+        "--save-freq 16 --run-name run".split()
+        + ["--out", str(tmp_path), *TINY_PPO]
+    )
+    run = tmp_path / "run"
+    assert summary["env_steps"] == 32 and summary["mode"] == "inside" and summary["final_eval"] is None
+    assert (run / "final_model.zip").is_file() and (run / "progress.csv").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["ppo_16_steps.zip", "ppo_32_steps.zip"]
+    assert list(run.glob("events.out.tfevents.*"))  # TensorBoard
+    assert json.loads((run / "args.json").read_text())["imagined_horizon"] == 5
+
+
+@pytest.mark.sims
+def test_train_inside_evaluates_in_the_real_simulator(tmp_path):
+    require_sim("drive")
+    summary = train_sb3.main(
+        "--env Astra-Drive-v0 --checkpoint debug --device cpu --total-timesteps 32 --imagined-horizon 5 "
+        "--eval-freq 32 --eval-episodes 1 --eval-max-steps 4 --save-freq 0 --run-name run".split()
+        + ["--out", str(tmp_path), *TINY_PPO]
+    )
+    assert summary["final_eval"]["lengths"] == [4] and summary["final_eval"]["seeds"] == [10_000]
+    assert (tmp_path / "run" / "eval" / "evaluations.npz").is_file()  # the periodic EvalCallback ran
+
+
+@pytest.mark.sims
+@pytest.mark.parametrize("planner", ["cem", "mppi"])
+def test_mpc_runs_against_car_racing(tmp_path, planner):
+    require_sim("drive")
+    out = tmp_path / "mpc.json"
+    summary = run_mpc.main(
+        "--env Astra-Drive-v0 --checkpoint debug --device cpu --max-steps 3 --candidates 4 --horizon 2 "
+        "--iterations 1 --elites 2 --num-denoise-steps 1".split()
+        + ["--planner", planner, "--out", str(out)]
+    )
+    assert summary["lengths"] == [3] and summary["imagined_steps"] == 3 * 4 * 2
+    assert json.loads(out.read_text())["returns"] == summary["returns"]
+
+
+@pytest.mark.sims
+def test_agent_returns_quick(tmp_path):
+    require_sim("drive")
+    out = tmp_path / "agents.json"
+    result = agent_returns.main(
+        ["--quick", "--out", str(out), "--work-dir", str(tmp_path / "runs"), "--markdown", str(tmp_path / "a.md")]
+    )
+    payload = json.loads(out.read_text())
+    assert payload["benchmark"] == "agent_returns"
+    (entry,) = payload["results"]
+    assert entry["env"] == "Astra-Drive-v0" and sorted(entry["methods"]) == sorted(agent_returns.METHODS)
+    for method, row in entry["methods"].items():
+        assert row["seeds"] == [10_000] and row["lengths"] == [5], method  # same real episodes for every method
+    assert entry["methods"]["ppo_real"]["real_train_steps"] == 64 == entry["methods"]["ppo_inside"]["imagined_steps"]
+    assert "| Astra-Drive-v0 |" in result["markdown"] and (tmp_path / "a.md").is_file()
