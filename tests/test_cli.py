@@ -231,7 +231,9 @@ def test_rollout_on_astra_debug(tmp_path, capsys):
 
 
 def test_missing_bundled_model_says_to_use_debug(tmp_path, capsys):
-    err = _error(capsys, "rollout", "--env", "Astra-Manipulation-v0", "--out", tmp_path / "x.mp4")
+    err = _error(
+        capsys, "rollout", "--env", "Astra-Manipulation-v0", "--checkpoint", "no-such-model", "--out", tmp_path / "x.mp4"
+    )
     assert "cannot load the world model" in err and "--checkpoint debug" in err
     assert list(tmp_path.iterdir()) == []
 

@@ -95,6 +95,11 @@ class TrainConfig:
     init_from: str | None = arg(
         None, "save_pretrained folder to start from (fine-tuning; its config replaces --model-preset); none = random"
     )
+    history_attention: Literal["full", "causal"] | None = arg(
+        None,
+        "transformer history attention: full (Astra/release) or causal (history attends only to history, "
+        "clean modulation; enables the sampler's history KV cache); none = the preset's / --init-from's",
+    )
     trainable: Literal["full", "astra"] = arg("full", "parameters to train: all, or the paper's Astra subset")
     gradient_checkpointing: bool = arg(False, "recompute blocks in the backward pass (saves memory)")
     # Optimisation
@@ -142,6 +147,8 @@ class TrainConfig:
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"--ema-decay={self.ema_decay} must be in (0, 1) or none")
         get_preset(self.model_preset)  # validates the name
+        if self.history_attention not in (None, "full", "causal"):
+            raise ValueError(f"--history-attention={self.history_attention!r} must be full, causal or none")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (stored in checkpoints)."""
@@ -224,6 +231,8 @@ def _build_model(cfg: TrainConfig) -> AstraTransformer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(step_generator(cfg.seed, "init", 0).initial_seed()))
             model = AstraTransformer(get_preset(cfg.model_preset))
+    if cfg.history_attention is not None:  # no parameters change: only how history tokens attend
+        model.config = model.config.replace(history_attention=cfg.history_attention)
     trainable = set(model.trainable_parameter_names(cfg.trainable))
     for name, param in model.named_parameters():
         param.requires_grad_(name in trainable)

@@ -91,6 +91,11 @@ class AstraTransformerConfig:
             needs); ``"learned"`` uses the ``global_router`` top-k softmax router with a
             load-balancing loss (what the paper describes).
         modalities: The action modalities this model accepts.
+        history_attention: ``"full"`` (Astra and the release): every token, history included, gets
+            the target timestep's modulation and attends to every valid token. ``"causal"``: history
+            tokens get the modulation of timestep 0 (clean) and attend only to history tokens, so
+            their keys/values can be cached once per chunk (:mod:`~astra_gym.world_model.kv_cache`);
+            targets attend to history and targets. A model must be trained with the mode it runs in.
     """
 
     dim: int
@@ -111,8 +116,11 @@ class AstraTransformerConfig:
     expert_hidden: int = 0
     routing: Literal["hard", "learned"] = "hard"
     modalities: tuple[ModalitySpec, ...] = field(default=RELEASE_MODALITIES)
+    history_attention: Literal["full", "causal"] = "full"
 
     def __post_init__(self) -> None:
+        if self.history_attention not in ("full", "causal"):
+            raise ValueError(f"history_attention={self.history_attention!r} must be 'full' or 'causal'")
         if self.dim % self.num_heads:
             raise ValueError(f"dim={self.dim} is not divisible by num_heads={self.num_heads}")
         head_dim = self.dim // self.num_heads

@@ -7,6 +7,9 @@ the real actions and ``v_u`` the one with null (all-zero) actions. Differences f
 * The model receives the timestep ``1000 * sigma`` in float32 (the release feeds a bf16 copy, bug 7).
 * All noise comes from caller-supplied ``torch.Generator`` objects (the release never seeds, bug 15).
 * The conditional and unconditional branches run as one forward of a doubled batch by default.
+* ``use_history_cache=True`` (models trained with ``history_attention="causal"`` only) computes
+  the history keys/values once per chunk (one cache per AFG branch, batched like the branches)
+  and runs only the target tokens at every step; the result equals the uncached loop.
 
 The model is any module with the transformer's signature
 ``model(latents [B, C, F, H, W], timestep [B], context=..., frame_pack=..., actions=...) -> velocity``.
@@ -246,11 +249,34 @@ def _call(
     context: Tensor | None,
     frame_pack: FramePackInputs | None,
     actions: ActionInput | None,
+    cache: object | None = None,
 ) -> Tensor:
-    """One model forward at level ``sigma`` (0-d) with timestep ``1000 * sigma`` [B] float32."""
+    """One model forward at level ``sigma`` (0-d) with timestep ``1000 * sigma`` [B] float32.
+
+    ``cache`` (a :class:`~astra_gym.world_model.kv_cache.HistoryKVCache`) is passed as
+    ``history_cache`` only when given, so stand-in models need not accept it.
+    """
     timestep = (1000.0 * sigma).to(device=x.device, dtype=torch.float32).expand(x.shape[0]).contiguous()
-    v = model(x, timestep, context=context, frame_pack=frame_pack, actions=actions)
+    extra = {} if cache is None else {"history_cache": cache}
+    v = model(x, timestep, context=context, frame_pack=frame_pack, actions=actions, **extra)
     return v.float()
+
+
+def _history_cache(
+    model: nn.Module,
+    use_cache: bool,
+    context: Tensor | None,
+    frame_pack: FramePackInputs | None,
+    actions: ActionInput | None,
+) -> object | None:
+    """The model's history cache of one branch (None when caching is off or there is no history)."""
+    if not use_cache:
+        return None
+    if not hasattr(model, "encode_history"):
+        raise ValueError(f"use_history_cache=True needs a model with encode_history; got {type(model).__name__}")
+    if frame_pack is None:
+        return None
+    return model.encode_history(context, frame_pack, actions)
 
 
 def _make_velocity_fn(
@@ -260,28 +286,37 @@ def _make_velocity_fn(
     actions: ActionInput | None,
     null_actions: ActionInput | None,
     config: SamplerConfig,
+    use_cache: bool = False,
 ) -> VelocityFn:
-    """Returns ``velocity(x [B, C, F, H, W], sigma []) -> [B, C, F, H, W]`` implementing ``config``."""
+    """Returns ``velocity(x [B, C, F, H, W], sigma []) -> [B, C, F, H, W]`` implementing ``config``.
+
+    With ``use_cache`` each branch's history cache is built here, once, and reused by every call.
+    """
     scale = config.guidance_scale
     if scale == 1.0:
-        return lambda x, sigma: _call(model, x, sigma, context, frame_pack, actions)
+        cache = _history_cache(model, use_cache, context, frame_pack, actions)
+        return lambda x, sigma: _call(model, x, sigma, context, frame_pack, actions, cache)
     if actions is None:
         raise ValueError(f"guidance_scale={scale} needs actions; pass them, or set guidance_scale=1.0")
     null = _default_null_actions(actions) if null_actions is None else null_actions
     if scale == 0.0:
-        return lambda x, sigma: _call(model, x, sigma, context, frame_pack, null)
+        cache = _history_cache(model, use_cache, context, frame_pack, null)
+        return lambda x, sigma: _call(model, x, sigma, context, frame_pack, null, cache)
     if not config.batch_guidance:
+        cache_c = _history_cache(model, use_cache, context, frame_pack, actions)
+        cache_u = _history_cache(model, use_cache, context, frame_pack, null)
         return lambda x, sigma: guided_velocity(
-            _call(model, x, sigma, context, frame_pack, actions),
-            _call(model, x, sigma, context, frame_pack, null),
+            _call(model, x, sigma, context, frame_pack, actions, cache_c),
+            _call(model, x, sigma, context, frame_pack, null, cache_u),
             scale,
         )
     context2 = _cat_context(context)
     frame_pack2 = None if frame_pack is None else cat_frame_packs([frame_pack, frame_pack])
     actions2 = cat_actions([actions, null])
+    cache2 = _history_cache(model, use_cache, context2, frame_pack2, actions2)  # both branches, one pass
 
     def batched(x: Tensor, sigma: Tensor) -> Tensor:
-        v = _call(model, torch.cat([x, x]), sigma, context2, frame_pack2, actions2)  # [2B, C, F, H, W]
+        v = _call(model, torch.cat([x, x]), sigma, context2, frame_pack2, actions2, cache2)  # [2B, C, F, H, W]
         v_cond, v_uncond = v.chunk(2)  # 2 x [B, C, F, H, W]
         return guided_velocity(v_cond, v_uncond, scale)
 
@@ -300,6 +335,7 @@ def sample_chunk(
     generator: Generators | None = None,
     null_actions: ActionInput | None = None,
     device: torch.device | str | None = None,
+    use_history_cache: bool = False,
 ) -> Tensor:
     """Denoises one chunk of latents with Euler steps and optional action-free guidance.
 
@@ -316,6 +352,9 @@ def sample_chunk(
         null_actions: Actions of the unconditional branch; default ``null_actions_like(actions)``
             (all zeros, flag included) from :mod:`astra_gym.world_model.action_encoders`.
         device: Device of drawn noise (ignored when a noise tensor is given).
+        use_history_cache: Compute the history keys/values once per chunk (per AFG branch) with
+            ``model.encode_history`` and run only the target tokens at each step. Needs a model
+            with ``history_attention="causal"`` (the release's full attention raises); same result.
 
     Returns:
         [B, C, F, H, W] float32 clean latents (sigma = 0).
@@ -326,7 +365,7 @@ def sample_chunk(
         noise = draw_noise(noise, generator, device=device)
     if noise.ndim != 5:
         raise ValueError(f"noise must be [B, C, F, H, W], got shape {tuple(noise.shape)}")
-    velocity = _make_velocity_fn(model, context, frame_pack, actions, null_actions, config)
+    velocity = _make_velocity_fn(model, context, frame_pack, actions, null_actions, config, use_history_cache)
     sigmas = flow_sigmas(config.num_steps, config.shift, device=noise.device)
     x = noise.float()
     for i in range(config.num_steps):

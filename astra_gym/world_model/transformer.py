@@ -14,6 +14,11 @@ state dict loads with ``strict=True`` (astra-release.md §1.2, §2.2). One forwa
    FFN) and decode only the target tokens with the head, then unpatchify.
 
 With ``actions=None`` and no history this is exactly Wan2.1 (identity ``projector``).
+
+``config.history_attention="causal"`` (not the release) modulates history tokens with timestep 0
+and lets them attend only to history tokens, so :meth:`AstraTransformer.encode_history` can compute
+their per-block keys/values once per chunk and ``forward(..., history_cache=...)`` runs only the
+target tokens. ``"full"`` (default) is the release path above, unchanged.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 from astra_gym.world_model.action_encoders import ActionExperts, ModalityProcessor, encode_actions, route
 from astra_gym.world_model.conditioning import ActionInput, FramePackInputs, TokenGroup
 from astra_gym.world_model.config import AstraTransformerConfig
+from astra_gym.world_model.kv_cache import HistoryKVCache
 from astra_gym.world_model.rope import RopeTable, apply_rope, grid_positions, rope_table
 
 __all__ = ["AstraTransformer", "AstraBlock", "Attention", "sinusoidal_embedding", "ASTRA_TRAINABLE_MARKERS"]
@@ -176,6 +182,37 @@ class Attention(nn.Module):
         )  # [B, H, S, D]
         return self.o(out.transpose(1, 2).flatten(2))  # [B, S, dim]
 
+    def project(self, x: Tensor, rope: RopeTable) -> tuple[Tensor, Tensor, Tensor]:
+        """Self-attention queries, keys and values of ``x`` (as :meth:`forward` computes them).
+
+        Args:
+            x: [B, S, dim] hidden states.
+            rope: Rotation of the S tokens.
+
+        Returns:
+            q, k, v, each [B, H, S, D]; q and k normed and rotated.
+        """
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # [B, S, H, D]
+        k = self.norm_k(self.k(x)).unflatten(-1, (self.num_heads, -1))  # [B, S, H, D]
+        v = self.v(x).unflatten(-1, (self.num_heads, -1))  # [B, S, H, D]
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, S, D] each
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None) -> Tensor:
+        """Attention of projected heads, then ``o``.
+
+        Args:
+            q: [B, H, S, D] queries.
+            k: [B, H, L, D] keys.
+            v: [B, H, L, D] values.
+            attn_mask: Bool mask broadcastable to [B, H, S, L], True = attend; None = all.
+
+        Returns:
+            [B, S, dim] attention output after ``o``.
+        """
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, S, D]
+        return self.o(out.transpose(1, 2).flatten(2))  # [B, S, dim]
+
 
 @dataclass(frozen=True, eq=False)
 class ActionRows:
@@ -283,6 +320,129 @@ class AstraBlock(nn.Module):
         h = (self.norm2(x.float()) * (1 + scale_mlp) + shift_mlp).to(x.dtype)
         return (x.float() + gate_mlp * self.ffn(h).float()).to(x.dtype)
 
+    # Causal-history path (history_attention="causal"): history and targets modulated separately.
+
+    def _modulation(self, t_mod: Tensor) -> tuple[Tensor, ...]:
+        """[B, 6, dim] timestep modulation -> six [B, 1, dim] float32 terms (shift/scale/gate x 2)."""
+        return (self.modulation.float() + t_mod).chunk(6, dim=1)
+
+    def _attention_input(self, x: Tensor, mod: tuple[Tensor, ...], features: Tensor | None) -> Tensor:
+        """Modulated self-attention input [B, S, dim] of ``x`` [B, S, dim], plus action features."""
+        shift_msa, scale_msa = mod[0], mod[1]
+        h = (self.norm1(x.float()) * (1 + scale_msa) + shift_msa).to(x.dtype)
+        return h if features is None else h + features.to(h.dtype)
+
+    def _after_attention(self, x: Tensor, attn: Tensor, mod: tuple[Tensor, ...], context: Tensor) -> Tensor:
+        """Gated residual of the (projected) attention output, cross-attention and FFN; [B, S, dim]."""
+        _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod
+        x = (x.float() + gate_msa * attn.float()).to(x.dtype)
+        x = x + self.cross_attn(self.norm3(x), context).to(x.dtype)
+        h = (self.norm2(x.float()) * (1 + scale_mlp) + shift_mlp).to(x.dtype)
+        return (x.float() + gate_mlp * self.ffn(h).float()).to(x.dtype)
+
+    def forward_causal(
+        self,
+        x: Tensor,
+        context: Tensor,
+        t_mods: tuple[Tensor, Tensor],
+        num_history: int,
+        rope: RopeTable,
+        attn_mask: Tensor,
+        actions: ActionRows | None,
+    ) -> Tensor:
+        """Reference (uncached) causal-history block over the whole ``[history, target]`` sequence.
+
+        Args:
+            x: [B, S, dim] hidden states, the first ``num_history`` tokens history.
+            context: [B, L, dim] embedded text.
+            t_mods: ([B, 6, dim] history modulation of timestep 0, [B, 6, dim] target modulation).
+            num_history: History tokens S_h at the start of ``x``.
+            rope: Rotation table of the S tokens.
+            attn_mask: [B, 1, S, S] bool block mask (history queries see only history keys).
+            actions: Action rows of all S tokens, or None.
+
+        Returns:
+            [B, S, dim] updated hidden states.
+        """
+        mods = (self._modulation(t_mods[0]), self._modulation(t_mods[1]))
+        features = None if actions is None else self.action_features(actions)  # [B, S, dim]
+        parts = (slice(0, num_history), slice(num_history, None))
+        h = torch.cat(
+            [
+                self._attention_input(x[:, p], m, None if features is None else features[:, p])
+                for p, m in zip(parts, mods, strict=True)
+            ],
+            dim=1,
+        )  # [B, S, dim]
+        attn = self.projector(self.self_attn(h, rope=rope, attn_mask=attn_mask))  # [B, S, dim]
+        return torch.cat(
+            [self._after_attention(x[:, p], attn[:, p], m, context) for p, m in zip(parts, mods, strict=True)], dim=1
+        )
+
+    def forward_history(
+        self,
+        x: Tensor,
+        context: Tensor,
+        t_mod: Tensor,
+        rope: RopeTable,
+        attn_mask: Tensor,
+        actions: ActionRows | None,
+        need_output: bool = True,
+    ) -> tuple[Tensor | None, Tensor, Tensor]:
+        """History-only causal block: history tokens attending to history tokens.
+
+        Args:
+            x: [B, S_h, dim] history hidden states.
+            context: [B, L, dim] embedded text.
+            t_mod: [B, 6, dim] modulation of timestep 0.
+            rope: Rotation of the S_h tokens.
+            attn_mask: [B, 1, S_h, S_h] bool mask.
+            actions: Action rows of the history tokens, or None.
+            need_output: False skips everything after the key/value projection (last block).
+
+        Returns:
+            (updated [B, S_h, dim] or None, keys [B, H, S_h, D], values [B, H, S_h, D]).
+        """
+        mod = self._modulation(t_mod)
+        h = self._attention_input(x, mod, None if actions is None else self.action_features(actions))
+        q, k, v = self.self_attn.project(h, rope)  # [B, H, S_h, D] each
+        if not need_output:
+            return None, k, v
+        attn = self.projector(self.self_attn.attend(q, k, v, attn_mask))  # [B, S_h, dim]
+        return self._after_attention(x, attn, mod, context), k, v
+
+    def forward_cached(
+        self,
+        x: Tensor,
+        context: Tensor,
+        t_mod: Tensor,
+        rope: RopeTable,
+        attn_mask: Tensor | None,
+        actions: ActionRows | None,
+        history_kv: tuple[Tensor, Tensor],
+    ) -> Tensor:
+        """Target-only causal block attending to cached history keys/values and its own.
+
+        Args:
+            x: [B, S_t, dim] target hidden states.
+            context: [B, L, dim] embedded text.
+            t_mod: [B, 6, dim] target timestep modulation.
+            rope: Rotation of the S_t target tokens.
+            attn_mask: [B, 1, 1, S_h + S_t] bool key mask, or None (all keys valid).
+            actions: Action rows of the target tokens, or None.
+            history_kv: This block's cached (keys, values), each [B, H, S_h, D].
+
+        Returns:
+            [B, S_t, dim] updated target hidden states.
+        """
+        mod = self._modulation(t_mod)
+        h = self._attention_input(x, mod, None if actions is None else self.action_features(actions))
+        q, k, v = self.self_attn.project(h, rope)  # [B, H, S_t, D] each
+        k = torch.cat([history_kv[0].to(k.dtype), k], dim=2)  # [B, H, S_h + S_t, D]
+        v = torch.cat([history_kv[1].to(v.dtype), v], dim=2)  # [B, H, S_h + S_t, D]
+        attn = self.projector(self.self_attn.attend(q, k, v, attn_mask))  # [B, S_t, dim]
+        return self._after_attention(x, attn, mod, context)
+
 
 class OutputHead(nn.Module):
     """Wan's head: AdaLN from the timestep embedding, then a Linear to the patch outputs.
@@ -361,6 +521,26 @@ def _grid_tokens(grid: Tensor, frame_pos: Tensor, action_row: Tensor, valid: Ten
     positions = grid_positions(frame_pos, height, width, spatial_scale)  # [B, t*h*w, 3]
     per_frame = height * width
     return Tokens(x, positions, _per_token(action_row.long(), per_frame), _per_token(valid.bool(), per_frame))
+
+
+def _causal_history_mask(valid: Tensor, num_history: int) -> Tensor:
+    """Block mask of ``history_attention="causal"``.
+
+    History queries see the valid history keys, target queries see every valid key; every query
+    also sees itself, so an invalid (padding) history token never has an empty row (NaN).
+
+    Args:
+        valid: [B, S] bool valid keys, the first ``num_history`` tokens history.
+        num_history: History tokens S_h.
+
+    Returns:
+        [B, 1, S, S] bool SDPA mask (query, key), True = attend.
+    """
+    index = torch.arange(valid.shape[1], device=valid.device)  # [S]
+    history = index < num_history  # [S]
+    allowed = ~(history[:, None] & ~history[None, :])  # [S, S]: no history query -> target key
+    mask = (valid[:, None, :] & allowed) | (index[:, None] == index[None, :])  # [B, S, S]
+    return mask[:, None]
 
 
 def _key_padding_mask(valid: Tensor) -> Tensor | None:
@@ -473,6 +653,7 @@ class AstraTransformer(nn.Module):
         frame_pack: FramePackInputs | None = None,
         actions: ActionInput | None = None,
         return_aux: bool = False,
+        history_cache: HistoryKVCache | None = None,
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """Predicts the flow-matching velocity of the target chunk.
 
@@ -483,7 +664,11 @@ class AstraTransformer(nn.Module):
             frame_pack: History token groups and target positions/action rows; None =
                 :meth:`FramePackInputs.no_history` (targets at 0..F-1, action rows 0..F-1).
             actions: Raw action rows and modality; None = no action features at all.
-            return_aux: Also return ``{"moe_balance_loss": scalar}``.
+            return_aux: Also return ``{"moe_balance_loss": scalar}`` (with ``history_cache``: over
+                the target tokens' action rows only).
+            history_cache: From :meth:`encode_history` of the same history, context and actions
+                (``history_attention="causal"`` only): then only the target tokens run through the
+                blocks and ``frame_pack.history`` is not read. Equals the uncached forward.
 
         Returns:
             [B, C_out, F, H, W] velocity, or ``(velocity, aux)`` when ``return_aux``.
@@ -491,25 +676,135 @@ class AstraTransformer(nn.Module):
         batch, _, frames, height, width = self._check_latents(latents)
         if frame_pack is None:
             frame_pack = FramePackInputs.no_history(batch, frames, latents.device)
+        if history_cache is not None:
+            return self._forward_cached(latents, timestep, context, frame_pack, actions, history_cache, return_aux)
         t_emb, t_mod = self._embed_timestep(timestep, batch)  # [B, dim], [B, 6, dim]
         context = self._embed_context(context, batch, latents.device)  # [B, L, dim]
         tokens = self._assemble_tokens(latents, frame_pack)
         rope = rope_table(tokens.positions, self.config.rope_split, self.config.rope_theta)
-        attn_mask = _key_padding_mask(tokens.valid)
+        if self.config.history_attention == "causal":
+            num_target = frames * (height // self.config.patch_size[1]) * (width // self.config.patch_size[2])
+            attn_mask = _causal_history_mask(tokens.valid, tokens.x.shape[1] - num_target)
+        else:
+            attn_mask = _key_padding_mask(tokens.valid)
         action_rows, balance_loss = self._prepare_actions(actions, tokens, batch, latents.device)
         x = tokens.x
-        for block in self.blocks:
-            x = self._run_block(block, x, context, t_mod, rope, attn_mask, action_rows)
-        grid = (frames, height // self.config.patch_size[1], width // self.config.patch_size[2])
-        out = self.head(x[:, -math.prod(grid) :], t_emb)  # [B, F*h*w, pt*ph*pw*C_out]
-        velocity = self._unpatchify(out, grid)
+        if self.config.history_attention == "causal":
+            t_mods = (self._clean_modulation(batch, latents.device), t_mod)
+            for block in self.blocks:
+                x = self._run_block(
+                    block.forward_causal, x, context, t_mods, x.shape[1] - num_target, rope, attn_mask, action_rows
+                )
+        else:
+            for block in self.blocks:
+                x = self._run_block(block, x, context, t_mod, rope, attn_mask, action_rows)
+        velocity = self._decode(x, t_emb, latents.shape)
         return (velocity, {"moe_balance_loss": balance_loss}) if return_aux else velocity
 
-    def _run_block(self, block: AstraBlock, *args) -> Tensor:
-        """Runs one block, with activation checkpointing when enabled and training."""
+    def _decode(self, x: Tensor, t_emb: Tensor, latent_shape: torch.Size) -> Tensor:
+        """Head + unpatchify of the trailing target tokens of ``x`` [B, S, dim] -> [B, C_out, F, H, W]."""
+        _, _, frames, height, width = latent_shape
+        grid = (frames, height // self.config.patch_size[1], width // self.config.patch_size[2])
+        out = self.head(x[:, -math.prod(grid) :], t_emb)  # [B, F*h*w, pt*ph*pw*C_out]
+        return self._unpatchify(out, grid)
+
+    def _run_block(self, fn, *args) -> Tensor:
+        """Runs one block (or one of its ``forward_*`` methods), with activation checkpointing when
+        enabled and training."""
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    # ------------------------------------------------------------------------------------------
+    # Causal history and its key/value cache
+    # ------------------------------------------------------------------------------------------
+
+    def _require_causal(self, what: str) -> None:
+        """Raises a ValueError unless the model runs with ``history_attention="causal"``."""
+        if self.config.history_attention != "causal":
+            raise ValueError(
+                f"{what} needs history_attention='causal' (history keys/values independent of the noisy "
+                f"target), but this model has history_attention={self.config.history_attention!r}; the full "
+                "(release) path has no exact history cache: call forward without history_cache"
+            )
+
+    def _clean_modulation(self, batch: int, device: torch.device) -> Tensor:
+        """[B, 6, dim] float32 block modulation of timestep 0 (clean history tokens)."""
+        return self._embed_timestep(torch.zeros(batch, device=device), batch)[1]
+
+    def encode_history(
+        self,
+        context: Tensor | None,
+        frame_pack: FramePackInputs,
+        actions: ActionInput | None = None,
+    ) -> HistoryKVCache:
+        """Computes every block's history keys/values once (``history_attention="causal"`` only).
+
+        Args:
+            context: [B, L, text_dim] text features, or None (as in :meth:`forward`).
+            frame_pack: Packed history; only ``history`` and the batch size are read.
+            actions: The action input the forward passes will use (history tokens carry action
+                features, so AFG's unconditional branch needs its own cache), or None.
+
+        Returns:
+            The :class:`HistoryKVCache` of the B rows.
+        """
+        self._require_causal("encode_history")
+        batch = frame_pack.target_frame_pos.shape[0]
+        device = frame_pack.target_frame_pos.device
+        tokens = self._history_tokens(frame_pack, batch, device)
+        if tokens.x.shape[1] == 0:
+            return self._empty_cache(batch, device, tokens.x.dtype)
+        context = self._embed_context(context, batch, device)  # [B, L, dim]
+        t_mod = self._clean_modulation(batch, device)  # [B, 6, dim]
+        rope = rope_table(tokens.positions, self.config.rope_split, self.config.rope_theta)
+        attn_mask = _causal_history_mask(tokens.valid, tokens.x.shape[1])  # [B, 1, S_h, S_h]
+        action_rows, _ = self._prepare_actions(actions, tokens, batch, device)
+        x, keys, values = tokens.x, [], []
+        for index, block in enumerate(self.blocks):
+            last = index == len(self.blocks) - 1
+            x, k, v = block.forward_history(x, context, t_mod, rope, attn_mask, action_rows, need_output=not last)
+            keys.append(k)
+            values.append(v)
+        return HistoryKVCache(tuple(keys), tuple(values), tokens.valid)
+
+    def _empty_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> HistoryKVCache:
+        """Cache of zero history tokens ([B, H, 0, D] per block)."""
+        empty = torch.zeros(batch, self.config.num_heads, 0, self.config.head_dim, device=device, dtype=dtype)
+        layers = len(self.blocks)
+        return HistoryKVCache(
+            (empty,) * layers, (empty,) * layers, torch.zeros(batch, 0, dtype=torch.bool, device=device)
+        )
+
+    def _forward_cached(
+        self,
+        latents: Tensor,
+        timestep: Tensor,
+        context: Tensor | None,
+        frame_pack: FramePackInputs,
+        actions: ActionInput | None,
+        cache: HistoryKVCache,
+        return_aux: bool,
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`forward` with cached history keys/values: only the target tokens run."""
+        self._require_causal("forward(history_cache=...)")
+        batch = latents.shape[0]
+        if cache.batch_size != batch or cache.num_layers != len(self.blocks):
+            raise ValueError(
+                f"history_cache has batch {cache.batch_size} and {cache.num_layers} layers, but the latents have "
+                f"batch {batch} and the model {len(self.blocks)} blocks; build it with encode_history on the same rows"
+            )
+        t_emb, t_mod = self._embed_timestep(timestep, batch)  # [B, dim], [B, 6, dim]
+        context = self._embed_context(context, batch, latents.device)  # [B, L, dim]
+        tokens = self._target_tokens(latents, frame_pack)
+        rope = rope_table(tokens.positions, self.config.rope_split, self.config.rope_theta)
+        attn_mask = _key_padding_mask(torch.cat([cache.valid, tokens.valid], dim=1))  # [B, 1, 1, S_h + S_t]
+        action_rows, balance_loss = self._prepare_actions(actions, tokens, batch, latents.device)
+        x = tokens.x
+        for block, k, v in zip(self.blocks, cache.keys, cache.values, strict=True):
+            x = self._run_block(block.forward_cached, x, context, t_mod, rope, attn_mask, action_rows, (k, v))
+        velocity = self._decode(x, t_emb, latents.shape)
+        return (velocity, {"moe_balance_loss": balance_loss}) if return_aux else velocity
 
     def _embed_timestep(self, timestep: Tensor, batch: int) -> tuple[Tensor, Tensor]:
         """[B] timesteps -> ([B, dim] embedding for the head, [B, 6, dim] block modulation), float32."""
@@ -553,15 +848,33 @@ class AstraTransformer(nn.Module):
 
     def _assemble_tokens(self, latents: Tensor, frame_pack: FramePackInputs) -> Tokens:
         """Embeds ``[history groups..., target]`` into one token sequence with its bookkeeping."""
+        target = self._target_tokens(latents, frame_pack)
+        runs = [self._embed_group(group, index, latents.shape[0]) for index, group in enumerate(frame_pack.history)]
+        runs.append(target)
+        return Tokens(*(torch.cat(parts, dim=1) for parts in zip(*runs, strict=True)))
+
+    def _target_tokens(self, latents: Tensor, frame_pack: FramePackInputs) -> Tokens:
+        """Validates the target bookkeeping and embeds the noisy target with ``patch_embedding``."""
         batch, _, frames = latents.shape[:3]
         for name in ("target_frame_pos", "target_action_row"):
             shape = tuple(getattr(frame_pack, name).shape)
             if shape != (batch, frames):
                 raise ValueError(f"FramePackInputs.{name} must be [B, F]=[{batch}, {frames}], got {shape}")
-        runs = [self._embed_group(group, index, batch) for index, group in enumerate(frame_pack.history)]
         target = self.patch_embedding(latents.to(self.patch_embedding.weight.dtype))  # [B, dim, F, h, w]
         valid = torch.ones(batch, frames, dtype=torch.bool, device=latents.device)
-        runs.append(_grid_tokens(target, frame_pack.target_frame_pos, frame_pack.target_action_row, valid, 1.0))
+        return _grid_tokens(target, frame_pack.target_frame_pos, frame_pack.target_action_row, valid, 1.0)
+
+    def _history_tokens(self, frame_pack: FramePackInputs, batch: int, device: torch.device) -> Tokens:
+        """Embeds the history groups into one run [B, S_h, ...] (S_h = 0 without history)."""
+        runs = [self._embed_group(group, index, batch) for index, group in enumerate(frame_pack.history)]
+        if not runs:
+            dtype = self.patch_embedding.weight.dtype
+            return Tokens(
+                torch.zeros(batch, 0, self.config.dim, device=device, dtype=dtype),
+                torch.zeros(batch, 0, 3, device=device),
+                torch.zeros(batch, 0, dtype=torch.long, device=device),
+                torch.zeros(batch, 0, dtype=torch.bool, device=device),
+            )
         return Tokens(*(torch.cat(parts, dim=1) for parts in zip(*runs, strict=True)))
 
     def _embed_group(self, group: TokenGroup, index: int, batch: int) -> Tokens:

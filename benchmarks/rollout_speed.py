@@ -1,0 +1,172 @@
+"""Frames per second of one chunk rollout: the faithful Astra sampler and each optimisation on top.
+
+One "rollout" is one call of :func:`~astra_gym.world_model.sampling.sample_chunk`: denoising one
+chunk of latents given a full FramePack history (20 history latents), actions on every row, as the
+environments run it. Variants, each adding one change to the previous one, all in one run so the
+ratios are comparable on a shared machine:
+
+a. ``faithful``: release-like: 50 Euler steps, action-free guidance (AFG) scale 2 with separate
+   conditional/unconditional forwards, no cache, batch 1 (full attention, the release path).
+b. ``+batched_afg``: both AFG branches as one forward of batch 2B.
+c. ``+history_cache``: a ``history_attention="causal"`` model (same weights; must be trained that
+   way for real use), history keys/values computed once per chunk.
+d. ``+few_steps``: 4 Euler steps instead of 50.
+e. ``+batch_envs``: 16 environments per call (aggregate frames/s).
+f. ``+bf16_autocast``: the same under bf16 autocast (reported whether or not it helps).
+
+Frames are latent frames (``chunk`` per row per call). Weights are random: only speed is measured.
+
+Usage::
+
+    python -m benchmarks.rollout_speed                                  # small preset, 8x8 latents, CPU
+    python -m benchmarks.rollout_speed --preset debug --steps 2 --few-steps 1 --envs 2 --repeats 1
+    python -m benchmarks.rollout_speed --device cuda --preset wan2.1-1.3b --latent-hw 60 104 --chunk 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from astra_gym.utils.device import resolve_device
+from astra_gym.world_model.config import get_preset
+from astra_gym.world_model.sampling import SamplerConfig, sample_chunk
+from astra_gym.world_model.transformer import AstraTransformer
+from benchmarks.common import time_call, write_results
+from benchmarks.model_speed import Scenario, build_inputs
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One measured sampler setting (cumulative over the previous variants)."""
+
+    name: str
+    steps: int
+    batched_afg: bool
+    cache: bool
+    batch: int
+    bf16: bool
+
+
+def variants(args: argparse.Namespace) -> list[Variant]:
+    """The cumulative chain a..f of the module docstring."""
+    faithful = Variant("faithful", args.steps, batched_afg=False, cache=False, batch=1, bf16=False)
+    chain = [faithful]
+    for name, change in (
+        ("+batched_afg", {"batched_afg": True}),
+        ("+history_cache", {"cache": True}),
+        ("+few_steps", {"steps": args.few_steps}),
+        ("+batch_envs", {"batch": args.envs}),
+        ("+bf16_autocast", {"bf16": True}),
+    ):
+        chain.append(Variant(**{**vars(chain[-1]), "name": name, **change}))
+    return chain
+
+
+def _models(preset: str, device: torch.device) -> dict[str, AstraTransformer]:
+    """The full-attention (release path) model and a causal-history model with the same weights."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        full = AstraTransformer(get_preset(preset)).eval()
+        causal = AstraTransformer(get_preset(preset).replace(history_attention="causal")).eval()
+    causal.load_state_dict(full.state_dict())
+    return {"full": full, "causal": causal}
+
+
+def measure(variant: Variant, models: dict[str, AstraTransformer], args: argparse.Namespace, device) -> dict:
+    """Times one variant; returns its result row."""
+    model = models["causal" if variant.cache else "full"]
+    scenario = Scenario(args.preset, tuple(args.latent_hw), args.chunk, "rollout")
+    generator = torch.Generator().manual_seed(0)
+    noise, _, context, frame_pack, actions = build_inputs(
+        model, scenario, variant.batch, generator, device, torch.float32
+    )
+    config = SamplerConfig(num_steps=variant.steps, guidance_scale=args.guidance, batch_guidance=variant.batched_afg)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if variant.bf16 else contextlib.nullcontext()
+
+    def rollout() -> torch.Tensor:
+        with autocast:
+            return sample_chunk(
+                model,
+                noise,
+                context=context,
+                frame_pack=frame_pack,
+                actions=actions,
+                config=config,
+                use_history_cache=variant.cache,
+            )
+
+    timing = time_call(rollout, device, warmup=args.warmup, repeats=args.repeats)
+    frames = variant.batch * args.chunk
+    return {
+        **vars(variant),
+        "history_attention": model.config.history_attention,
+        "chunk_ms": timing["median_ms"],
+        "chunk_min_ms": timing["min_ms"],
+        "frames_per_s": frames / timing["median_ms"] * 1e3,
+    }
+
+
+def _print_table(rows: list[dict]) -> None:
+    """One line per variant with its ratio to the faithful path."""
+    print(
+        f"{'variant':<16} {'steps':>5} {'AFG':>8} {'cache':>5} {'batch':>5} {'bf16':>5} "
+        f"{'ms/call':>10} {'frames/s':>10} {'x faithful':>10}"
+    )
+    for row in rows:
+        afg = "batched" if row["batched_afg"] else "separate"
+        print(
+            f"{row['name']:<16} {row['steps']:>5} {afg:>8} {str(row['cache']):>5} {row['batch']:>5} "
+            f"{str(row['bf16']):>5} {row['chunk_ms']:>10.1f} {row['frames_per_s']:>10.2f} "
+            f"{row['speedup_vs_faithful']:>10.2f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Runs every variant, prints the table, writes JSON; returns the result rows."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small", help="transformer preset (debug, small, wan2.1-1.3b)")
+    parser.add_argument(
+        "--latent-hw",
+        nargs=2,
+        type=int,
+        default=[8, 8],
+        metavar=("H", "W"),
+        help="latent height and width (8 8 = 64x64 px)",
+    )
+    parser.add_argument("--chunk", type=int, default=1, help="latents generated per call")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--steps", type=int, default=50, help="Euler steps of the faithful path (release 50)")
+    parser.add_argument("--few-steps", type=int, default=4, help="Euler steps of the few-step variant")
+    parser.add_argument("--envs", type=int, default=16, help="environments per call of the batched variant")
+    parser.add_argument("--guidance", type=float, default=2.0, help="AFG scale (release 2.0)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per variant")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per variant (median reported)")
+    parser.add_argument("--out", default="results/rollout_speed.json", help="where to write the JSON results")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    models = _models(args.preset, device)
+    rows = []
+    with torch.inference_mode():
+        for variant in variants(args):
+            rows.append(measure(variant, models, args, device))
+            print(f"  measured {variant.name}: {rows[-1]['frames_per_s']:.2f} frames/s", flush=True)
+    for row in rows:
+        row["speedup_vs_faithful"] = row["frames_per_s"] / rows[0]["frames_per_s"]
+    _print_table(rows)
+    bf16, before = rows[-1], rows[-2]
+    verdict = "helps" if bf16["frames_per_s"] > before["frames_per_s"] else "does NOT help"
+    print(
+        f"bf16 autocast on {device.type} {verdict}: x{bf16['frames_per_s'] / before['frames_per_s']:.2f} "
+        "vs the same setting in float32"
+    )
+    path = write_results(args.out, "rollout_speed", vars(args), rows, device)
+    print(f"wrote {path}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
