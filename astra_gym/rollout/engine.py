@@ -88,6 +88,9 @@ class RolloutConfig:
             equals N batch-1 rollouts bit for bit (PyTorch's default CPU kernels differ in the last
             bits between batch sizes; see that module for the measurements and the cost, about
             +20-70 % per step at batch 1). No effect on GPU, where rows agree only to a tolerance.
+        use_history_cache: Compute the history tokens' keys/values once per chunk and reuse them at
+            every Euler step (:class:`~astra_gym.world_model.kv_cache.HistoryKVCache`). Only for
+            models trained with ``history_attention="causal"``; the exact Astra path recomputes them.
         layout: FramePack layout; ``max_start_distance`` bounds the temporal distance between the
             episode's first latent and the chunk being generated (see :data:`DEFAULT_LAYOUT`).
         device: Device of the model and of the state tensors (``"auto"`` = CUDA if available).
@@ -102,6 +105,7 @@ class RolloutConfig:
     shift: float = 5.0
     batch_guidance: bool = True
     batch_invariant: bool = True
+    use_history_cache: bool = False
     layout: FramePackLayout = field(default=DEFAULT_LAYOUT)
     device: str | torch.device = "cpu"
     dtype: str | torch.dtype = "float32"
@@ -372,6 +376,7 @@ class WorldModelRollout:
                 config=self._sampler,
                 generator=generators,
                 device=self.device,
+                use_history_cache=self.config.use_history_cache,
             )  # [B, C, F, h, w] float32
             pixels, streams = self._decode(latents, state.vae_streams)
         frames = pixels_to_uint8(pixels)  # [B, F * tf, H, W, 3]

@@ -277,3 +277,28 @@ def test_bad_inputs_raise_clear_errors(engine, bundle):
         WorldModelRollout(bundle.transformer, other_vae, bundle.rollout)
     with pytest.raises(ValueError, match="mode='exact'"):
         RolloutConfig(modality="vehicle", layout=bundle.rollout.layout.__class__(mode="release"))
+
+
+# ----------------------------------------------------------------------------------------------
+# History K/V cache
+# ----------------------------------------------------------------------------------------------
+
+
+def test_history_cache_gives_the_uncached_rollout_for_a_causal_model(bundle):
+    import copy
+
+    model = copy.deepcopy(bundle.transformer)
+    model.config = model.config.replace(history_attention="causal")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # the debug head is zero-initialised: make the output depend on the history
+        model.head.head.weight.copy_(torch.randn(model.head.head.weight.shape, generator=generator) * 0.3)
+    frames = {}
+    for cached in (False, True):
+        config = bundle.rollout.replace(num_denoise_steps=3, use_history_cache=cached)
+        engine = WorldModelRollout(model, bundle.vae, config, bundle.reward_model, bundle.text_context)
+        _, frames[cached] = _rollout(engine, contexts(2), [3, 4], action_rows(3, 2))
+    baseline = bundle.engine(num_denoise_steps=3)
+    _, full = _rollout(baseline, contexts(2), [3, 4], action_rows(3, 2))
+    difference = (frames[True].int() - frames[False].int()).abs()
+    assert difference.max() <= 1  # float rounding at the uint8 boundary only
+    assert not torch.equal(frames[False], full)  # the perturbed causal model really differs
