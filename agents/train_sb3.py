@@ -28,7 +28,6 @@ and at the end on ``--eval-episodes`` seeded episodes. Outputs under ``--out/<ru
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -47,7 +46,7 @@ import astra_gym  # noqa: F401  (registers the ids)
 from astra_gym.agents.evaluation import SB3Policy, evaluate
 from astra_gym.agents.real_env import make_real_env
 from astra_gym.agents.sb3_vec_env import AstraSB3VecEnv
-from astra_gym.training.cli_args import add_config_arguments, apply_overrides, arg
+from astra_gym.training.cli_args import arg, parse_config
 
 __all__ = ["Args", "ALGOS", "make_train_env", "make_eval_env", "make_model", "train", "main"]
 
@@ -221,9 +220,7 @@ def final_evaluation(args: Args, model: BaseAlgorithm, steps_per_action: int) ->
 
 def main(argv: list[str] | None = None) -> dict:
     """CLI entry point (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, Args)
-    args = apply_overrides(Args(), parser.parse_args(argv))
+    args = parse_config(Args, argv, __doc__)
     torch.set_num_threads(args.threads)
     _, summary = train(args)
     final = summary["final_eval"]

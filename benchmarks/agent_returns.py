@@ -29,7 +29,6 @@ Writes ``--out`` (JSON, :func:`benchmarks.common.write_results`) and prints a ma
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import sys
@@ -46,7 +45,7 @@ from astra_gym.agents.mpc import run_mpc
 from astra_gym.agents.real_env import make_real_env
 from astra_gym.envs.spaces import action_space
 from astra_gym.envs.variants import variant
-from astra_gym.training.cli_args import add_config_arguments, apply_overrides, arg
+from astra_gym.training.cli_args import apply_overrides, arg, config_parser
 from astra_gym.utils.device import resolve_device
 from benchmarks.common import write_results
 
@@ -239,9 +238,7 @@ def markdown_tables(results: list[dict], methods: tuple[str, ...]) -> str:
 
 def parse_args(argv: list[str] | None) -> Args:
     """Flags over the defaults, or over the ``--quick`` preset when it is given."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, Args)
-    namespace = parser.parse_args(argv)
+    namespace = config_parser(Args, __doc__).parse_args(argv)
     base = dataclasses.replace(Args(), **QUICK) if getattr(namespace, "quick", False) else Args()
     return apply_overrides(base, namespace)
 

@@ -117,7 +117,10 @@ def main(argv: list[str] | None = None) -> dict:
             )
     memory = measure_memory(args.env, args.memory_steps, kwargs) if args.memory_steps else None
     if memory:
-        print(f"memory over {args.memory_steps} steps: {memory['probes']} (RSS growth {memory['rss_growth_mib']:.1f} MiB)")
+        print(
+            f"memory over {args.memory_steps} steps: {memory['probes']} "
+            f"(RSS growth {memory['rss_growth_mib']:.1f} MiB)"
+        )
     config = vars(args) | {"torch_threads": torch.get_num_threads()}
     path = write_results(args.out, "env_throughput", config, rows + ([{"memory": memory}] if memory else []),
                          torch.device("cpu"))

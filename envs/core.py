@@ -50,8 +50,30 @@ from astra_gym.utils.device import resolve_device, resolve_dtype
 from astra_gym.utils.seeding import derive_seed
 from astra_gym.world_model.checkpoints import get_cached_model
 
-__all__ = ["EnvCore", "StartBatch", "StepBatch", "load_world_model", "bundled_model_path", "reject_unknown_kwargs"]
+__all__ = [
+    "EnvCore",
+    "StartBatch",
+    "StepBatch",
+    "load_world_model",
+    "bundled_model_path",
+    "reject_unknown_kwargs",
+    "ENV_KWARGS",
+]
 
+#: Constructor kwargs of ``AstraEnv``, which ``AstraVectorEnv`` accepts too (plus its own).
+ENV_KWARGS = (
+    "scenario",
+    "checkpoint",
+    "frame_bank",
+    "num_denoise_steps",
+    "guidance_scale",
+    "frames_per_step",
+    "device",
+    "dtype",
+    "render_mode",
+    "render_fps",
+    "rollout",
+)
 _RELEASE_KEYS = ("astra_release", "wan", "prompt")
 _RESET_OPTIONS = ("frames", "image")
 

@@ -11,26 +11,14 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from astra_gym.envs.core import EnvCore, reject_unknown_kwargs
+from astra_gym.envs.core import ENV_KWARGS, EnvCore, reject_unknown_kwargs
 from astra_gym.envs.frame_bank import FrameBank
 from astra_gym.rollout.engine import WorldModelRollout
 from astra_gym.rollout.state import RolloutState
 
 __all__ = ["AstraEnv", "EnvSnapshot", "show_human"]
 
-_KWARGS = (
-    "scenario",
-    "checkpoint",
-    "frame_bank",
-    "num_denoise_steps",
-    "guidance_scale",
-    "frames_per_step",
-    "device",
-    "dtype",
-    "render_mode",
-    "render_fps",
-    "rollout",
-)
+_KWARGS = ENV_KWARGS
 
 
 def show_human(frame: np.ndarray, title: str, fps: float) -> None:

@@ -28,6 +28,7 @@ from typing import Literal
 import gymnasium as gym
 import imageio_ffmpeg
 import numpy as np
+
 from astra_gym.envs.render import check_frame, import_cv2, upscale
 
 __all__ = [

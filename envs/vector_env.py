@@ -12,29 +12,14 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from astra_gym.envs.core import EnvCore, StartBatch, StepBatch, reject_unknown_kwargs
+from astra_gym.envs.core import ENV_KWARGS, EnvCore, StartBatch, StepBatch, reject_unknown_kwargs
 from astra_gym.envs.frame_bank import FrameBank
 from astra_gym.rollout.engine import WorldModelRollout
 from astra_gym.rollout.state import RolloutState
 
 __all__ = ["AstraVectorEnv"]
 
-_KWARGS = (
-    "num_envs",
-    "scenario",
-    "checkpoint",
-    "frame_bank",
-    "num_denoise_steps",
-    "guidance_scale",
-    "frames_per_step",
-    "device",
-    "dtype",
-    "render_mode",
-    "render_fps",
-    "rollout",
-    "max_episode_steps",
-    "autoreset_mode",
-)
+_KWARGS = ("num_envs", *ENV_KWARGS, "max_episode_steps", "autoreset_mode")
 
 
 class AstraVectorEnv(gym.vector.VectorEnv):

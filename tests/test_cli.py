@@ -5,10 +5,10 @@ from types import SimpleNamespace
 import gymnasium as gym
 import numpy as np
 import pytest
-from astra_gym.envs.frame_bank import FrameBank
-from astra_gym.envs.recording import read_video
 
 from astra_gym import cli
+from astra_gym.envs.frame_bank import FrameBank
+from astra_gym.envs.recording import read_video
 
 STAND_IN = "AstraGymTestDrive-v0"
 
@@ -232,7 +232,8 @@ def test_rollout_on_astra_debug(tmp_path, capsys):
 
 def test_missing_bundled_model_says_to_use_debug(tmp_path, capsys):
     err = _error(
-        capsys, "rollout", "--env", "Astra-Manipulation-v0", "--checkpoint", "no-such-model", "--out", tmp_path / "x.mp4"
+        capsys, "rollout", "--env", "Astra-Manipulation-v0", "--checkpoint", "no-such-model",
+        "--out", tmp_path / "x.mp4",
     )
     assert "cannot load the world model" in err and "--checkpoint debug" in err
     assert list(tmp_path.iterdir()) == []

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from astra_gym.agents.mpc.planner import Dynamics, PlanResult, imagine_returns
+from astra_gym.agents.mpc.planner import Dynamics, PlanResult, refine
 from astra_gym.agents.mpc.sampling import SequenceParams, make_sampler
 
 __all__ = ["CEMConfig", "CEMPlanner"]
@@ -81,27 +81,9 @@ class CEMPlanner:
         cfg = self.config
         params = warm_start if warm_start is not None else self.sampler.initial(cfg.horizon)
         uniform = np.full(cfg.num_elites, 1.0 / cfg.num_elites)
-        means, maxima = [], []
-        for _ in range(cfg.iterations):
-            candidates = self.sampler.sample(params, cfg.num_candidates, rng)
-            returns = imagine_returns(dynamics, state, candidates, cfg.discount)
+
+        def refit(candidates: np.ndarray, returns: np.ndarray) -> SequenceParams:
             elites = np.argsort(returns)[-cfg.num_elites :]
-            params = self.sampler.fit(candidates[elites], uniform)
-            means.append(float(returns.mean()))
-            maxima.append(float(returns.max()))
-        plan = self.sampler.mode(params)
-        return PlanResult(
-            action=plan[0],
-            plan=plan,
-            params=params,
-            warm_start=self.sampler.shift(params),
-            returns=returns,
-            best_return=max(maxima),
-            diagnostics={
-                "iterations": cfg.iterations,
-                "candidates": cfg.num_candidates,
-                "imagined_steps": cfg.iterations * cfg.num_candidates * cfg.horizon,
-                "mean_return": means,
-                "max_return": maxima,
-            },
-        )
+            return self.sampler.fit(candidates[elites], uniform)
+
+        return refine(self.sampler, dynamics, state, rng, params, cfg, refit)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from astra_gym.agents.mpc.planner import Dynamics, PlanResult, imagine_returns
+from astra_gym.agents.mpc.planner import Dynamics, PlanResult, refine
 from astra_gym.agents.mpc.sampling import SequenceParams, make_sampler, with_scale
 
 __all__ = ["MPPIConfig", "MPPIPlanner", "softmax_weights"]
@@ -89,27 +89,11 @@ class MPPIPlanner:
         noise = self.sampler.initial(cfg.horizon).scale  # fixed exploration noise
         params = warm_start if warm_start is not None else self.sampler.initial(cfg.horizon)
         params = with_scale(params, noise)
-        means, maxima = [], []
-        for _ in range(cfg.iterations):
-            candidates = self.sampler.sample(params, cfg.num_candidates, rng)
-            returns = imagine_returns(dynamics, state, candidates, cfg.discount)
-            params = with_scale(self.sampler.fit(candidates, softmax_weights(returns, cfg.temperature)), noise)
-            means.append(float(returns.mean()))
-            maxima.append(float(returns.max()))
-        plan = self.sampler.mode(params)
-        return PlanResult(
-            action=plan[0],
-            plan=plan,
-            params=params,
-            warm_start=self.sampler.shift(params),
-            returns=returns,
-            best_return=max(maxima),
-            diagnostics={
-                "iterations": cfg.iterations,
-                "candidates": cfg.num_candidates,
-                "imagined_steps": cfg.iterations * cfg.num_candidates * cfg.horizon,
-                "mean_return": means,
-                "max_return": maxima,
-                "effective_samples": float(1.0 / np.sum(softmax_weights(returns, cfg.temperature) ** 2)),
-            },
-        )
+
+        def refit(candidates: np.ndarray, returns: np.ndarray) -> SequenceParams:
+            return with_scale(self.sampler.fit(candidates, softmax_weights(returns, cfg.temperature)), noise)
+
+        result = refine(self.sampler, dynamics, state, rng, params, cfg, refit)
+        weights = softmax_weights(result.returns, cfg.temperature)
+        result.diagnostics["effective_samples"] = float(1.0 / np.sum(weights**2))
+        return result

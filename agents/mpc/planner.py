@@ -18,14 +18,15 @@ after a likely termination count less; with a termination logit of -inf it stays
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from astra_gym.agents.mpc.sampling import SequenceParams
+from astra_gym.agents.mpc.sampling import ActionSampler, SequenceParams
 
-__all__ = ["Dynamics", "Planner", "PlanResult", "imagine_returns"]
+__all__ = ["Dynamics", "Planner", "PlanResult", "imagine_returns", "refine"]
 
 State = TypeVar("State")
 
@@ -112,3 +113,51 @@ def imagine_returns(dynamics: Dynamics, state: Any, actions: np.ndarray, discoun
         returns += alive * discount**t * np.asarray(reward, np.float64)
         alive *= 1.0 - _sigmoid(np.asarray(logit, np.float64))
     return returns
+
+
+def refine(
+    sampler: ActionSampler,
+    dynamics: Dynamics,
+    state: Any,
+    rng: np.random.Generator,
+    params: SequenceParams,
+    cfg: Any,
+    refit: Callable[[np.ndarray, np.ndarray], SequenceParams],
+) -> PlanResult:
+    """The loop CEM and MPPI share: ``cfg.iterations`` rounds of sample, imagine, refit.
+
+    Args:
+        sampler: Distribution family of the action space.
+        dynamics: The model to imagine with.
+        state: A batch-1 state (not modified).
+        rng: Source of every draw.
+        params: The starting distribution.
+        cfg: Planner settings with ``horizon``, ``num_candidates``, ``iterations`` and ``discount``.
+        refit: ``(candidates [n, H, ...], returns [n]) -> params``: the planner's update rule.
+
+    Returns:
+        The plan of the final distribution (its mode), with the per-iteration diagnostics.
+    """
+    means, maxima = [], []
+    for _ in range(cfg.iterations):
+        candidates = sampler.sample(params, cfg.num_candidates, rng)
+        returns = imagine_returns(dynamics, state, candidates, cfg.discount)
+        params = refit(candidates, returns)
+        means.append(float(returns.mean()))
+        maxima.append(float(returns.max()))
+    plan = sampler.mode(params)
+    return PlanResult(
+        action=plan[0],
+        plan=plan,
+        params=params,
+        warm_start=sampler.shift(params),
+        returns=returns,
+        best_return=max(maxima),
+        diagnostics={
+            "iterations": cfg.iterations,
+            "candidates": cfg.num_candidates,
+            "imagined_steps": cfg.iterations * cfg.num_candidates * cfg.horizon,
+            "mean_return": means,
+            "max_return": maxima,
+        },
+    )

@@ -14,7 +14,6 @@ generator seeded with ``--seed``. Prints one line per episode; ``--out`` writes 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -33,7 +32,7 @@ from astra_gym.agents.mpc.world_model import WorldModelDynamics, load_engine
 from astra_gym.agents.real_env import make_real_env
 from astra_gym.envs.spaces import action_space
 from astra_gym.envs.variants import variant
-from astra_gym.training.cli_args import add_config_arguments, apply_overrides, arg
+from astra_gym.training.cli_args import arg, parse_config
 
 __all__ = ["Args", "make_planner", "make_controller", "run", "main"]
 
@@ -121,9 +120,7 @@ def run(args: Args) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     """CLI entry point (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, Args)
-    args = apply_overrides(Args(), parser.parse_args(argv))
+    args = parse_config(Args, argv, __doc__)
     torch.set_num_threads(args.threads)
     summary = run(args)
     for seed, ret, length in zip(summary["seeds"], summary["returns"], summary["lengths"], strict=True):

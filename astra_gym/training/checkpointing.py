@@ -38,6 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from astra_gym.utils.atomic import fsync_path, remove_stale_temps, swap_in
 from astra_gym.world_model.checkpoints import save_pretrained
 
 __all__ = [
@@ -147,25 +148,10 @@ class ExponentialMovingAverage:
 # ---------------------------------------------------------------------------------------------
 
 
-def _fsync(path: Path) -> None:
-    """Flushes a file, or a directory entry where the OS allows it."""
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*")):
-        _fsync(path)
-    _fsync(root)
+        fsync_path(path)
+    fsync_path(root)
 
 
 @contextlib.contextmanager
@@ -179,34 +165,15 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
     """
     folder = Path(folder).absolute()
     folder.parent.mkdir(parents=True, exist_ok=True)
-    for stale in folder.parent.glob(f".{folder.name}.tmp-*"):
-        logger.warning("removing %s left by an interrupted save", stale)
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_temps(folder, logger)
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
         _fsync_tree(tmp)
-        _swap_in(tmp, folder)
+        swap_in(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _swap_in(tmp: Path, folder: Path) -> None:
-    """Renames ``tmp`` to ``folder``, moving an existing ``folder`` aside first (restored on failure)."""
-    if not folder.exists():
-        os.replace(tmp, folder)
-        _fsync(folder.parent)
-        return
-    backup = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(folder, backup)
-    try:
-        os.replace(tmp, folder)
-    except BaseException:
-        os.replace(backup, folder)
-        raise
-    _fsync(folder.parent)
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
@@ -221,7 +188,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync(path.parent)
+    fsync_path(path.parent)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,10 +19,10 @@ import argparse
 import dataclasses
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-__all__ = ["arg", "add_config_arguments", "apply_overrides"]
+__all__ = ["arg", "add_config_arguments", "apply_overrides", "config_parser", "parse_config"]
 
 _NESTED = "__"
 
@@ -122,3 +122,15 @@ def apply_overrides(config: Any, args: argparse.Namespace, prefix: str = "") -> 
             value = getattr(args, prefix + f.name)
             changes[f.name] = tuple(value) if isinstance(value, list) else value
     return dataclasses.replace(config, **changes) if changes else config
+
+
+def config_parser(cls: type, description: str | None) -> argparse.ArgumentParser:
+    """A parser with ``description`` shown as written (a module docstring) and one flag per field of ``cls``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, cls)
+    return parser
+
+
+def parse_config(cls: type, argv: Sequence[str] | None, description: str | None) -> Any:
+    """``cls()`` with the flags of ``argv`` (None = ``sys.argv``) applied (see :func:`config_parser`)."""
+    return apply_overrides(cls(), config_parser(cls, description).parse_args(argv))

@@ -8,7 +8,7 @@ from functools import partial
 import torch
 from torch import nn
 
-__all__ = ["make_adamw", "lr_factor", "cosine_schedule"]
+__all__ = ["make_adamw", "lr_factor", "cosine_schedule", "optimizer_step"]
 
 
 def make_adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999)):
@@ -48,3 +48,18 @@ def cosine_schedule(
         )
     factor = partial(lr_factor, warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=min_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def optimizer_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, max_grad_norm: float
+) -> tuple[float, torch.Tensor]:
+    """Clips the gradients (``max_grad_norm`` 0 = off), steps optimizer and schedule, clears the gradients.
+
+    Returns the learning rate the step used and the gradient norm before clipping.
+    """
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else math.inf)
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return lr, norm

@@ -21,11 +21,8 @@ recall at the env's decision threshold (logit > 0). The model is saved atomicall
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +35,12 @@ import torch.nn.functional as F
 from astra_gym.data.action_codecs import INFERENCE_FEATURE, episode_rows
 from astra_gym.data.episodes import Episode
 from astra_gym.training.checkpointing import step_generator
-from astra_gym.training.cli_args import add_config_arguments, apply_overrides, arg
+from astra_gym.training.cli_args import arg
 from astra_gym.training.episode_data import load_split, uint8_to_pixels
+from astra_gym.training.loop import config_dict, preset_main, preset_parser, run_steps
 from astra_gym.training.metrics import MetricWriter
 from astra_gym.training.normalization import ActionNormalizer
-from astra_gym.training.optim import cosine_schedule, make_adamw
+from astra_gym.training.optim import cosine_schedule, make_adamw, optimizer_step
 from astra_gym.training.reward_io import save_reward_model
 from astra_gym.utils.device import resolve_device
 from astra_gym.world_model.reward_model import RewardModel, get_reward_model_preset
@@ -256,7 +254,7 @@ def train_reward(cfg: RewardTrainConfig) -> Path:
             writer.write(cfg.total_steps, metrics_only(metrics))
     finally:
         writer.close()
-    metrics["config"] = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    metrics["config"] = config_dict(cfg)
     metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
     folder = save_reward_model(
         model.cpu(),
@@ -280,60 +278,26 @@ def _loop(model, pool, held, reward_mean, pos_weight, cfg: RewardTrainConfig, wr
     device = next(model.parameters()).device
     optimizer = make_adamw(model, cfg.lr, cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio)
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=cfg.total_steps, desc="train reward model", unit="step")
-    tick = time.perf_counter()
-    for step in range(cfg.total_steps):
-        loss, logs = _losses(
-            model, pool.sample(cfg.batch_size, step_generator(cfg.seed, "data", step)), cfg, pos_weight, device
-        )
+    def step(index: int) -> dict[str, float]:
+        batch = pool.sample(cfg.batch_size, step_generator(cfg.seed, "data", index))
+        loss, logs = _losses(model, batch, cfg, pos_weight, device)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
-        logs["train/lr"] = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if bar is not None:
-            bar.update(1)
-        if (step + 1) % cfg.log_every == 0:
-            now = time.perf_counter()
-            logs["perf/samples_per_s"] = cfg.log_every * cfg.batch_size / (now - tick)
-            tick = now
-            writer.write(step + 1, logs)
-            if bar is not None:
-                bar.set_postfix(loss=f"{logs['train/loss']:.4f}")
-        if held is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-            writer.write(step + 1, evaluate(model, held, reward_mean))
-    if bar is not None:
-        bar.close()
+        logs["train/lr"], _ = optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
+        return logs
+
+    held_eval = (lambda: evaluate(model, held, reward_mean)) if held is not None else None
+    run_steps(cfg, writer, step, held_eval, "train reward model")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI: ``--preset`` then one flag per :class:`RewardTrainConfig` field."""
-    parser = argparse.ArgumentParser(
-        prog="python -m astra_gym.training.train_reward",
-        description=__doc__.split("\n\n")[0] + " Flags override the --preset; --print-config shows the result.",
-    )
-    parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="small", help="base configuration (default: small)"
-    )
-    parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
-    add_config_arguments(parser, RewardTrainConfig)
-    return parser
+    return preset_parser("python -m astra_gym.training.train_reward", __doc__, PRESETS, RewardTrainConfig)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point (see the module docstring)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    cfg = apply_overrides(PRESETS[args.preset], args)
-    if args.print_config:
-        print(json.dumps(dataclasses.asdict(cfg), indent=2))
-        return
-    train_reward(cfg)
+    preset_main(build_parser(), PRESETS, train_reward, argv)
 
 
 if __name__ == "__main__":

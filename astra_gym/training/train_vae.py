@@ -18,11 +18,8 @@ TensorBoard. The run is short on purpose and not resumable; a failed run is simp
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +28,11 @@ import numpy as np
 import torch
 
 from astra_gym.training.checkpointing import step_generator
-from astra_gym.training.cli_args import add_config_arguments, apply_overrides, arg
+from astra_gym.training.cli_args import arg
 from astra_gym.training.episode_data import load_split, uint8_to_pixels
+from astra_gym.training.loop import config_dict, preset_main, preset_parser, run_steps
 from astra_gym.training.metrics import MetricWriter
-from astra_gym.training.optim import cosine_schedule, make_adamw
+from astra_gym.training.optim import cosine_schedule, make_adamw, optimizer_step
 from astra_gym.training.vae_io import save_vae
 from astra_gym.utils.device import resolve_device
 from astra_gym.world_model.vae import SmallVAE, get_small_vae_preset
@@ -161,11 +159,7 @@ def _step(vae: SmallVAE, pool: FramePool, optimizer, scheduler, cfg: VaeTrainCon
     pixels = pool.sample(cfg.batch_size, step_generator(cfg.seed, "data", step)).to(vae.device)
     loss, logs = vae.loss(pixels, step_generator(cfg.seed, "noise", step))
     loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
-    lr = optimizer.param_groups[0]["lr"]
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    lr, norm = optimizer_step(vae, optimizer, scheduler, cfg.max_grad_norm)
     return {**{f"train/{k}": float(v) for k, v in logs.items()}, "train/lr": lr, "train/grad_norm": float(norm)}
 
 
@@ -192,7 +186,7 @@ def train_vae(cfg: VaeTrainConfig) -> Path:
             writer.write(cfg.total_steps, {"eval/psnr": metrics["holdout_psnr_db"]})
     finally:
         writer.close()
-    metrics["config"] = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    metrics["config"] = config_dict(cfg)
     folder = save_vae(vae.cpu(), Path(cfg.out) / "final", cfg.vae_preset, metrics)
     logger.info("saved VAE to %s (held-out PSNR %s dB)", folder, metrics.get("holdout_psnr_db"))
     return folder
@@ -200,54 +194,31 @@ def train_vae(cfg: VaeTrainConfig) -> Path:
 
 def _loop(vae, pool, eval_pixels, optimizer, scheduler, cfg: VaeTrainConfig, writer: MetricWriter) -> None:
     """The training steps with logging, periodic PSNR and a progress bar."""
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=cfg.total_steps, desc="train VAE", unit="step")
-    tick = time.perf_counter()
-    for step in range(cfg.total_steps):
-        logs = _step(vae, pool, optimizer, scheduler, cfg, step)
-        if bar is not None:
-            bar.update(1)
-        if (step + 1) % cfg.log_every == 0:
-            now = time.perf_counter()
-            logs["perf/samples_per_s"] = cfg.log_every * cfg.batch_size / (now - tick)
-            tick = now
-            writer.write(step + 1, logs)
-            if bar is not None:
-                bar.set_postfix(loss=f"{logs['train/loss']:.4f}", sps=f"{logs['perf/samples_per_s']:.0f}")
-        if eval_pixels is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-            vae.eval()
-            writer.write(step + 1, {"eval/psnr": evaluate_psnr(vae, eval_pixels)})
-            vae.train()
-    if bar is not None:
-        bar.close()
+    def evaluate() -> dict[str, float]:
+        vae.eval()
+        logs = {"eval/psnr": evaluate_psnr(vae, eval_pixels)}
+        vae.train()
+        return logs
+
+    run_steps(
+        cfg,
+        writer,
+        lambda step: _step(vae, pool, optimizer, scheduler, cfg, step),
+        evaluate if eval_pixels is not None else None,
+        "train VAE",
+        show_sps=True,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI: ``--preset`` then one flag per :class:`VaeTrainConfig` field."""
-    parser = argparse.ArgumentParser(
-        prog="python -m astra_gym.training.train_vae",
-        description=__doc__.split("\n\n")[0] + " Flags override the --preset; --print-config shows the result.",
-    )
-    parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="small", help="base configuration (default: small)"
-    )
-    parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
-    add_config_arguments(parser, VaeTrainConfig)
-    return parser
+    return preset_parser("python -m astra_gym.training.train_vae", __doc__, PRESETS, VaeTrainConfig)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point (see the module docstring)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    cfg = apply_overrides(PRESETS[args.preset], args)
-    if args.print_config:
-        print(json.dumps(dataclasses.asdict(cfg), indent=2))
-        return
-    train_vae(cfg)
+    preset_main(build_parser(), PRESETS, train_vae, argv)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from astra_gym.utils.atomic import BACKUP_TAG, TEMP_TAG, fsync_path, remove_stale_temps, swap_in
 from astra_gym.world_model.config import RELEASE_MODALITIES, AstraTransformerConfig, ModalitySpec, get_preset
 from astra_gym.world_model.wan_keys import diffusers_to_original, is_astra_key
 
@@ -84,7 +85,6 @@ LIGHTNING_PREFIX = "pipe.dit."
 # ComfyUI-style repackagings of Wan put the DiT under this prefix.
 _WAN_WRAPPER_PREFIX = "model.diffusion_model."
 _WAN_FILE_NAMES = ("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors")
-_TEMP_TAG, _BACKUP_TAG = ".tmp-", ".old-"
 
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _EXPERT_KEY = re.compile(r"^blocks\.0\.moe\.experts\.(\d+)\.0\.weight$")
@@ -288,21 +288,6 @@ def _finalize(model: AstraTransformer, device: torch.device | str, dtype: torch.
 # --------------------------------------------------------------------------------------------
 
 
-def _fsync_path(path: Path) -> None:
-    """Flushes a file or a directory entry to disk (directories only where the OS allows it)."""
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:  # directories cannot be opened on Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _is_our_checkpoint(folder: Path) -> bool:
     """True if ``folder`` holds a config.json written by :func:`save_pretrained`."""
     try:
@@ -359,37 +344,12 @@ def _write_folder(tmp: Path, state: dict[str, Tensor], meta_text: str) -> None:
     """Writes the weights, then config.json (a partial folder never has a config), fsyncing each."""
     weights = tmp / WEIGHTS_NAME
     save_file(state, str(weights), metadata={"format": "pt", "astra_gym_format": FORMAT_NAME})
-    _fsync_path(weights)
+    fsync_path(weights)
     with open(tmp / CONFIG_NAME, "w", encoding="utf-8") as handle:
         handle.write(meta_text)
         handle.flush()
         os.fsync(handle.fileno())
-    _fsync_path(tmp)
-
-
-def _swap_in(tmp: Path, folder: Path) -> None:
-    """Renames ``tmp`` to ``folder``; an existing ``folder`` is moved aside first and restored on failure."""
-    if not folder.exists():
-        os.replace(tmp, folder)
-        _fsync_path(folder.parent)
-        return
-    backup = Path(tempfile.mkdtemp(prefix=f".{folder.name}{_BACKUP_TAG}", dir=folder.parent))
-    os.rmdir(backup)  # only the unique name is wanted
-    os.replace(folder, backup)
-    try:
-        os.replace(tmp, folder)
-    except BaseException:
-        os.replace(backup, folder)
-        raise
-    _fsync_path(folder.parent)
-    shutil.rmtree(backup, ignore_errors=True)
-
-
-def _remove_stale_temps(folder: Path) -> None:
-    """Deletes temp folders left behind by an earlier, crashed save of the same checkpoint."""
-    for stale in folder.parent.glob(f".{folder.name}{_TEMP_TAG}*"):
-        logger.warning("removing %s left by an interrupted save", stale)
-        shutil.rmtree(stale, ignore_errors=True)
+    fsync_path(tmp)
 
 
 def save_pretrained(model: torch.nn.Module, folder: str | os.PathLike, extra_config: dict | None = None) -> Path:
@@ -419,11 +379,11 @@ def save_pretrained(model: torch.nn.Module, folder: str | os.PathLike, extra_con
     state = _checkpoint_state(model)
     folder.parent.mkdir(parents=True, exist_ok=True)
     _check_replaceable(folder)
-    _remove_stale_temps(folder)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}{_TEMP_TAG}", dir=folder.parent))
+    remove_stale_temps(folder, logger)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}{TEMP_TAG}", dir=folder.parent))
     try:
         _write_folder(tmp, state, meta_text)
-        _swap_in(tmp, folder)
+        swap_in(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -433,7 +393,7 @@ def save_pretrained(model: torch.nn.Module, folder: str | os.PathLike, extra_con
 
 def _missing_checkpoint_error(folder: Path, what: str) -> CheckpointError:
     """Error for a missing checkpoint; points at the backup an interrupted save may have left."""
-    backups = sorted(folder.parent.glob(f".{folder.name}{_BACKUP_TAG}*")) if folder.parent.is_dir() else []
+    backups = sorted(folder.parent.glob(f".{folder.name}{BACKUP_TAG}*")) if folder.parent.is_dir() else []
     hint = ""
     if backups and not folder.exists():
         hint = f" A save was interrupted while swapping folders: the previous checkpoint is {backups[-1]}; rename it."

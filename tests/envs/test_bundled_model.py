@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import astra_gym  # noqa: F401
-from astra_gym.training.bundle import read_bundle
 from astra_gym.envs.core import bundled_model_path
 from astra_gym.envs.variants import BUNDLED_MODEL
+from astra_gym.training.bundle import read_bundle
 
 REAL_VARIANTS = ["Astra-Drive-v0", "Astra-Manipulation-v0", "Astra-Explore-v0"]
 

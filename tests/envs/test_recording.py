@@ -3,6 +3,7 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+
 from astra_gym.envs.recording import VideoWriter, draw_action_hud, hud_kind, read_video, side_by_side
 
 DRIVE = gym.spaces.Box(np.array([-1.0, 0.0, 0.0], np.float32), np.array([1.0, 1.0, 1.0], np.float32))

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from astra_gym.envs import render
 
 

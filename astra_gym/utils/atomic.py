@@ -1,0 +1,60 @@
+"""Atomic folder replacement, shared by the model checkpoints and the training checkpoints.
+
+A folder is written into a hidden ``.{name}.tmp-*`` sibling, fsynced, and renamed into place by
+:func:`swap_in`; an existing folder is first moved aside to ``.{name}.old-*`` and deleted only once
+the new one is in place. :func:`remove_stale_temps` deletes the temp folders of crashed writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+__all__ = ["TEMP_TAG", "BACKUP_TAG", "fsync_path", "swap_in", "remove_stale_temps"]
+
+logger = logging.getLogger(__name__)
+
+TEMP_TAG, BACKUP_TAG = ".tmp-", ".old-"
+
+
+def fsync_path(path: Path) -> None:
+    """Flushes a file or a directory entry to disk (directories only where the OS allows it)."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # directories cannot be opened on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def swap_in(tmp: Path, folder: Path) -> None:
+    """Renames ``tmp`` to ``folder``; an existing ``folder`` is moved aside first and restored on failure."""
+    if not folder.exists():
+        os.replace(tmp, folder)
+        fsync_path(folder.parent)
+        return
+    backup = Path(tempfile.mkdtemp(prefix=f".{folder.name}{BACKUP_TAG}", dir=folder.parent))
+    os.rmdir(backup)  # only the unique name is wanted
+    os.replace(folder, backup)
+    try:
+        os.replace(tmp, folder)
+    except BaseException:
+        os.replace(backup, folder)
+        raise
+    fsync_path(folder.parent)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def remove_stale_temps(folder: Path, log: logging.Logger = logger) -> None:
+    """Deletes temp folders left behind by an earlier, crashed write of the same ``folder``."""
+    for stale in folder.parent.glob(f".{folder.name}{TEMP_TAG}*"):
+        log.warning("removing %s left by an interrupted save", stale)
+        shutil.rmtree(stale, ignore_errors=True)
