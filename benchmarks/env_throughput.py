@@ -59,9 +59,9 @@ def measure_throughput(env_id: str, num_envs: int, denoise_steps: int, steps: in
     }
 
 
-def measure_memory(env_id: str, steps: int, kwargs: dict) -> dict:
+def measure_memory(env_id: str, steps: int, denoise_steps: int, kwargs: dict) -> dict:
     """RSS and rollout-state bytes after a few steps and after ``steps`` steps of one env."""
-    env = gym.make(env_id, max_episode_steps=steps + 1, **kwargs)
+    env = gym.make(env_id, max_episode_steps=steps + 1, num_denoise_steps=denoise_steps, **kwargs)
     env.action_space.seed(0)
     env.reset(seed=0)
     probes = {}
@@ -71,7 +71,8 @@ def measure_memory(env_id: str, steps: int, kwargs: dict) -> dict:
             probes[step] = {"rss_mib": _rss_mib(), "state_bytes": _state_bytes(env.unwrapped.get_state())}
     env.close()
     first, last = probes[min(probes)], probes[max(probes)]
-    return {"env": env_id, "steps": steps, "probes": probes, "rss_growth_mib": last["rss_mib"] - first["rss_mib"]}
+    growth = last["rss_mib"] - first["rss_mib"]
+    return {"env": env_id, "steps": steps, "denoise_steps": denoise_steps, "probes": probes, "rss_growth_mib": growth}
 
 
 def _state_bytes(obj) -> int:
@@ -115,7 +116,9 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{row['env_frames_per_s']:8.1f} env frames/s",
                 flush=True,
             )
-    memory = measure_memory(args.env, args.memory_steps, kwargs) if args.memory_steps else None
+    memory = None
+    if args.memory_steps:
+        memory = measure_memory(args.env, args.memory_steps, min(args.denoise_steps), kwargs)
     if memory:
         print(
             f"memory over {args.memory_steps} steps: {memory['probes']} "
