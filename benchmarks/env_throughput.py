@@ -4,7 +4,7 @@ Each configuration builds ``gym.make_vec(env_id, num_envs=N, ...)`` (the native 
 ``AstraVectorEnv``), resets it, warms up, then times ``--steps`` vector steps with random actions.
 "Env frames/s" counts every frame every env produced (N x frames per step x steps / seconds). The
 memory probe runs one env for ``--memory-steps`` steps and records the resident set size and the
-rollout state's tensor bytes at the start and the end (flat memory = bounded history).
+rollout state's bytes (``RolloutState.nbytes``) at the start and the end (flat memory = bounded history).
 
 Usage::
 
@@ -19,7 +19,6 @@ import resource
 import time
 
 import gymnasium as gym
-import numpy as np
 import torch
 
 import astra_gym  # noqa: F401  (registers the ids)
@@ -68,26 +67,11 @@ def measure_memory(env_id: str, steps: int, denoise_steps: int, kwargs: dict) ->
     for step in range(1, steps + 1):
         env.step(env.action_space.sample())
         if step in (min(100, steps), steps):
-            probes[step] = {"rss_mib": _rss_mib(), "state_bytes": _state_bytes(env.unwrapped.get_state())}
+            probes[step] = {"rss_mib": _rss_mib(), "state_bytes": env.unwrapped.get_state().rollout.nbytes()}
     env.close()
     first, last = probes[min(probes)], probes[max(probes)]
     growth = last["rss_mib"] - first["rss_mib"]
     return {"env": env_id, "steps": steps, "denoise_steps": denoise_steps, "probes": probes, "rss_growth_mib": growth}
-
-
-def _state_bytes(obj) -> int:
-    """Bytes held by the tensors and arrays reachable from a (nested) state object."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, np.ndarray):
-        return obj.nbytes
-    if isinstance(obj, (list, tuple)):
-        return sum(_state_bytes(x) for x in obj)
-    if isinstance(obj, dict):
-        return sum(_state_bytes(x) for x in obj.values())
-    if hasattr(obj, "__dataclass_fields__"):
-        return sum(_state_bytes(getattr(obj, name)) for name in obj.__dataclass_fields__)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -23,6 +23,7 @@ from astra_gym.utils.device import resolve_device, resolve_dtype
 from astra_gym.world_model.conditioning import ActionInput
 from astra_gym.world_model.config import get_preset
 from astra_gym.world_model.framepack import FramePackHistory, FramePackLayout, pack
+from astra_gym.world_model.sampling import cat_actions, cat_frame_packs
 from astra_gym.world_model.transformer import AstraTransformer
 from benchmarks.common import time_call, write_results
 
@@ -73,14 +74,9 @@ def build_inputs(model: AstraTransformer, scenario: Scenario, batch: int, genera
 def _double(inputs):
     """Stacks the inputs twice along the batch (conditional + unconditional in one forward)."""
     noisy, timestep, context, frame_pack, actions = inputs
-    cat = lambda x: torch.cat([x, x])  # noqa: E731
-    groups = tuple(
-        type(g)(g.scale, cat(g.latents), cat(g.frame_pos), cat(g.action_row), cat(g.valid), g.spatial_scale)
-        for g in frame_pack.history
-    )
-    packed = type(frame_pack)(groups, cat(frame_pack.target_frame_pos), cat(frame_pack.target_action_row))
-    doubled_actions = ActionInput(cat(actions.values), cat(actions.modality))
-    return cat(noisy), cat(timestep), cat(context), packed, doubled_actions
+    twice = lambda x: torch.cat([x, x])  # noqa: E731
+    packed = cat_frame_packs([frame_pack, frame_pack])
+    return twice(noisy), twice(timestep), twice(context), packed, cat_actions([actions, actions])
 
 
 def measure(scenario: Scenario, batch: int, device, dtype, repeats: int) -> dict:

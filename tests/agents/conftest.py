@@ -1,4 +1,4 @@
-"""Fixtures of the agent tests: one torch thread, debug rollouts, simulator availability."""
+"""Fixtures of the agent tests: debug rollouts, simulator availability."""
 
 from __future__ import annotations
 
@@ -12,15 +12,6 @@ from astra_gym.rollout.bundle import debug_bundle
 from astra_gym.rollout.engine import WorldModelRollout
 
 SIM_MODULES = {"drive": "Box2D", "manipulation": "gymnasium_robotics", "explore": "vizdoom"}
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tests run on shared 2-core machines: one intra-op thread avoids oversubscription."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Fixtures of the env tests: one torch thread, a headless display, helpers to build debug envs."""
+"""Fixtures of the env tests: a headless display, helpers to build debug envs."""
 
 import copy
 import os
@@ -13,15 +13,6 @@ from astra_gym.rollout.bundle import debug_bundle
 from astra_gym.rollout.engine import WorldModelRollout
 
 ASTRA_IDS = sorted(VARIANTS)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tests run on shared 2-core machines: one intra-op thread avoids oversubscription."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(autouse=True)

@@ -15,13 +15,10 @@ SMALL = {"frames_before": 0, "channels": (8, 16), "hidden": 32}
 @pytest.fixture(scope="module")
 def trained():
     """An IDM trained on 16 square episodes (about 3 s on one CPU thread)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
     config = idm_lib.make_idm_config("explore", BUTTONS, **SMALL)
     settings = idm_lib.IDMTrainConfig(steps=400, batch_size=32, lr=3e-3)
     episodes = [square_episode(seed) for seed in range(16)]
     model, losses = idm_lib.train_idm(episodes, config, settings, generator=torch.Generator().manual_seed(0))
-    torch.set_num_threads(previous)
     return model, losses
 
 

@@ -1,5 +1,6 @@
 """WorldModelRollout: shapes, determinism, batch invariance, immutability, forks, partial resets, memory."""
 
+import copy
 import os
 
 import numpy as np
@@ -61,8 +62,10 @@ def test_same_seed_gives_the_same_rollout_and_another_seed_differs(engine):
 
 @pytest.mark.parametrize("threads", [1, pytest.param(2, marks=pytest.mark.slow)])  # 2 threads: slow on busy CPUs
 @pytest.mark.parametrize("guidance", [1.0, 2.0])
-def test_each_row_of_a_batch_equals_its_batch_one_rollout(bundle, threads, guidance):
+def test_each_row_of_a_batch_equals_its_batch_one_rollout(bundle, threads, guidance, request):
     """Rows of different ages (two restarted mid-way) in one batch equal batch-1 rollouts bit for bit."""
+    previous = torch.get_num_threads()
+    request.addfinalizer(lambda: torch.set_num_threads(previous))
     torch.set_num_threads(threads)
     engine = bundle.engine(num_denoise_steps=2, guidance_scale=guidance)
     batch, rows, fresh = 4, action_rows(6, 4), contexts(2, seed=9)
@@ -285,8 +288,6 @@ def test_bad_inputs_raise_clear_errors(engine, bundle):
 
 
 def test_history_cache_gives_the_uncached_rollout_for_a_causal_model(bundle):
-    import copy
-
     model = copy.deepcopy(bundle.transformer)
     model.config = model.config.replace(history_attention="causal")
     generator = torch.Generator().manual_seed(0)
