@@ -61,7 +61,7 @@ from astra_gym.training.optim import cosine_schedule, make_adamw
 from astra_gym.training.preview import PreviewConfig, write_preview
 from astra_gym.training.steps import StepConfig, per_dataset_mse, train_step
 from astra_gym.world_model.checkpoints import load_pretrained, save_pretrained
-from astra_gym.world_model.config import get_preset
+from astra_gym.world_model.config import AstraTransformerConfig, get_preset
 from astra_gym.world_model.framepack import FramePackLayout
 from astra_gym.world_model.sampling import SamplerConfig
 from astra_gym.world_model.transformer import AstraTransformer
@@ -99,6 +99,12 @@ class TrainConfig:
         None,
         "transformer history attention: full (Astra/release) or causal (history attends only to history, "
         "clean modulation; enables the sampler's history KV cache); none = the preset's / --init-from's",
+    )
+    num_experts: int | None = arg(
+        None, "override the preset's action experts per block (0 = no MoAE: one shared cam_encoder; ablation)"
+    )
+    action_injection: Literal["add", "cross_attn"] | None = arg(
+        None, "override the preset's action injection: add (ACT-Adapter) or cross_attn (ablation)"
     )
     trainable: Literal["full", "astra"] = arg("full", "parameters to train: all, or the paper's Astra subset")
     gradient_checkpointing: bool = arg(False, "recompute blocks in the backward pass (saves memory)")
@@ -146,9 +152,20 @@ class TrainConfig:
             )
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"--ema-decay={self.ema_decay} must be in (0, 1) or none")
-        get_preset(self.model_preset)  # validates the name
+        self.model_config()  # validates the preset name and the overrides
+        if self.init_from is not None and (self.num_experts is not None or self.action_injection is not None):
+            raise ValueError("--num-experts/--action-injection change the architecture; they cannot apply to --init-from")
         if self.history_attention not in (None, "full", "causal"):
             raise ValueError(f"--history-attention={self.history_attention!r} must be full, causal or none")
+
+    def model_config(self) -> AstraTransformerConfig:
+        """The ``model_preset`` with the ``num_experts`` / ``action_injection`` overrides applied."""
+        changes = {}
+        if self.num_experts is not None:
+            changes["num_experts"] = self.num_experts
+        if self.action_injection is not None:
+            changes["action_injection"] = self.action_injection
+        return get_preset(self.model_preset).replace(**changes)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (stored in checkpoints)."""
@@ -230,7 +247,7 @@ def _build_model(cfg: TrainConfig) -> AstraTransformer:
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(step_generator(cfg.seed, "init", 0).initial_seed()))
-            model = AstraTransformer(get_preset(cfg.model_preset))
+            model = AstraTransformer(cfg.model_config())
     if cfg.history_attention is not None:  # no parameters change: only how history tokens attend
         model.config = model.config.replace(history_attention=cfg.history_attention)
     trainable = set(model.trainable_parameter_names(cfg.trainable))

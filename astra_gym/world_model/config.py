@@ -96,6 +96,12 @@ class AstraTransformerConfig:
             tokens get the modulation of timestep 0 (clean) and attend only to history tokens, so
             their keys/values can be cached once per chunk (:mod:`~astra_gym.world_model.kv_cache`);
             targets attend to history and targets. A model must be trained with the mode it runs in.
+        action_injection: ``"add"`` (Astra): each block adds its action features of a token's own
+            action row to the modulated self-attention input (ACT-Adapter). ``"cross_attn"`` (the
+            paper's ablation, Table 3): no addition; each block has an extra zero-initialised
+            cross-attention ``action_attn`` from every token to the features of all action rows
+            the sample uses (tokens are not told which row is theirs; the past/current flag is in
+            the rows). Not in the release checkpoint.
     """
 
     dim: int
@@ -117,8 +123,16 @@ class AstraTransformerConfig:
     routing: Literal["hard", "learned"] = "hard"
     modalities: tuple[ModalitySpec, ...] = field(default=RELEASE_MODALITIES)
     history_attention: Literal["full", "causal"] = "full"
+    action_injection: Literal["add", "cross_attn"] = "add"
 
     def __post_init__(self) -> None:
+        if self.action_injection not in ("add", "cross_attn"):
+            raise ValueError(f"action_injection={self.action_injection!r} must be 'add' or 'cross_attn'")
+        if self.action_injection == "cross_attn" and self.history_attention != "full":
+            raise ValueError(
+                "action_injection='cross_attn' (an ablation) supports only history_attention='full'; "
+                "use action_injection='add' for the causal/cached path"
+            )
         if self.history_attention not in ("full", "causal"):
             raise ValueError(f"history_attention={self.history_attention!r} must be 'full' or 'causal'")
         if self.dim % self.num_heads:

@@ -50,10 +50,18 @@ ASTRA_TRAINABLE_MARKERS: tuple[str, ...] = (
     "clean_x_embedder",
     "moe",
     "_processor",
+    "action_attn",
 )
 
 # Modules that are not part of Wan2.1 and keep PyTorch's default (or their own) initialisation.
-_ASTRA_MODULE_MARKERS: tuple[str, ...] = ("cam_encoder", "projector", "moe", "clean_x_embedder", "_processor")
+_ASTRA_MODULE_MARKERS: tuple[str, ...] = (
+    "cam_encoder",
+    "projector",
+    "moe",
+    "clean_x_embedder",
+    "_processor",
+    "action_attn",
+)
 
 _EMBEDDER_NAMES: dict[int, str] = {1: "proj", 2: "proj_2x", 4: "proj_4x"}
 
@@ -225,12 +233,15 @@ class ActionRows:
         weights: [B, R, E] routing weights; None on the ``cam_encoder`` path.
         active_experts: Experts with a non-zero weight somewhere (the others are skipped).
         token_rows: [B, S] long row of ``rows`` read by each token.
+        key_mask: [B, R] bool rows read by a valid token, plus the zero row (the keys of the
+            ``action_injection="cross_attn"`` ablation).
     """
 
     rows: Tensor
     weights: Tensor | None
     active_experts: tuple[int, ...]
     token_rows: Tensor
+    key_mask: Tensor
 
 
 class AstraBlock(nn.Module):
@@ -259,6 +270,10 @@ class AstraBlock(nn.Module):
             if config.num_experts
             else None
         )
+        self.cross_attention_actions = config.action_injection == "cross_attn"
+        if self.cross_attention_actions:  # the paper's cross-attention adapter ablation
+            self.action_attn_norm = LayerNorm32(dim, eps, elementwise_affine=True)
+            self.action_attn = Attention(dim, config.num_heads, eps)
         self._init_astra_layers()
 
     def _init_astra_layers(self) -> None:
@@ -268,6 +283,17 @@ class AstraBlock(nn.Module):
             nn.init.zeros_(self.projector.bias)
             nn.init.zeros_(self.cam_encoder.weight)
             nn.init.zeros_(self.cam_encoder.bias)
+            if self.cross_attention_actions:  # starts as the identity, like the ACT-Adapter
+                nn.init.zeros_(self.action_attn.o.weight)
+                nn.init.zeros_(self.action_attn.o.bias)
+
+    def row_features(self, actions: ActionRows) -> Tensor:
+        """This block's feature of every action row: [B, R, dim]."""
+        rows = actions.rows
+        if self.moe is None:
+            return self.cam_encoder(rows)  # [B, R, dim]
+        flat = self.moe(rows.flatten(0, 1), actions.weights.flatten(0, 1), actions.active_experts)  # [B*R, dim]
+        return flat.unflatten(0, rows.shape[:2])  # [B, R, dim]
 
     def action_features(self, actions: ActionRows) -> Tensor:
         """This block's action feature of every token.
@@ -278,14 +304,23 @@ class AstraBlock(nn.Module):
         Returns:
             [B, S, dim] features (each token's row, broadcast over its spatial grid).
         """
-        rows = actions.rows
-        if self.moe is None:
-            features = self.cam_encoder(rows)  # [B, R, dim]
-        else:
-            flat = self.moe(rows.flatten(0, 1), actions.weights.flatten(0, 1), actions.active_experts)  # [B*R, dim]
-            features = flat.unflatten(0, rows.shape[:2])  # [B, R, dim]
+        features = self.row_features(actions)  # [B, R, dim]
         index = actions.token_rows[..., None].expand(-1, -1, features.shape[-1])  # [B, S, dim]
         return features.gather(1, index)  # [B, S, dim]
+
+    def _added_features(self, actions: ActionRows | None) -> Tensor | None:
+        """[B, S, dim] features added to the attention input (ACT-Adapter path), or None."""
+        if actions is None or self.cross_attention_actions:
+            return None
+        return self.action_features(actions)
+
+    def _action_cross_attention(self, x: Tensor, actions: ActionRows | None) -> Tensor:
+        """The cross-attention ablation: ``x`` [B, S, dim] plus attention to the action rows."""
+        if actions is None or not self.cross_attention_actions:
+            return x
+        rows = self.row_features(actions).to(x.dtype)  # [B, R, dim]
+        mask = actions.key_mask[:, None, None, :]  # [B, 1, 1, R]
+        return x + self.action_attn(self.action_attn_norm(x), rows, attn_mask=mask).to(x.dtype)
 
     def forward(
         self,
@@ -309,16 +344,10 @@ class AstraBlock(nn.Module):
         Returns:
             [B, S, dim] updated hidden states.
         """
-        modulation = self.modulation.float() + t_mod  # [B, 6, dim]
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, dim=1)  # [B, 1, dim]
-        h = (self.norm1(x.float()) * (1 + scale_msa) + shift_msa).to(x.dtype)
-        if actions is not None:
-            h = h + self.action_features(actions).to(h.dtype)
+        mod = self._modulation(t_mod)  # six [B, 1, dim]
+        h = self._attention_input(x, mod, self._added_features(actions))  # [B, S, dim]
         attn = self.projector(self.self_attn(h, rope=rope, attn_mask=attn_mask))
-        x = (x.float() + gate_msa * attn.float()).to(x.dtype)
-        x = x + self.cross_attn(self.norm3(x), context).to(x.dtype)
-        h = (self.norm2(x.float()) * (1 + scale_mlp) + shift_mlp).to(x.dtype)
-        return (x.float() + gate_mlp * self.ffn(h).float()).to(x.dtype)
+        return self._after_attention(x, attn, mod, context, actions)
 
     # Causal-history path (history_attention="causal"): history and targets modulated separately.
 
@@ -332,10 +361,14 @@ class AstraBlock(nn.Module):
         h = (self.norm1(x.float()) * (1 + scale_msa) + shift_msa).to(x.dtype)
         return h if features is None else h + features.to(h.dtype)
 
-    def _after_attention(self, x: Tensor, attn: Tensor, mod: tuple[Tensor, ...], context: Tensor) -> Tensor:
-        """Gated residual of the (projected) attention output, cross-attention and FFN; [B, S, dim]."""
+    def _after_attention(
+        self, x: Tensor, attn: Tensor, mod: tuple[Tensor, ...], context: Tensor, actions: ActionRows | None
+    ) -> Tensor:
+        """Gated residual of the (projected) attention output, (the ablation's action attention),
+        text cross-attention and FFN; [B, S, dim]."""
         _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod
         x = (x.float() + gate_msa * attn.float()).to(x.dtype)
+        x = self._action_cross_attention(x, actions)
         x = x + self.cross_attn(self.norm3(x), context).to(x.dtype)
         h = (self.norm2(x.float()) * (1 + scale_mlp) + shift_mlp).to(x.dtype)
         return (x.float() + gate_mlp * self.ffn(h).float()).to(x.dtype)
@@ -365,7 +398,7 @@ class AstraBlock(nn.Module):
             [B, S, dim] updated hidden states.
         """
         mods = (self._modulation(t_mods[0]), self._modulation(t_mods[1]))
-        features = None if actions is None else self.action_features(actions)  # [B, S, dim]
+        features = self._added_features(actions)  # [B, S, dim] or None
         parts = (slice(0, num_history), slice(num_history, None))
         h = torch.cat(
             [
@@ -376,7 +409,8 @@ class AstraBlock(nn.Module):
         )  # [B, S, dim]
         attn = self.projector(self.self_attn(h, rope=rope, attn_mask=attn_mask))  # [B, S, dim]
         return torch.cat(
-            [self._after_attention(x[:, p], attn[:, p], m, context) for p, m in zip(parts, mods, strict=True)], dim=1
+            [self._after_attention(x[:, p], attn[:, p], m, context, actions) for p, m in zip(parts, mods, strict=True)],
+            dim=1,
         )
 
     def forward_history(
@@ -404,12 +438,12 @@ class AstraBlock(nn.Module):
             (updated [B, S_h, dim] or None, keys [B, H, S_h, D], values [B, H, S_h, D]).
         """
         mod = self._modulation(t_mod)
-        h = self._attention_input(x, mod, None if actions is None else self.action_features(actions))
+        h = self._attention_input(x, mod, self._added_features(actions))
         q, k, v = self.self_attn.project(h, rope)  # [B, H, S_h, D] each
         if not need_output:
             return None, k, v
         attn = self.projector(self.self_attn.attend(q, k, v, attn_mask))  # [B, S_h, dim]
-        return self._after_attention(x, attn, mod, context), k, v
+        return self._after_attention(x, attn, mod, context, actions), k, v
 
     def forward_cached(
         self,
@@ -436,12 +470,12 @@ class AstraBlock(nn.Module):
             [B, S_t, dim] updated target hidden states.
         """
         mod = self._modulation(t_mod)
-        h = self._attention_input(x, mod, None if actions is None else self.action_features(actions))
+        h = self._attention_input(x, mod, self._added_features(actions))
         q, k, v = self.self_attn.project(h, rope)  # [B, H, S_t, D] each
         k = torch.cat([history_kv[0].to(k.dtype), k], dim=2)  # [B, H, S_h + S_t, D]
         v = torch.cat([history_kv[1].to(v.dtype), v], dim=2)  # [B, H, S_h + S_t, D]
         attn = self.projector(self.self_attn.attend(q, k, v, attn_mask))  # [B, S_t, dim]
-        return self._after_attention(x, attn, mod, context)
+        return self._after_attention(x, attn, mod, context, actions)
 
 
 class OutputHead(nn.Module):
@@ -922,15 +956,17 @@ class AstraTransformer(nn.Module):
         num_rows = values.shape[1]
         actions = ActionInput(values.to(self.blocks[0].cam_encoder.weight.dtype), actions.modality)
         token_rows = self._check_action_rows(tokens.action_row, num_rows)  # [B, S], -1 -> A
+        used = _used_rows(tokens.valid, token_rows, num_rows)  # [B, A+1]
+        key_mask = used.clone()
+        key_mask[:, num_rows] = True  # the zero row: every sample has at least one key
         if not self.config.num_experts:
             rows = self._raw_action_rows(actions)  # [B, A, max modality dim]
             zero_row = rows.new_zeros(batch, 1, rows.shape[-1])
-            return ActionRows(torch.cat([rows, zero_row], dim=1), None, (), token_rows), zero_loss
+            return ActionRows(torch.cat([rows, zero_row], dim=1), None, (), token_rows, key_mask), zero_loss
         unified = encode_actions(self.processors, self.config, actions)  # [B, A, U]
         unified = torch.cat([unified, unified.new_zeros(batch, 1, unified.shape[-1])], dim=1)  # [B, A+1, U]
-        used = _used_rows(tokens.valid, token_rows, num_rows)  # [B, A+1]
         routing = route(self.config, self.global_router, unified, actions.modality, used)
-        rows = ActionRows(unified, routing.weights, routing.active_experts, token_rows)
+        rows = ActionRows(unified, routing.weights, routing.active_experts, token_rows, key_mask)
         return rows, routing.balance_loss
 
     @staticmethod

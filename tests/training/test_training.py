@@ -182,16 +182,8 @@ def test_action_normalizer_keeps_the_null_row_and_pools_stats():
 
 def _run_config(cache, run_dir, **changes):
     base = train_world_model.PRESETS["debug"]
-    return dataclasses.replace(
-        base,
-        datasets=_specs(cache),
-        run_dir=str(run_dir),
-        total_steps=8,
-        checkpoint_every=4,
-        warmup_steps=2,
-        progress=False,
-        **changes,
-    )
+    defaults = dict(total_steps=8, checkpoint_every=4, warmup_steps=2, progress=False)
+    return dataclasses.replace(base, datasets=_specs(cache), run_dir=str(run_dir), **{**defaults, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +229,20 @@ def test_exported_world_model_loads_with_everything_an_env_needs(cache, straight
     assert extra["chunk_latents"] == 1 and extra["layout"]["mode"] == "exact" and extra["training"]["weights"] == "ema"
     assert extra["sampler"]["num_denoise_steps"] >= 1 and extra["training"]["step"] == 8
     assert load_pretrained(run_dir / "checkpoints" / "step_00000008" / "model") is not None
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"), [({"num_experts": 0}, "cam_encoder"), ({"action_injection": "cross_attn"}, "action_attn")]
+)
+def test_ablation_architectures_train_and_export(cache, tmp_path, changes, key):
+    result = train_world_model.train(_run_config(cache, tmp_path, total_steps=2, checkpoint_every=2, **changes))
+    config, _ = read_pretrained_config(result.final)
+    assert config == get_preset("debug").replace(**changes)
+    model = load_pretrained(result.final)
+    trained = {k: v for k, v in model.state_dict().items() if key in k and k.endswith("weight")}
+    assert trained and any(v.abs().sum() > 0 for v in trained.values())  # zero-initialised, then trained
+    with pytest.raises(ValueError, match="cannot apply to --init-from"):
+        _run_config(cache, tmp_path, init_from=str(result.final), **changes)
 
 
 def test_checkpoint_writes_are_atomic(tmp_path):

@@ -214,6 +214,57 @@ def test_shared_cam_encoder_ablation_without_experts():
         assert (model(latents, timestep, context, frame_pack, actions) - plain).abs().max() > 1e-3
 
 
+def _fresh_cross_attention_model(config: AstraTransformerConfig) -> AstraTransformer:
+    """A cross_attn model perturbed everywhere except the zero-initialised ``action_attn.o``."""
+    torch.manual_seed(0)
+    model = AstraTransformer(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "action_attn.o." not in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def test_cross_attention_adapter_ablation():
+    config = TINY.replace(action_injection="cross_attn")
+    model = _fresh_cross_attention_model(config)
+    assert any(".action_attn." in k for k in model.state_dict())
+    assert not any(".action_attn" in k for k in AstraTransformer(TINY).state_dict())
+    latents, timestep, context = _inputs(config)
+    frame_pack, actions = _frame_pack(config), _actions(config)
+    with torch.no_grad():
+        plain = model(latents, timestep, context, frame_pack)
+        # Zero-initialised output projection: actions add nothing at init, as the ACT-Adapter.
+        torch.testing.assert_close(model(latents, timestep, context, frame_pack, actions), plain)
+        model.blocks[0].action_attn.o.weight.normal_()
+        with_actions = model(latents, timestep, context, frame_pack, actions)
+        assert (with_actions - plain).abs().max() > 1e-3
+        other = ActionInput(actions.values + 1.0, actions.modality)
+        assert (model(latents, timestep, context, frame_pack, other) - with_actions).abs().max() > 1e-3
+        # Actions reach the tokens only through action_attn: the additive path is off.
+        model.blocks[0].action_attn.o.weight.zero_()
+        torch.testing.assert_close(model(latents, timestep, context, frame_pack, actions), plain)
+
+
+def test_cross_attention_adapter_ignores_unused_action_rows():
+    config = TINY.replace(action_injection="cross_attn")
+    model = _fresh_cross_attention_model(config)
+    with torch.no_grad():
+        model.blocks[1].action_attn.o.weight.normal_()
+        latents, timestep, context = _inputs(config)
+        frame_pack, actions = _frame_pack(config), _actions(config, rows=6)
+        base = model(latents, timestep, context, frame_pack, actions)
+        padded = ActionInput(torch.cat([actions.values, torch.randn(2, 3, actions.values.shape[-1])], 1), actions.modality)
+        torch.testing.assert_close(model(latents, timestep, context, frame_pack, padded), base)
+
+
+def test_cross_attention_adapter_rejects_causal_history():
+    with pytest.raises(ValueError, match="supports only history_attention='full'"):
+        TINY.replace(action_injection="cross_attn", history_attention="causal")
+    with pytest.raises(ValueError, match="must be 'add' or 'cross_attn'"):
+        TINY.replace(action_injection="concat")
+
+
 # ----------------------------------------------------------------------------------------------
 # Action injection
 # ----------------------------------------------------------------------------------------------
