@@ -59,6 +59,7 @@ from astra_gym.training.data import DatasetSpec, JointLatentData, batch_to
 from astra_gym.training.metrics import MetricWriter
 from astra_gym.training.optim import cosine_schedule, make_adamw
 from astra_gym.training.preview import PreviewConfig, write_preview
+from astra_gym.training.distill import DistillConfig, distill_step
 from astra_gym.training.steps import StepConfig, per_dataset_mse, train_step
 from astra_gym.world_model.checkpoints import load_pretrained, save_pretrained
 from astra_gym.world_model.config import AstraTransformerConfig, get_preset
@@ -110,6 +111,12 @@ class TrainConfig:
     gradient_checkpointing: bool = arg(False, "recompute blocks in the backward pass (saves memory)")
     # Optimisation
     step: StepConfig = arg(StepConfig(), "per-step recipe (noise-as-mask, action dropout, timesteps, losses)")
+    distill_from: str | None = arg(
+        None,
+        "teacher save_pretrained folder: instead of flow matching, train a few-step student (guidance baked "
+        "in) to reproduce the teacher's sampler; start the student with --init-from the same folder",
+    )
+    distill: DistillConfig = arg(DistillConfig(), "few-step distillation settings (with --distill-from)")
     batch_size: int = arg(8, "samples per step and process")
     total_steps: int = arg(20000, "optimizer steps of the whole run")
     lr: float = arg(3e-4, "peak AdamW learning rate")
@@ -257,6 +264,21 @@ def _build_model(cfg: TrainConfig) -> AstraTransformer:
     return model
 
 
+def _load_teacher(cfg: TrainConfig, config: AstraTransformerConfig, device: torch.device) -> nn.Module | None:
+    """The frozen distillation teacher, or None; it must share the student's inputs."""
+    if cfg.distill_from is None:
+        return None
+    teacher = load_pretrained(cfg.distill_from, dtype=torch.float32).to(device).eval().requires_grad_(False)
+    keys = ("in_channels", "patch_size", "modalities", "history_scales")
+    if any(getattr(teacher.config, k) != getattr(config, k) for k in keys):
+        raise ValueError(
+            f"teacher {cfg.distill_from} and student differ in {[k for k in keys if getattr(teacher.config, k) != getattr(config, k)]}; "
+            "distill into a student with the teacher's latent channels, patch size, history scales and action modalities "
+            "(e.g. --init-from the teacher)"
+        )
+    return teacher
+
+
 def _layout(cfg: TrainConfig, model: AstraTransformer) -> FramePackLayout:
     """The ``exact`` layout; the start token sits at most ``max_history`` latents before the targets
     at inference too (the longest distance trained; FramePack needs at least its window + 1)."""
@@ -364,6 +386,7 @@ class _Run:
     step: int = 0
     samples: int = 0
     rows: list[dict[str, float]] = field(default_factory=list)
+    teacher: nn.Module | None = None
 
     @property
     def unwrapped(self) -> nn.Module:
@@ -377,7 +400,15 @@ def _one_step(run: _Run) -> dict[str, torch.Tensor]:
     rows = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
     batch = run.data.batch(cfg.batch_size * world, step_generator(cfg.seed, "data", run.step), rows)
     batch = batch_to(batch, acc.device)
-    loss, logs = train_step(run.model, batch, cfg.step, step_generator(cfg.seed, "noise", run.step, rank))
+    generator = step_generator(cfg.seed, "noise", run.step, rank)
+    if run.teacher is None:
+        loss, logs = train_step(run.model, batch, cfg.step, generator)
+    else:
+        autocast = torch.bfloat16 if cfg.mixed_precision == "bf16" else None
+        loss, logs = distill_step(
+            run.model, run.teacher, batch, cfg.distill, cfg.step.action_dropout, cfg.step.moe_balance_weight,
+            generator, autocast,
+        )
     acc.backward(loss)
     params = [p for p in run.model.parameters() if p.requires_grad]
     logs["grad_norm"] = acc.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
@@ -516,6 +547,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         _load_preview_vae(cfg, accelerator.device),
         state.step if state else 0,
         state.samples_seen if state else 0,
+        teacher=_load_teacher(cfg, model.config, accelerator.device),
     )
     try:
         _run_with_progress(run)
