@@ -9,7 +9,7 @@ import pytest
 
 from astra_gym.data.episodes import save_episode
 from astra_gym.evaluation import rollouts
-from benchmarks import eval_world_model
+from benchmarks import eval_world_model, summarize_evals
 from tests.evaluation.synthetic import BUTTONS, square_episode
 
 
@@ -92,6 +92,15 @@ def test_eval_script_runs_end_to_end(heldout, tmp_path):
     again = strict_json(out)
     assert again["idm"]["status"] == "loaded"
     assert again["per_chunk"] == payload["per_chunk"]
+    # The summary table reads the same numbers back.
+    row = summarize_evals.summarize(out)
+    assert (row["scenario"], row["context"], row["steps"]) == ("explore", 3, 1)
+    assert row["delta_psnr_last"] == payload["per_chunk"][-1]["delta_psnr"]
+    assert row["idm_generated"] == payload["summary"]["idm"]["generated"]["balanced_accuracy"]
+    assert summarize_evals.markdown([row]).splitlines()[2].startswith("| explore | debug | 3 | 1 | model's |")
+    with pytest.raises(ValueError, match="not an eval_world_model result"):
+        (tmp_path / "other.json").write_text('{"benchmark": "model_speed"}')
+        summarize_evals.summarize(tmp_path / "other.json")
 
 
 def test_eval_script_refuses_episodes_the_idm_was_trained_on(heldout, tmp_path):

@@ -1,0 +1,86 @@
+"""One markdown table from several ``eval_world_model`` result files (ablations, sampler variants).
+
+    python -m benchmarks.summarize_evals results/ablation_abl-*_drive.json [--out results/ablations.json]
+
+Each row is one file: scenario, model, context frames, steps, guidance (``model's`` = the
+model's own sampler defaults), PSNR at chunk 1 and the last
+chunk, mean SSIM, ΔPSNR at the last chunk and mean, and the IDM's balanced accuracy on generated
+video (with chance). ``--out`` also writes the rows as JSON. Rows keep the order of the arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+HEADER = (
+    "| scenario | model | context | steps | guidance | PSNR chunk 1 / last (dB) | SSIM | ΔPSNR last chunk (dB) "
+    "| ΔPSNR mean (dB) | IDM bal. acc. generated (chance) |"
+)
+SEPARATOR = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+
+
+def summarize(path: str | Path) -> dict[str, Any]:
+    """The headline numbers of one ``eval_world_model`` JSON file.
+
+    Args:
+        path: The file.
+
+    Returns:
+        A flat dict (the row of the table).
+    """
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if data.get("benchmark") != "eval_world_model":
+        raise ValueError(f"{path} is not an eval_world_model result (benchmark={data.get('benchmark')!r})")
+    config, chunks, summary = data["config"], data["per_chunk"], data["summary"]
+    idm = (summary.get("idm") or {}).get("generated") or {}
+    return {
+        "file": str(path),
+        "scenario": config["scenario"],
+        "model": config["checkpoint"],
+        "context": data["plan"]["context"],
+        "steps": config["denoise_steps"],
+        "guidance": config["guidance"],
+        "psnr_first": chunks[0]["psnr"],
+        "psnr_last": chunks[-1]["psnr"],
+        "ssim": summary["ssim"]["mean"],
+        "delta_psnr_last": chunks[-1]["delta_psnr"],
+        "delta_psnr_mean": summary["delta_psnr"]["mean"],
+        "idm_generated": idm.get("balanced_accuracy"),
+        "idm_chance": idm.get("balanced_chance"),
+    }
+
+
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The markdown table of :func:`summarize` rows."""
+    lines = [HEADER, SEPARATOR]
+
+    def setting(value: Any) -> str:
+        return "model's" if value is None else f"{value:g}"
+
+    for r in rows:
+        idm = "n/a" if r["idm_generated"] is None else f"{r['idm_generated']:.3f} ({r['idm_chance']:.3f})"
+        lines.append(
+            f"| {r['scenario']} | {r['model']} | {r['context']} | {setting(r['steps'])} | {setting(r['guidance'])} | "
+            f"{r['psnr_first']:.2f} / {r['psnr_last']:.2f} | {r['ssim']:.3f} | {r['delta_psnr_last']:+.2f} | "
+            f"{r['delta_psnr_mean']:+.2f} | {idm} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="+", help="eval_world_model JSON files")
+    parser.add_argument("--out", default=None, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    rows = [summarize(f) for f in args.files]
+    print(markdown(rows))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"benchmark": "summarize_evals", "rows": rows}, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
