@@ -2,8 +2,9 @@
 # The paper's ablations at our scale (Table 3 / Figure C): every variant is the bundled model's
 # world-model recipe at the same seed, data and budget (3,000 steps, batch 8, bf16, one CPU thread),
 # changing one thing. Usage:
-#   bash benchmarks/ablations.sh train <variant>    # full | nonam | noafg-train | crossattn | nomoae
+#   bash benchmarks/ablations.sh train <variant>    # full | nonam | crossattn | nomoae
 #   bash benchmarks/ablations.sh eval <variant> [scenario...]   # default: drive manipulation
+#   CONTEXT=12 GUIDANCE=1 bash benchmarks/ablations.sh eval full drive   # history length / no AFG (s=1)
 # Needs the latent caches, VAE and IDMs of the model card (astra_gym/assets/models/small-v0/MODEL_CARD.md).
 # Results: results/ablation_abl-<variant>_<scenario>.json (copied to benchmarks/results/).
 set -euo pipefail
@@ -35,15 +36,17 @@ train() {
 }
 
 evaluate() {
-  local variant=$1
+  local variant=$1 context=${CONTEXT:-4} guidance=${GUIDANCE:-3} tag=""
   shift
+  [ "$context" != 4 ] && tag="${tag}_ctx$context"
+  [ "$guidance" != 3 ] && tag="${tag}_g$guidance"
   for scenario in "${@:-drive manipulation}"; do
     for s in $scenario; do
       $PY -m benchmarks.eval_world_model --checkpoint "runs/abl-$variant/final" --vae runs/vae/final \
-        --scenario "$s" --episodes "data/heldout/$s" --chunks 8 --context 4 \
+        --scenario "$s" --episodes "data/heldout/$s" --chunks 8 --context "$context" \
         --idm "runs/idm/idm_$s.safetensors" --idm-train-episodes "data/train/$s" --threads 1 \
-        --denoise-steps 2 --guidance 3 \
-        --out "results/ablation_abl-${variant}_$s.json" --markdown "results/ablation_abl-${variant}_$s.md"
+        --denoise-steps 2 --guidance "$guidance" \
+        --out "results/ablation_abl-${variant}_$s$tag.json" --markdown "results/ablation_abl-${variant}_$s$tag.md"
     done
   done
 }
