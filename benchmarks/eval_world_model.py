@@ -171,7 +171,7 @@ def _assemble(world_model, vae_folder, reward_folder, entry: dict, meta: dict, a
     from astra_gym.training.vae_io import load_vae
     from astra_gym.world_model.checkpoints import load_pretrained, read_pretrained_config
 
-    model = load_pretrained(world_model, device=device).eval()
+    model = load_pretrained(world_model, device=device, dtype=torch.float32).eval()
     vae = load_vae(vae_folder, device)
     reward = load_reward_model(reward_folder, device)[0] if reward_folder else None
     scale = [float(v) for v in entry["action_normalization"]["scale"]]

@@ -194,7 +194,7 @@ def load_bundle(
         if entry.get("reward_model") is not None:
             reward_model = load_reward_model(entry["reward_model"], device=device)[0]
         return WorldModelBundle(
-            transformer=load_pretrained(manifest["world_model"], device=device),
+            transformer=load_pretrained(manifest["world_model"], device=device, dtype=torch.float32),
             vae=load_vae(manifest["vae"], device=device),
             reward_model=reward_model,
             rollout=rollout,

@@ -31,10 +31,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from astra_gym.training.checkpointing import atomic_folder
 from astra_gym.training.reward_io import read_reward_config
 from astra_gym.training.vae_io import read_vae_config
-from astra_gym.world_model.checkpoints import read_pretrained_config
+from astra_gym.world_model.checkpoints import load_pretrained, read_pretrained_config, save_pretrained
 
 __all__ = ["BUNDLE_FORMAT", "make_bundle", "read_bundle", "main"]
 
@@ -43,6 +45,7 @@ logger = logging.getLogger(__name__)
 BUNDLE_FORMAT = "astra-gym-model-bundle"
 BUNDLE_VERSION = 1
 MANIFEST = "bundle.json"
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _check_vae(extra: Mapping[str, Any], vae_meta: Mapping[str, Any], allow_mismatch: bool) -> None:
@@ -143,8 +146,15 @@ def make_bundle(
     rewards: Sequence[str | os.PathLike],
     out: str | os.PathLike,
     allow_vae_mismatch: bool = False,
+    world_model_dtype: str = "float32",
 ) -> Path:
-    """Checks and copies the parts into ``out`` (replaced atomically as a whole); returns it."""
+    """Checks and copies the parts into ``out`` (replaced atomically as a whole); returns it.
+
+    ``world_model_dtype`` (``float32``, ``float16`` or ``bfloat16``) is the storage dtype of the
+    world-model weights (float16 halves the size; the envs compute in float32 either way).
+    """
+    if world_model_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"world_model_dtype={world_model_dtype!r}: choose one of {sorted(STORAGE_DTYPES)}")
     config, extra = read_pretrained_config(world_model)
     vae_meta = read_vae_config(vae)
     _check_vae(extra, vae_meta, allow_vae_mismatch)
@@ -152,7 +162,11 @@ def make_bundle(
     manifest = _manifest(name, extra, reward_entries)
     card = _model_card(name, config, extra, vae_meta, reward_entries)
     with atomic_folder(out) as tmp:
-        shutil.copytree(world_model, tmp / "world_model")
+        if world_model_dtype == "float32":
+            shutil.copytree(world_model, tmp / "world_model")
+        else:
+            weights = load_pretrained(world_model, dtype=STORAGE_DTYPES[world_model_dtype])
+            save_pretrained(weights, tmp / "world_model", extra)
         shutil.copytree(vae, tmp / "vae")
         for scenario, (folder, _) in reward_entries.items():
             shutil.copytree(folder, tmp / "reward" / scenario)
@@ -191,8 +205,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--allow-vae-mismatch", action="store_true", help="warn instead of failing on a VAE hash mismatch"
     )
+    parser.add_argument(
+        "--world-model-dtype",
+        default="float32",
+        choices=sorted(STORAGE_DTYPES),
+        help="storage dtype of the world-model weights (float16 halves the size; compute stays float32)",
+    )
     args = parser.parse_args(argv)
-    make_bundle(args.name, args.world_model, args.vae, args.reward, args.out, args.allow_vae_mismatch)
+    make_bundle(
+        args.name, args.world_model, args.vae, args.reward, args.out, args.allow_vae_mismatch, args.world_model_dtype
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from astra_gym.data import latent_cache
 from astra_gym.data.episodes import episode_filename, save_episode
@@ -392,6 +393,16 @@ def test_pipeline_vae_cache_world_model_reward_bundle(episode_dirs, tmp_path):
     )
     assert load_vae(manifest["vae"]).latent_channels == load_pretrained(manifest["world_model"]).config.in_channels
     assert "drive" in (out / "MODEL_CARD.md").read_text()
+    # float16 storage: half the bytes, the same config and metadata, weights within fp16 rounding.
+    half = bundle.make_bundle("half", wm.final, vae_folder, [reward_folder], tmp_path / "half", world_model_dtype="float16")
+    with safe_open(half / "world_model" / "model.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    assert read_pretrained_config(half / "world_model") == read_pretrained_config(wm.final)
+    full_state = load_pretrained(wm.final).state_dict()
+    for key, value in load_pretrained(half / "world_model", dtype=torch.float32).state_dict().items():
+        torch.testing.assert_close(value, full_state[key], rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="choose one of"):
+        bundle.make_bundle("x", wm.final, vae_folder, [], tmp_path / "x", world_model_dtype="int8")
     with pytest.raises(ValueError, match="VAE"):  # a VAE other than the caches' is refused
         bundle.make_bundle(
             "bad",
