@@ -13,14 +13,22 @@ c. ``+history_cache``: a ``history_attention="causal"`` model (same weights; mus
 d. ``+few_steps``: 4 Euler steps instead of 50.
 e. ``+batch_envs``: 16 environments per call (aggregate frames/s).
 f. ``+bf16_autocast``: the same under bf16 autocast (reported whether or not it helps).
+g. ``+distilled`` (with ``--student``): the few-step student of ``training/distill.py``: its own
+   steps (1), guidance baked in (one forward per step, no AFG branch), 16 envs, bf16. The student
+   has full attention, so no cache (with one step and no AFG a history cache saves nothing).
 
-Frames are latent frames (``chunk`` per row per call). Weights are random: only speed is measured.
+Frames are latent frames (``chunk`` per row per call). Weights are random unless ``--checkpoint``
+names a trained model (a bundle name such as ``small-v0``, a bundle folder or a save_pretrained
+folder); speed does not depend on them, but this measures the shipped model's exact shapes. With a
+trained full-attention model, ``+history_cache`` runs the same weights in the causal formulation:
+its speed is real, its samples are not (the cache needs a model trained with causal history).
 
 Usage::
 
     python -m benchmarks.rollout_speed                                  # small preset, 8x8 latents, CPU
     python -m benchmarks.rollout_speed --preset debug --steps 2 --few-steps 1 --envs 2 --repeats 1
     python -m benchmarks.rollout_speed --device cuda --preset wan2.1-1.3b --latent-hw 60 104 --chunk 8
+    python -m benchmarks.rollout_speed --checkpoint small-v0 --guidance 3 --student small-v0-fast
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -49,42 +58,71 @@ class Variant:
     cache: bool
     batch: int
     bf16: bool
+    guidance: float
+    model: str = "full"  # which weights: "full", "causal" (same weights) or "student"
 
 
 def variants(args: argparse.Namespace) -> list[Variant]:
     """The cumulative chain a..f of the module docstring."""
-    faithful = Variant("faithful", args.steps, batched_afg=False, cache=False, batch=1, bf16=False)
+    faithful = Variant("faithful", args.steps, False, cache=False, batch=1, bf16=False, guidance=args.guidance)
     chain = [faithful]
-    for name, change in (
+    changes = [
         ("+batched_afg", {"batched_afg": True}),
-        ("+history_cache", {"cache": True}),
+        ("+history_cache", {"cache": True, "model": "causal"}),
         ("+few_steps", {"steps": args.few_steps}),
         ("+batch_envs", {"batch": args.envs}),
         ("+bf16_autocast", {"bf16": True}),
-    ):
+    ]
+    if args.student:
+        changes.append(("+distilled", {"steps": args.student_steps, "guidance": 1.0, "cache": False, "model": "student"}))
+    for name, change in changes:
         chain.append(Variant(**{**vars(chain[-1]), "name": name, **change}))
     return chain
 
 
-def _models(preset: str, device: torch.device) -> dict[str, AstraTransformer]:
-    """The full-attention (release path) model and a causal-history model with the same weights."""
+def _load(checkpoint: str, device: torch.device) -> AstraTransformer:
+    """A trained transformer from a bundle name, a bundle folder or a save_pretrained folder."""
+    from astra_gym.envs.core import bundled_model_path
+    from astra_gym.training.bundle import read_bundle
+    from astra_gym.world_model.checkpoints import load_pretrained
+
+    folder = Path(checkpoint) if Path(checkpoint).exists() else bundled_model_path(checkpoint)
+    if (folder / "bundle.json").is_file():
+        folder = read_bundle(folder)["world_model"]
+    if not folder.is_dir():
+        raise SystemExit(f"--checkpoint/--student {checkpoint!r}: no such folder or bundled model name")
+    return load_pretrained(folder, device=device, dtype=torch.float32).eval()
+
+
+def _models(args: argparse.Namespace, device: torch.device) -> dict[str, AstraTransformer]:
+    """The full-attention (release path) model, a causal-history model with the same weights and
+    the student (if any)."""
     torch.manual_seed(0)
+    if args.checkpoint:
+        full = _load(args.checkpoint, device)
+    else:
+        with torch.device(device):
+            full = AstraTransformer(get_preset(args.preset)).eval()
     with torch.device(device):
-        full = AstraTransformer(get_preset(preset)).eval()
-        causal = AstraTransformer(get_preset(preset).replace(history_attention="causal")).eval()
+        causal = AstraTransformer(full.config.replace(history_attention="causal")).eval()
     causal.load_state_dict(full.state_dict())
-    return {"full": full, "causal": causal}
+    models = {"full": full, "causal": causal}
+    if args.student:
+        models["student"] = _load(args.student, device)
+    return models
 
 
 def measure(variant: Variant, models: dict[str, AstraTransformer], args: argparse.Namespace, device) -> dict:
     """Times one variant; returns its result row."""
-    model = models["causal" if variant.cache else "full"]
+    model = models[variant.model]
     scenario = Scenario(args.preset, tuple(args.latent_hw), args.chunk, "rollout")
     generator = torch.Generator().manual_seed(0)
     noise, _, context, frame_pack, actions = build_inputs(
         model, scenario, variant.batch, generator, device, torch.float32
     )
-    config = SamplerConfig(num_steps=variant.steps, guidance_scale=args.guidance, batch_guidance=variant.batched_afg)
+    config = SamplerConfig(
+        num_steps=variant.steps, guidance_scale=variant.guidance, batch_guidance=variant.batched_afg
+    )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if variant.bf16 else contextlib.nullcontext()
 
     def rollout() -> torch.Tensor:
@@ -117,7 +155,7 @@ def _print_table(rows: list[dict]) -> None:
         f"{'ms/call':>10} {'frames/s':>10} {'x faithful':>10}"
     )
     for row in rows:
-        afg = "batched" if row["batched_afg"] else "separate"
+        afg = "off" if row["guidance"] == 1.0 else "batched" if row["batched_afg"] else "separate"
         print(
             f"{row['name']:<16} {row['steps']:>5} {afg:>8} {str(row['cache']):>5} {row['batch']:>5} "
             f"{str(row['bf16']):>5} {row['chunk_ms']:>10.1f} {row['frames_per_s']:>10.2f} "
@@ -145,10 +183,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--guidance", type=float, default=2.0, help="AFG scale (release 2.0)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per variant")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per variant (median reported)")
+    parser.add_argument(
+        "--checkpoint", default=None, help="trained weights (bundle name/folder or save_pretrained folder); none = random"
+    )
+    parser.add_argument("--student", default=None, help="a distilled few-step student: adds the +distilled variant")
+    parser.add_argument("--student-steps", type=int, default=1, help="Euler steps of the student")
     parser.add_argument("--out", default="results/rollout_speed.json", help="where to write the JSON results")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
-    models = _models(args.preset, device)
+    models = _models(args, device)
     rows = []
     with torch.inference_mode():
         for variant in variants(args):
@@ -157,7 +200,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for row in rows:
         row["speedup_vs_faithful"] = row["frames_per_s"] / rows[0]["frames_per_s"]
     _print_table(rows)
-    bf16, before = rows[-1], rows[-2]
+    bf16, before = next(r for r in rows if r["name"] == "+bf16_autocast"), next(r for r in rows if r["name"] == "+batch_envs")
     verdict = "helps" if bf16["frames_per_s"] > before["frames_per_s"] else "does NOT help"
     print(
         f"bf16 autocast on {device.type} {verdict}: x{bf16['frames_per_s'] / before['frames_per_s']:.2f} "

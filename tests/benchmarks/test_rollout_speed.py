@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from benchmarks import rollout_speed
 
 
@@ -34,3 +36,26 @@ def test_rollout_speed_runs(tmp_path):
     assert rows[2]["history_attention"] == "causal" and rows[2]["cache"]
     assert rows[4]["batch"] == 2 and rows[3]["steps"] == 1
     assert all(r["frames_per_s"] > 0 for r in rows)
+
+
+def test_rollout_speed_with_trained_weights_and_a_student(tmp_path):
+    import torch
+
+    from astra_gym.world_model.checkpoints import save_pretrained
+    from astra_gym.world_model.config import get_preset
+    from astra_gym.world_model.transformer import AstraTransformer
+
+    torch.manual_seed(0)
+    teacher = save_pretrained(AstraTransformer(get_preset("debug")), tmp_path / "teacher")
+    student = save_pretrained(AstraTransformer(get_preset("debug")), tmp_path / "student")
+    argv = ["--preset", "debug", "--steps", "2", "--few-steps", "1", "--envs", "2", "--warmup", "0", "--repeats", "1",
+            "--guidance", "3", "--checkpoint", str(teacher), "--student", str(student), "--out", str(tmp_path / "o.json")]  # fmt: skip
+    rows = rollout_speed.main(argv)
+    last = rows[-1]
+    assert last["name"] == "+distilled" and last["model"] == "student"
+    assert (last["steps"], last["guidance"], last["cache"], last["batch"], last["bf16"]) == (1, 1.0, False, 2, True)
+    assert rows[0]["guidance"] == 3.0 and rows[2]["model"] == "causal"
+    payload = json.loads((tmp_path / "o.json").read_text())
+    assert payload["config"]["checkpoint"] == str(teacher)
+    with pytest.raises(SystemExit, match="no such folder or bundled model name"):
+        rollout_speed.main([*argv[:-4], "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "x.json")])
