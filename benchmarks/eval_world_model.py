@@ -310,6 +310,7 @@ _COLUMNS = (
     ("delta_psnr", "ΔPSNR (dB)", "{:+.2f}"),
     ("vae_recon_psnr", "VAE ceiling (dB)", "{:.2f}"),
     ("idm_real", "IDM bal. acc. real", "{:.3f}"),
+    ("idm_vae_recon", "IDM bal. acc. VAE recon.", "{:.3f}"),
     ("idm_generated", "IDM bal. acc. gen.", "{:.3f}"),
     ("idm_generated_random", "IDM bal. acc. gen. rand.", "{:.3f}"),
     ("psnr_replay_random", "PSNR vs replay rand.", "{:.2f}"),
@@ -347,7 +348,8 @@ def summary_lines(summary: dict) -> list[str]:
     if "idm" in summary:
         idm, real, gen = summary["idm"], summary["idm"]["real"], summary["idm"]["generated"]
         lines.append(
-            f"IDM balanced accuracy: real {real['balanced_accuracy']:.3f}, generated {gen['balanced_accuracy']:.3f} "
+            f"IDM balanced accuracy: real {real['balanced_accuracy']:.3f}, VAE-reconstructed real "
+            f"{idm['vae_recon']['balanced_accuracy']:.3f}, generated {gen['balanced_accuracy']:.3f} "
             f"(ratio {_fmt(idm['ratio_generated_to_real'])}, above-chance ratio {_fmt(idm['above_chance_ratio'])}), "
             f"generated under random actions {idm['generated_random']['balanced_accuracy']:.3f}; "
             f"chance {real['balanced_chance']:.3f}"

@@ -5,7 +5,8 @@
 Each row is one file: scenario, model, context frames, steps, guidance (``model's`` = the
 model's own sampler defaults), PSNR at chunk 1 and the last
 chunk, mean SSIM, ΔPSNR at the last chunk and mean, and the IDM's balanced accuracy on generated
-video (with chance). ``--out`` also writes the rows as JSON. Rows keep the order of the arguments.
+video and on the VAE's reconstruction of the real video (with chance; n/a in files written before
+that score existed). ``--out`` also writes the rows as JSON. Rows keep the order of the arguments.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 HEADER = (
     "| scenario | model | context | steps | guidance | PSNR chunk 1 / last (dB) | SSIM | ΔPSNR last chunk (dB) "
-    "| ΔPSNR mean (dB) | IDM bal. acc. generated (chance) |"
+    "| ΔPSNR mean (dB) | IDM bal. acc. generated / VAE recon. (chance) |"
 )
 SEPARATOR = "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 
@@ -51,6 +52,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
         "delta_psnr_mean": summary["delta_psnr"]["mean"],
         "idm_generated": idm.get("balanced_accuracy"),
         "idm_chance": idm.get("balanced_chance"),
+        "idm_vae_recon": ((summary.get("idm") or {}).get("vae_recon") or {}).get("balanced_accuracy"),
     }
 
 
@@ -62,7 +64,8 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
         return "model's" if value is None else f"{value:g}"
 
     for r in rows:
-        idm = "n/a" if r["idm_generated"] is None else f"{r['idm_generated']:.3f} ({r['idm_chance']:.3f})"
+        recon = "n/a" if r["idm_vae_recon"] is None else f"{r['idm_vae_recon']:.3f}"
+        idm = "n/a" if r["idm_generated"] is None else f"{r['idm_generated']:.3f} / {recon} ({r['idm_chance']:.3f})"
         lines.append(
             f"| {r['scenario']} | {r['model']} | {r['context']} | {setting(r['steps'])} | {setting(r['guidance'])} | "
             f"{r['psnr_first']:.2f} / {r['psnr_last']:.2f} | {r['ssim']:.3f} | {r['delta_psnr_last']:+.2f} | "

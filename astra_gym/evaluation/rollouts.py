@@ -541,7 +541,8 @@ def _merge(rows: list[dict[str, Any]], extra: list[dict[str, Any]]) -> None:
 def _idm_metrics(
     idm: InverseDynamicsModel, starts: Sequence[EvalStart], outputs: RolloutOutputs, plan: EvalPlan
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """IDM scores on real, generated (true labels) and random-action generated video.
+    """IDM scores on real, VAE-reconstructed real (what survives the VAE: the ceiling of any
+    generated video), generated (true labels) and random-action generated video.
 
     Per chunk: ``idm_<video>`` is the balanced accuracy, ``idm_<video>_accuracy`` the plain mean
     accuracy. Summary: :func:`~astra_gym.evaluation.idm.score_predictions` per video, plus
@@ -562,6 +563,9 @@ def _idm_metrics(
             per_chunk[k][f"idm_{name}_accuracy"] = scores["mean_accuracy"]
     real, gen = summary["real"], summary["generated"]
     summary["ratio_generated_to_real"] = _safe_div(gen["balanced_accuracy"], real["balanced_accuracy"])
+    summary["ratio_generated_to_vae_recon"] = _safe_div(
+        gen["balanced_accuracy"], summary["vae_recon"]["balanced_accuracy"]
+    )
     chance = real["balanced_chance"]
     summary["above_chance_ratio"] = _safe_div(gen["balanced_accuracy"] - chance, real["balanced_accuracy"] - chance)
     return per_chunk, summary
@@ -579,16 +583,18 @@ def _idm_inputs(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{video kind: (windows uint8 [S * n, ...], labels [S * n, heads])}; windows reach into the real context."""
     cfg = idm.config
-    out: dict[str, tuple[list, list]] = {"real": ([], []), "generated": ([], []), "generated_random": ([], [])}
+    names = ("real", "vae_recon", "generated", "generated_random")
+    out: dict[str, tuple[list, list]] = {name: ([], []) for name in names}
     for i, st in enumerate(starts):
         true = action_labels(cfg, st.actions, st.button_names)[steps]
         rand = action_labels(cfg, st.random_actions, st.button_names)
         videos = {
             "real": st.frames[plan.context :],
+            "vae_recon": outputs.vae_recon[i],
             "generated": outputs.gen_true[i],
             "generated_random": outputs.gen_random[i],
         }
-        labels = {"real": true, "generated": true, "generated_random": rand[steps]}
+        labels = {"real": true, "vae_recon": true, "generated": true, "generated_random": rand[steps]}
         for name, video in videos.items():
             full = np.concatenate([st.frames[: plan.context], video])
             out[name][0].append(transition_windows(full, steps, cfg.frames_before))

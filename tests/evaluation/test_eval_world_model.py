@@ -84,7 +84,8 @@ def test_eval_script_runs_end_to_end(heldout, tmp_path):
     assert summary["psnr"]["count"] == 4 * 2  # starts x frames
     for key in ("psnr", "ssim", "delta_psnr", "idm_real", "idm_generated", "reward_mae_generated"):
         assert all(key in row for row in payload["per_chunk"]), key
-    assert summary["idm"]["real"]["count"] == 4 * 2
+    assert summary["idm"]["real"]["count"] == summary["idm"]["vae_recon"]["count"] == 4 * 2
+    assert all("idm_vae_recon" in row for row in payload["per_chunk"])
     assert payload["idm"]["status"] == "trained" and (tmp_path / "idm.safetensors").is_file()
     assert "| chunk |" in table.read_text() and "ΔPSNR" in table.read_text()
     # A second run loads the IDM it saved and, being seeded, reproduces every number.
