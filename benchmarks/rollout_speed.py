@@ -16,6 +16,8 @@ f. ``+bf16_autocast``: the same under bf16 autocast (reported whether or not it 
 g. ``+distilled`` (with ``--student``): the few-step student of ``training/distill.py``: its own
    steps (1), guidance baked in (one forward per step, no AFG branch), 16 envs, bf16. The student
    has full attention, so no cache (with one step and no AFG a history cache saves nothing).
+h. ``+torch_compile`` (with ``--compile``): the previous setting with ``torch.compile`` (inductor);
+   compilation happens in the untimed warm-up call and its seconds are reported as ``compile_s``.
 
 Frames are latent frames (``chunk`` per row per call). Weights are random unless ``--checkpoint``
 names a trained model (a bundle name such as ``small-v0``, a bundle folder or a save_pretrained
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +63,7 @@ class Variant:
     bf16: bool
     guidance: float
     model: str = "full"  # which weights: "full", "causal" (same weights) or "student"
+    compiled: bool = False
 
 
 def variants(args: argparse.Namespace) -> list[Variant]:
@@ -75,6 +79,8 @@ def variants(args: argparse.Namespace) -> list[Variant]:
     ]
     if args.student:
         changes.append(("+distilled", {"steps": args.student_steps, "guidance": 1.0, "cache": False, "model": "student"}))
+    if args.compile:
+        changes.append(("+torch_compile", {"compiled": True}))
     for name, change in changes:
         chain.append(Variant(**{**vars(chain[-1]), "name": name, **change}))
     return chain
@@ -115,6 +121,8 @@ def _models(args: argparse.Namespace, device: torch.device) -> dict[str, AstraTr
 def measure(variant: Variant, models: dict[str, AstraTransformer], args: argparse.Namespace, device) -> dict:
     """Times one variant; returns its result row."""
     model = models[variant.model]
+    if variant.compiled:
+        model = torch.compile(model, dynamic=False)
     scenario = Scenario(args.preset, tuple(args.latent_hw), args.chunk, "rollout")
     generator = torch.Generator().manual_seed(0)
     noise, _, context, frame_pack, actions = build_inputs(
@@ -137,6 +145,10 @@ def measure(variant: Variant, models: dict[str, AstraTransformer], args: argpars
                 use_history_cache=variant.cache,
             )
 
+    start = time.perf_counter()
+    if variant.compiled:
+        rollout()  # compiles
+    compile_s = time.perf_counter() - start if variant.compiled else 0.0
     timing = time_call(rollout, device, warmup=args.warmup, repeats=args.repeats)
     frames = variant.batch * args.chunk
     return {
@@ -145,6 +157,7 @@ def measure(variant: Variant, models: dict[str, AstraTransformer], args: argpars
         "chunk_ms": timing["median_ms"],
         "chunk_min_ms": timing["min_ms"],
         "frames_per_s": frames / timing["median_ms"] * 1e3,
+        "compile_s": compile_s,
     }
 
 
@@ -188,6 +201,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--student", default=None, help="a distilled few-step student: adds the +distilled variant")
     parser.add_argument("--student-steps", type=int, default=1, help="Euler steps of the student")
+    parser.add_argument("--compile", action="store_true", help="add the +torch_compile variant (slow to compile)")
     parser.add_argument("--out", default="results/rollout_speed.json", help="where to write the JSON results")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)

@@ -59,3 +59,15 @@ def test_rollout_speed_with_trained_weights_and_a_student(tmp_path):
     assert payload["config"]["checkpoint"] == str(teacher)
     with pytest.raises(SystemExit, match="no such folder or bundled model name"):
         rollout_speed.main([*argv[:-4], "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "x.json")])
+
+
+def test_compile_variant_is_last_and_compiles_the_previous_setting():
+    from argparse import Namespace
+
+    args = Namespace(steps=50, few_steps=4, envs=16, guidance=2.0, student="s", student_steps=1, compile=True)
+    chain = rollout_speed.variants(args)
+    assert [v.name for v in chain][-2:] == ["+distilled", "+torch_compile"]
+    assert chain[-1].compiled and not chain[-2].compiled
+    assert {k: v for k, v in vars(chain[-1]).items() if k not in ("name", "compiled")} == {
+        k: v for k, v in vars(chain[-2]).items() if k not in ("name", "compiled")
+    }
