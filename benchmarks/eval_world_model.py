@@ -128,7 +128,12 @@ def _debug_model(args: argparse.Namespace, device: torch.device) -> tuple[WorldM
         vae = SmallVAE.from_preset("debug").to(device).eval()
         reward = RewardModel(get_reward_model_preset("debug", feature.dim)).to(device).eval()
     config = _engine_config(args, feature.modality, {}, device)
-    info = {"kind": "debug (random weights)", "feature": feature.name, "modality": feature.modality}
+    info = {
+        "kind": "debug (random weights)",
+        "feature": feature.name,
+        "modality": feature.modality,
+        "sampler": _sampler_info(config),
+    }
     return WorldModelRollout(model, vae, config, reward_model=reward), info
 
 
@@ -186,8 +191,14 @@ def _assemble(world_model, vae_folder, reward_folder, entry: dict, meta: dict, a
         "modality": entry["modality"],
         "training": {k: v for k, v in (extra.get("training") or {}).items() if k != "config"},
         "training_datasets": ((extra.get("training") or {}).get("config") or {}).get("datasets", []),
+        "sampler": _sampler_info(config),
     }
     return WorldModelRollout(model, vae, config, reward_model=reward, action_scale=scale), info
+
+
+def _sampler_info(config: RolloutConfig) -> dict:
+    """The sampler settings the rollouts actually use (checkpoint defaults + overrides)."""
+    return {"num_denoise_steps": config.num_denoise_steps, "guidance_scale": config.guidance_scale, "shift": config.shift}
 
 
 # ------------------------------------------------------------------------------------------------

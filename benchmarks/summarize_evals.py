@@ -3,7 +3,7 @@
     python -m benchmarks.summarize_evals results/ablation_abl-*_drive.json [--out results/ablations.json]
 
 Each row is one file: scenario, model, context frames, steps, guidance (``model's`` = the
-model's own sampler defaults), PSNR at chunk 1 and the last
+model's own sampler defaults, in files written before the effective settings were recorded), PSNR at chunk 1 and the last
 chunk, mean SSIM, ΔPSNR at the last chunk and mean, and the IDM's balanced accuracy on generated
 video and on the VAE's reconstruction of the real video (with chance; n/a in files written before
 that score existed). ``--out`` also writes the rows as JSON. Rows keep the order of the arguments.
@@ -37,14 +37,15 @@ def summarize(path: str | Path) -> dict[str, Any]:
     if data.get("benchmark") != "eval_world_model":
         raise ValueError(f"{path} is not an eval_world_model result (benchmark={data.get('benchmark')!r})")
     config, chunks, summary = data["config"], data["per_chunk"], data["summary"]
+    sampler = data.get("model", {}).get("sampler") or {}  # the effective settings (newer files)
     idm = (summary.get("idm") or {}).get("generated") or {}
     return {
         "file": str(path),
         "scenario": config["scenario"],
         "model": config["checkpoint"],
         "context": data["plan"]["context"],
-        "steps": config["denoise_steps"],
-        "guidance": config["guidance"],
+        "steps": sampler.get("num_denoise_steps", config["denoise_steps"]),
+        "guidance": sampler.get("guidance_scale", config["guidance"]),
         "psnr_first": chunks[0]["psnr"],
         "psnr_last": chunks[-1]["psnr"],
         "ssim": summary["ssim"]["mean"],

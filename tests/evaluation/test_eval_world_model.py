@@ -78,6 +78,7 @@ def test_eval_script_runs_end_to_end(heldout, tmp_path):
     payload = strict_json(out)
     assert payload["benchmark"] == "eval_world_model"
     assert payload["command"].startswith("python -m benchmarks.eval_world_model --checkpoint debug")
+    assert payload["model"]["sampler"]["num_denoise_steps"] == 1
     assert [row["chunk"] for row in payload["per_chunk"]] == [1, 2]
     summary = payload["summary"]
     assert summary["num_starts"] == 4 and summary["num_episodes"] == 2
@@ -98,7 +99,7 @@ def test_eval_script_runs_end_to_end(heldout, tmp_path):
     assert (row["scenario"], row["context"], row["steps"]) == ("explore", 3, 1)
     assert row["delta_psnr_last"] == payload["per_chunk"][-1]["delta_psnr"]
     assert row["idm_generated"] == payload["summary"]["idm"]["generated"]["balanced_accuracy"]
-    assert summarize_evals.markdown([row]).splitlines()[2].startswith("| explore | debug | 3 | 1 | model's |")
+    assert summarize_evals.markdown([row]).splitlines()[2].startswith("| explore | debug | 3 | 1 | 1 |")
     with pytest.raises(ValueError, match="not an eval_world_model result"):
         (tmp_path / "other.json").write_text('{"benchmark": "model_speed"}')
         summarize_evals.summarize(tmp_path / "other.json")
