@@ -31,6 +31,7 @@ Writes one JSON file (``--out``; the command line is stored in it) and prints a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -61,6 +62,7 @@ from astra_gym.evaluation.rollouts import (
     EvalPlan,
     evaluate_rollouts,
     make_starts,
+    reconstruct,
     replay_continuations,
     run_rollouts,
 )
@@ -240,9 +242,16 @@ def heldout_check(info: dict, episodes: list[tuple[str, Episode]]) -> dict:
 
 
 def get_idm(
-    args: argparse.Namespace, episodes: list[tuple[str, Episode]], device: torch.device
+    args: argparse.Namespace,
+    episodes: list[tuple[str, Episode]],
+    device: torch.device,
+    engine: WorldModelRollout | None = None,
 ) -> tuple[InverseDynamicsModel | None, dict]:
-    """Loads ``--idm`` or trains it on ``--idm-train-episodes`` (then saves it to ``--idm``)."""
+    """Loads ``--idm`` or trains it on ``--idm-train-episodes`` (then saves it to ``--idm``).
+
+    With ``--idm-on-vae`` the IDM is trained on the ``engine``'s VAE reconstructions of the
+    training episodes (it then judges video in the space the world model can produce).
+    """
     if args.idm is None:
         return None, {"status": "skipped (no --idm)"}
     path = Path(args.idm)
@@ -254,6 +263,9 @@ def get_idm(
     train = [load_episode(p) for p in episode_paths(args.idm_train_episodes)]
     if not train:
         raise SystemExit(f"no episodes in --idm-train-episodes {args.idm_train_episodes}")
+    if args.idm_on_vae:
+        _log(f"reconstructing {len(train)} training episodes with the VAE for the IDM")
+        train = [dataclasses.replace(ep, frames=reconstruct(engine, ep.frames[None])[0]) for ep in train]
     buttons = train[0].attrs.get("button_names", ()) if args.scenario == "explore" else ()
     config = make_idm_config(args.scenario, buttons, gripper=_fingers_move(train))
     settings = IDMTrainConfig(steps=args.idm_steps, batch_size=args.idm_batch_size)
@@ -266,6 +278,7 @@ def get_idm(
         "final_loss": float(np.mean(losses[-20:])),
         "heldout_full_episodes": _full_accuracy(idm, episodes),
         "train_seeds": sorted({(ep.env_id, ep.seed) for ep in train}),
+        "trained_on": "vae_reconstructions" if args.idm_on_vae else "real_frames",
     }
     _check_idm(idm, args, path, facts, episodes)
     save_idm(idm, path, facts)
@@ -288,6 +301,12 @@ def _check_idm(
     """The IDM is for this scenario and was not trained on the held-out episodes."""
     if idm.config.scenario != args.scenario:
         raise SystemExit(f"--idm {path} recovers {idm.config.scenario!r} actions, not {args.scenario!r}")
+    trained_on = facts.get("trained_on", "real_frames")
+    if trained_on != ("vae_reconstructions" if args.idm_on_vae else "real_frames"):
+        raise SystemExit(
+            f"--idm {path} was trained on {trained_on.replace('_', ' ')}; "
+            + ("drop --idm-on-vae" if not args.idm_on_vae else "pass a new --idm path to train one on reconstructions")
+        )
     trained = {tuple(pair) for pair in facts.get("train_seeds", [])}
     overlap = [p for p, ep in episodes if (ep.env_id, ep.seed) in trained]
     if overlap and not args.allow_train_overlap:
@@ -439,6 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--idm-steps", type=int, default=2000, help="IDM optimizer steps when training")
     parser.add_argument("--idm-batch-size", type=int, default=64, help="IDM batch size when training")
+    parser.add_argument(
+        "--idm-on-vae",
+        action="store_true",
+        help="train the IDM on the VAE's reconstructions of the training episodes (a judge of what the VAE can show)",
+    )
     parser.add_argument("--vae", default=None, help="VAE folder (overrides the checkpoint's)")
     parser.add_argument("--reward-model", default=None, help="reward-model folder (overrides the bundle's)")
     parser.add_argument("--replay", action="store_true", help="run the simulators: replay check + random-action truth")
@@ -485,7 +509,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"no episode of {args.episodes} has the {plan.steps_needed} steps a start needs; "
             "lower --chunks or --context"
         )
-    idm, idm_info = get_idm(args, episodes, device)
+    idm, idm_info = get_idm(args, episodes, device, engine)
     _log(f"rolling out {len(starts)} starts x 2 action sequences x {plan.chunks} chunks")
     outputs = run_rollouts(
         engine, starts, plan, args.batch_size, progress=lambda done, total: _log(f"  {done}/{total} starts")

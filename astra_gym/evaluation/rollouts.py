@@ -65,6 +65,7 @@ __all__ = [
     "latent_rows",
     "context_rows",
     "run_rollouts",
+    "reconstruct",
     "replay_continuations",
     "evaluate_rollouts",
 ]
@@ -366,7 +367,7 @@ def _rollout_batch(engine: WorldModelRollout, starts: Sequence[EvalStart], plan:
         if engine.reward_model is not None:
             rewards.append(_score_chunk(engine, real, np.concatenate(frames, 1)[:b], rows[:b], c, plan, k))
     video = np.concatenate(frames, 1)  # [2b, H, ...]
-    out = {"gen_true": video[:b], "gen_random": video[b:], "vae_recon": _reconstruct(engine, real)[:, c:]}
+    out = {"gen_true": video[:b], "gen_random": video[b:], "vae_recon": reconstruct(engine, real)[:, c:]}
     if rewards:
         for i, key in enumerate(("reward_gen", "termination_gen", "reward_real", "termination_real")):
             out[key] = np.stack([r[i] for r in rewards], 1)
@@ -405,7 +406,7 @@ def _reward(engine: WorldModelRollout, video: np.ndarray, rows: np.ndarray) -> t
 
 
 @torch.inference_mode()
-def _reconstruct(engine: WorldModelRollout, frames: np.ndarray) -> np.ndarray:
+def reconstruct(engine: WorldModelRollout, frames: np.ndarray) -> np.ndarray:
     """uint8 VAE encode + decode of [B, T, H, W, 3] whole sequences (the rollouts' fidelity ceiling)."""
     vae = engine.vae
     pixels = uint8_to_pixels(torch.from_numpy(frames).to(engine.device))

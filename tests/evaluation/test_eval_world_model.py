@@ -105,6 +105,20 @@ def test_eval_script_runs_end_to_end(heldout, tmp_path):
         summarize_evals.summarize(tmp_path / "other.json")
 
 
+def test_idm_on_vae_reconstructions_is_recorded_and_not_mixed_up(heldout, tmp_path):
+    idm = tmp_path / "idm_vae.safetensors"
+    argv = ["--checkpoint", "debug", "--scenario", "explore", "--episodes", str(heldout), "--chunks", "1",
+            "--context", "3", "--starts-per-episode", "1", "--denoise-steps", "1", "--idm", str(idm),
+            "--idm-train-episodes", str(heldout.parent / "train"), "--idm-steps", "2", "--idm-batch-size", "4",
+            "--idm-on-vae", "--out", str(tmp_path / "eval.json")]  # fmt: skip
+    for i in range(2):
+        save_episode(square_episode(i, steps=12), heldout.parent / "train" / f"episode_{i:06d}.hdf5")
+    payload = eval_world_model.main(argv)
+    assert payload["idm"]["trained_on"] == "vae_reconstructions" and payload["idm"]["status"] == "trained"
+    with pytest.raises(SystemExit, match="was trained on vae reconstructions; drop --idm-on-vae"):
+        eval_world_model.main([a for a in argv if a != "--idm-on-vae"])
+
+
 def test_eval_script_refuses_episodes_the_idm_was_trained_on(heldout, tmp_path):
     argv = ["--checkpoint", "debug", "--scenario", "explore", "--episodes", str(heldout), "--chunks", "1",
             "--idm", str(tmp_path / "idm.safetensors"), "--idm-train-episodes", str(heldout), "--idm-steps", "1",
