@@ -200,7 +200,11 @@ def _assemble(world_model, vae_folder, reward_folder, entry: dict, meta: dict, a
 
 def _sampler_info(config: RolloutConfig) -> dict:
     """The sampler settings the rollouts actually use (checkpoint defaults + overrides)."""
-    return {"num_denoise_steps": config.num_denoise_steps, "guidance_scale": config.guidance_scale, "shift": config.shift}
+    return {
+        "num_denoise_steps": config.num_denoise_steps,
+        "guidance_scale": config.guidance_scale,
+        "shift": config.shift,
+    }
 
 
 # ------------------------------------------------------------------------------------------------

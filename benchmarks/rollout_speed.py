@@ -78,7 +78,9 @@ def variants(args: argparse.Namespace) -> list[Variant]:
         ("+bf16_autocast", {"bf16": True}),
     ]
     if args.student:
-        changes.append(("+distilled", {"steps": args.student_steps, "guidance": 1.0, "cache": False, "model": "student"}))
+        changes.append(
+            ("+distilled", {"steps": args.student_steps, "guidance": 1.0, "cache": False, "model": "student"})
+        )
     if args.compile:
         changes.append(("+torch_compile", {"compiled": True}))
     for name, change in changes:
@@ -197,7 +199,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per variant")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per variant (median reported)")
     parser.add_argument(
-        "--checkpoint", default=None, help="trained weights (bundle name/folder or save_pretrained folder); none = random"
+        "--checkpoint",
+        default=None,
+        help="trained weights (bundle name/folder or save_pretrained folder); none = random",
     )
     parser.add_argument("--student", default=None, help="a distilled few-step student: adds the +distilled variant")
     parser.add_argument("--student-steps", type=int, default=1, help="Euler steps of the student")
@@ -214,7 +218,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for row in rows:
         row["speedup_vs_faithful"] = row["frames_per_s"] / rows[0]["frames_per_s"]
     _print_table(rows)
-    bf16, before = next(r for r in rows if r["name"] == "+bf16_autocast"), next(r for r in rows if r["name"] == "+batch_envs")
+    bf16, before = (
+        next(r for r in rows if r["name"] == "+bf16_autocast"),
+        next(r for r in rows if r["name"] == "+batch_envs"),
+    )
     verdict = "helps" if bf16["frames_per_s"] > before["frames_per_s"] else "does NOT help"
     print(
         f"bf16 autocast on {device.type} {verdict}: x{bf16['frames_per_s'] / before['frames_per_s']:.2f} "

@@ -3,8 +3,8 @@
     python -m benchmarks.summarize_evals results/ablation_abl-*_drive.json [--out results/ablations.json]
 
 Each row is one file: scenario, model, context frames, steps, guidance (``model's`` = the
-model's own sampler defaults, in files written before the effective settings were recorded), PSNR at chunk 1 and the last
-chunk, mean SSIM, ΔPSNR at the last chunk and mean, and the IDM's balanced accuracy on generated
+model's own sampler defaults, in files written before the effective settings were recorded),
+PSNR at chunk 1 and the last chunk, mean SSIM, ΔPSNR at the last chunk and mean, and the IDM's balanced accuracy on generated
 video and on the VAE's reconstruction of the real video (with chance; n/a in files written before
 that score existed). ``--out`` also writes the rows as JSON. Rows keep the order of the arguments.
 """
@@ -83,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = [summarize(f) for f in args.files]
     print(markdown(rows))
     if args.out:
-        Path(args.out).write_text(json.dumps({"benchmark": "summarize_evals", "rows": rows}, indent=2), encoding="utf-8")
+        Path(args.out).write_text(
+            json.dumps({"benchmark": "summarize_evals", "rows": rows}, indent=2), encoding="utf-8"
+        )
 
 
 if __name__ == "__main__":

@@ -44,9 +44,7 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         if self.teacher_steps < 1 or self.student_steps < 1:
-            raise ValueError(
-                f"teacher_steps={self.teacher_steps} and student_steps={self.student_steps} must be >= 1"
-            )
+            raise ValueError(f"teacher_steps={self.teacher_steps} and student_steps={self.student_steps} must be >= 1")
         if not self.teacher_shift > 0:
             raise ValueError(f"teacher_shift={self.teacher_shift} must be > 0")
 
@@ -108,7 +106,10 @@ def distill_step(
     actions, dropped = drop_actions(batch.actions, action_dropout, generator)
     noise = torch.randn(batch.target.shape, generator=generator, dtype=torch.float32).to(batch.target.device)
     device_type = batch.target.device.type
-    with torch.no_grad(), torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+    with (
+        torch.no_grad(),
+        torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None),
+    ):
         target = sample_chunk(
             teacher, noise, context=None, frame_pack=batch.frame_pack, actions=actions, config=cfg.teacher_sampler
         )

@@ -56,10 +56,10 @@ from astra_gym.training.checkpointing import (
 )
 from astra_gym.training.cli_args import add_config_arguments, apply_overrides, arg
 from astra_gym.training.data import DatasetSpec, JointLatentData, batch_to
+from astra_gym.training.distill import DistillConfig, distill_step
 from astra_gym.training.metrics import MetricWriter
 from astra_gym.training.optim import cosine_schedule, make_adamw
 from astra_gym.training.preview import PreviewConfig, write_preview
-from astra_gym.training.distill import DistillConfig, distill_step
 from astra_gym.training.steps import StepConfig, per_dataset_mse, train_step
 from astra_gym.world_model.checkpoints import load_pretrained, save_pretrained
 from astra_gym.world_model.config import AstraTransformerConfig, get_preset
@@ -161,7 +161,9 @@ class TrainConfig:
             raise ValueError(f"--ema-decay={self.ema_decay} must be in (0, 1) or none")
         self.model_config()  # validates the preset name and the overrides
         if self.init_from is not None and (self.num_experts is not None or self.action_injection is not None):
-            raise ValueError("--num-experts/--action-injection change the architecture; they cannot apply to --init-from")
+            raise ValueError(
+                "--num-experts/--action-injection change the architecture; they cannot apply to --init-from"
+            )
         if self.history_attention not in (None, "full", "causal"):
             raise ValueError(f"--history-attention={self.history_attention!r} must be full, causal or none")
 
@@ -270,11 +272,12 @@ def _load_teacher(cfg: TrainConfig, config: AstraTransformerConfig, device: torc
         return None
     teacher = load_pretrained(cfg.distill_from, dtype=torch.float32).to(device).eval().requires_grad_(False)
     keys = ("in_channels", "patch_size", "modalities", "history_scales")
-    if any(getattr(teacher.config, k) != getattr(config, k) for k in keys):
+    differ = [k for k in keys if getattr(teacher.config, k) != getattr(config, k)]
+    if differ:
         raise ValueError(
-            f"teacher {cfg.distill_from} and student differ in {[k for k in keys if getattr(teacher.config, k) != getattr(config, k)]}; "
-            "distill into a student with the teacher's latent channels, patch size, history scales and action modalities "
-            "(e.g. --init-from the teacher)"
+            f"teacher {cfg.distill_from} and student differ in {differ}; distill into a student with the "
+            "teacher's latent channels, patch size, history scales and action modalities (e.g. --init-from "
+            "the teacher)"
         )
     return teacher
 
@@ -406,8 +409,14 @@ def _one_step(run: _Run) -> dict[str, torch.Tensor]:
     else:
         autocast = torch.bfloat16 if cfg.mixed_precision == "bf16" else None
         loss, logs = distill_step(
-            run.model, run.teacher, batch, cfg.distill, cfg.step.action_dropout, cfg.step.moe_balance_weight,
-            generator, autocast,
+            run.model,
+            run.teacher,
+            batch,
+            cfg.distill,
+            cfg.step.action_dropout,
+            cfg.step.moe_balance_weight,
+            generator,
+            autocast,
         )
     acc.backward(loss)
     params = [p for p in run.model.parameters() if p.requires_grad]

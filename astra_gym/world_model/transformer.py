@@ -409,7 +409,10 @@ class AstraBlock(nn.Module):
         )  # [B, S, dim]
         attn = self.projector(self.self_attn(h, rope=rope, attn_mask=attn_mask))  # [B, S, dim]
         return torch.cat(
-            [self._after_attention(x[:, p], attn[:, p], m, context, actions) for p, m in zip(parts, mods, strict=True)],
+            [
+                self._after_attention(x[:, p], attn[:, p], m, context, actions)
+                for p, m in zip(parts, mods, strict=True)
+            ],
             dim=1,
         )
 

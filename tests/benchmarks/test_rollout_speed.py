@@ -48,8 +48,9 @@ def test_rollout_speed_with_trained_weights_and_a_student(tmp_path):
     torch.manual_seed(0)
     teacher = save_pretrained(AstraTransformer(get_preset("debug")), tmp_path / "teacher")
     student = save_pretrained(AstraTransformer(get_preset("debug")), tmp_path / "student")
-    argv = ["--preset", "debug", "--steps", "2", "--few-steps", "1", "--envs", "2", "--warmup", "0", "--repeats", "1",
-            "--guidance", "3", "--checkpoint", str(teacher), "--student", str(student), "--out", str(tmp_path / "o.json")]  # fmt: skip
+    argv = ["--preset", "debug", "--steps", "2", "--few-steps", "1", "--envs", "2", "--warmup", "0",
+            "--repeats", "1", "--guidance", "3", "--checkpoint", str(teacher), "--student", str(student),
+            "--out", str(tmp_path / "o.json")]  # fmt: skip
     rows = rollout_speed.main(argv)
     last = rows[-1]
     assert last["name"] == "+distilled" and last["model"] == "student"

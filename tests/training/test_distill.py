@@ -13,7 +13,8 @@ from astra_gym.training.checkpointing import step_generator
 from astra_gym.training.distill import DistillConfig, distill_step
 from astra_gym.world_model.checkpoints import load_pretrained, read_pretrained_config
 from astra_gym.world_model.sampling import SamplerConfig, sample_chunk
-from tests.training.test_training import _data, _model, _run_config, cache  # noqa: F401 - cache is a fixture
+from tests.training.test_training import _data, _model, _run_config
+from tests.training.test_training import cache as cache  # noqa: F401 - the module-scoped fixture
 
 
 def _perturbed(seed: int = 0):
@@ -84,8 +85,13 @@ def test_trainer_distill_mode_exports_a_one_step_student(cache, tmp_path):
     student = load_pretrained(result.final)
     batch = _data(cache).batch(2, step_generator(0, "data", 0))
     out = sample_chunk(
-        student, batch.target.shape, context=None, frame_pack=batch.frame_pack, actions=batch.actions,
-        config=SamplerConfig(num_steps=1, shift=1.0), generator=torch.Generator().manual_seed(0),
+        student,
+        batch.target.shape,
+        context=None,
+        frame_pack=batch.frame_pack,
+        actions=batch.actions,
+        config=SamplerConfig(num_steps=1, shift=1.0),
+        generator=torch.Generator().manual_seed(0),
     )
     assert torch.isfinite(out).all()
 

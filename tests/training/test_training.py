@@ -394,7 +394,9 @@ def test_pipeline_vae_cache_world_model_reward_bundle(episode_dirs, tmp_path):
     assert load_vae(manifest["vae"]).latent_channels == load_pretrained(manifest["world_model"]).config.in_channels
     assert "drive" in (out / "MODEL_CARD.md").read_text()
     # float16 storage: half the bytes, the same config and metadata, weights within fp16 rounding.
-    half = bundle.make_bundle("half", wm.final, vae_folder, [reward_folder], tmp_path / "half", world_model_dtype="float16")
+    half = bundle.make_bundle(
+        "half", wm.final, vae_folder, [reward_folder], tmp_path / "half", world_model_dtype="float16"
+    )
     with safe_open(half / "world_model" / "model.safetensors", "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
     assert read_pretrained_config(half / "world_model") == read_pretrained_config(wm.final)

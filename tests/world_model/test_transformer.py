@@ -254,7 +254,9 @@ def test_cross_attention_adapter_ignores_unused_action_rows():
         latents, timestep, context = _inputs(config)
         frame_pack, actions = _frame_pack(config), _actions(config, rows=6)
         base = model(latents, timestep, context, frame_pack, actions)
-        padded = ActionInput(torch.cat([actions.values, torch.randn(2, 3, actions.values.shape[-1])], 1), actions.modality)
+        padded = ActionInput(
+            torch.cat([actions.values, torch.randn(2, 3, actions.values.shape[-1])], 1), actions.modality
+        )
         torch.testing.assert_close(model(latents, timestep, context, frame_pack, padded), base)
 
 
