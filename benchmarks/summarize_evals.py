@@ -5,8 +5,9 @@
 Each row is one file: scenario, model, context frames, steps, guidance (``model's`` = the
 model's own sampler defaults, in files written before the effective settings were recorded),
 PSNR at chunk 1 and the last chunk, mean SSIM, ΔPSNR at the last chunk and mean, and the IDM's
-balanced accuracy on generated video and on the VAE's reconstruction of the real video (with chance; n/a in files written before
-that score existed). ``--out`` also writes the rows as JSON. Rows keep the order of the arguments.
+balanced accuracy on generated video and on the VAE's reconstruction of the real video (with
+chance; n/a in files written before that score existed). ``--out`` also writes the rows as JSON.
+Rows keep the order of the arguments.
 """
 
 from __future__ import annotations
