@@ -23,6 +23,7 @@ better than random); and the cost: wall-clock seconds, real and imagined steps o
 
     python -m benchmarks.agent_returns --timesteps 200000 --eval-episodes 10 --markdown results/agents.md
     python -m benchmarks.agent_returns --quick        # smoke test: debug weights, drive only, seconds
+    python -m benchmarks.agent_returns --merge a.json b.json --markdown all.md   # one table from several runs
 
 Writes ``--out`` (JSON, :func:`benchmarks.common.write_results`) and prints a markdown table.
 """
@@ -30,6 +31,7 @@ Writes ``--out`` (JSON, :func:`benchmarks.common.write_results`) and prints a ma
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 import time
@@ -236,6 +238,29 @@ def markdown_tables(results: list[dict], methods: tuple[str, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge_results(paths: list[str]) -> list[dict]:
+    """Joins the per-id methods of several result files (e.g. methods run in parallel processes).
+
+    A method of an id may appear in one file only; the transfer is recomputed from the merged rows.
+    Ids keep their first-seen order, methods the order of :data:`METHODS`.
+    """
+    merged: dict[str, dict[str, dict]] = {}
+    for path in paths:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        if payload.get("benchmark") != "agent_returns":
+            raise SystemExit(f"{path} is not an agent_returns result (benchmark={payload.get('benchmark')!r})")
+        for entry in payload["results"]:
+            rows = merged.setdefault(entry["env"], {})
+            for method, row in entry["methods"].items():
+                if method in rows:
+                    raise SystemExit(f"{entry['env']} {method} appears in two files; keep one")
+                rows[method] = {**row, "source": str(path)}
+    return [
+        {"env": env, "methods": {m: rows[m] for m in METHODS if m in rows}, "transfer": transfer(rows)}
+        for env, rows in merged.items()
+    ]
+
+
 def parse_args(argv: list[str] | None) -> Args:
     """Flags over the defaults, or over the ``--quick`` preset when it is given."""
     namespace = config_parser(Args, __doc__).parse_args(argv)
@@ -243,8 +268,26 @@ def parse_args(argv: list[str] | None) -> Args:
     return apply_overrides(base, namespace)
 
 
+def main_merge(argv: list[str]) -> dict:
+    """``--merge FILE... [--markdown OUT]``: prints (and writes) the tables of the merged files."""
+    paths, markdown = list(argv), None
+    if "--markdown" in paths:
+        i = paths.index("--markdown")
+        markdown, paths = paths[i + 1], paths[:i] + paths[i + 2 :]
+    results = merge_results(paths)
+    methods = tuple(m for m in METHODS if all(m in entry["methods"] for entry in results))
+    table = markdown_tables(results, methods)
+    print(table)
+    if markdown:
+        Path(markdown).write_text(f"Merged from {', '.join(paths)}\n\n{table}", encoding="utf-8")
+    return {"results": results, "markdown": table}
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Runs the benchmark; returns the results written to ``--out``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--merge"]:
+        return main_merge(argv[1:])
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     results = []
@@ -252,7 +295,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows = {method: run_method(args, env_id, method) for method in args.methods}
         results.append({"env": env_id, "methods": rows, "transfer": transfer(rows)})
     table = markdown_tables(results, args.methods)
-    command = "python -m benchmarks.agent_returns " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.agent_returns " + " ".join(argv)
     print(table)
     config = {**dataclasses.asdict(args), "command": command}
     write_results(args.out, "agent_returns", config, results, resolve_device(args.device))

@@ -69,3 +69,28 @@ def test_agent_returns_quick(tmp_path):
         assert row["seeds"] == [10_000] and row["lengths"] == [5], method  # same real episodes for every method
     assert entry["methods"]["ppo_real"]["real_train_steps"] == 64 == entry["methods"]["ppo_inside"]["imagined_steps"]
     assert "| Astra-Drive-v0 |" in result["markdown"] and (tmp_path / "a.md").is_file()
+
+
+def _fake_result(path, methods: dict[str, float]):
+    rows = {
+        m: {"mean_return": r, "std_return": 0.0, "real_train_steps": 0, "imagined_steps": 0, "env_steps": 5,
+            "train_seconds": 0.0, "wall_seconds": 1.0}
+        for m, r in methods.items()
+    }  # fmt: skip
+    entry = {"env": "Astra-Explore-v0", "methods": rows, "transfer": {}}
+    path.write_text(json.dumps({"benchmark": "agent_returns", "results": [entry]}))
+    return path
+
+
+def test_merge_joins_methods_run_in_separate_processes(tmp_path):
+    a = _fake_result(tmp_path / "a.json", {"random": 1.0, "ppo_real": 3.0, "ppo_inside": 2.0})
+    b = _fake_result(tmp_path / "b.json", {"mpc": 4.0})
+    result = agent_returns.main(["--merge", str(a), str(b), "--markdown", str(tmp_path / "m.md")])
+    (entry,) = result["results"]
+    assert list(entry["methods"]) == list(agent_returns.METHODS)
+    assert entry["transfer"] == {"transfer_ratio": 2.0 / 3.0, "transfer_normalised": 0.5}
+    assert entry["methods"]["mpc"]["source"] == str(b)
+    row = "| Astra-Explore-v0 | 1.00 ± 0.00 | 3.00 ± 0.00 | 2.00 ± 0.00 | 4.00 ± 0.00 |"
+    assert row in (tmp_path / "m.md").read_text()
+    with pytest.raises(SystemExit, match="appears in two files"):
+        agent_returns.main(["--merge", str(a), str(a)])
