@@ -32,8 +32,13 @@ def _rss_mib() -> float:
 
 
 def measure_throughput(env_id: str, num_envs: int, denoise_steps: int, steps: int, warmup: int, kwargs: dict) -> dict:
-    """Times ``steps`` vector steps of ``num_envs`` envs after ``warmup`` steps."""
-    envs = gym.make_vec(env_id, num_envs=num_envs, num_denoise_steps=denoise_steps, **kwargs)
+    """Times ``steps`` vector steps of ``num_envs`` envs after ``warmup`` steps.
+
+    ``denoise_steps`` 0 keeps the checkpoint's own sampler (its steps and guidance).
+    """
+    steps_kwarg = {"num_denoise_steps": denoise_steps} if denoise_steps else {}
+    envs = gym.make_vec(env_id, num_envs=num_envs, **steps_kwarg, **kwargs)
+    engine = envs.unwrapped.engine if hasattr(envs.unwrapped, "engine") else None
     envs.action_space.seed(0)
     envs.reset(seed=0)
     frames_per_step = None
@@ -49,7 +54,10 @@ def measure_throughput(env_id: str, num_envs: int, denoise_steps: int, steps: in
     return {
         "env": env_id,
         "num_envs": num_envs,
+        "checkpoint": kwargs.get("checkpoint"),
         "denoise_steps": denoise_steps,
+        "effective_denoise_steps": None if engine is None else engine.config.num_denoise_steps,
+        "guidance_scale": None if engine is None else engine.config.guidance_scale,
         "frames_per_step": frames_per_step,
         "vector_steps": steps,
         "seconds": seconds,
@@ -78,9 +86,16 @@ def main(argv: list[str] | None = None) -> dict:
     """Runs the benchmark, prints a table and writes JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="Astra-Drive-v0", help="registered Astra env id")
-    parser.add_argument("--checkpoint", default=None, help="override the variant's checkpoint (e.g. debug)")
+    parser.add_argument(
+        "--checkpoint",
+        nargs="+",
+        default=[None],
+        help="override the variant's checkpoint (e.g. debug); several are measured in turn, in one run",
+    )
     parser.add_argument("--num-envs", nargs="+", type=int, default=[1, 4, 16, 64])
-    parser.add_argument("--denoise-steps", nargs="+", type=int, default=[1, 2, 4, 8])
+    parser.add_argument(
+        "--denoise-steps", nargs="+", type=int, default=[1, 2, 4, 8], help="0 = the checkpoint's own sampler"
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed vector steps per configuration")
     parser.add_argument("--warmup", type=int, default=2, help="untimed vector steps first")
     parser.add_argument("--memory-steps", type=int, default=0, help="steps of the memory probe (0 = skip)")
@@ -89,20 +104,23 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    kwargs = {"checkpoint": args.checkpoint} if args.checkpoint else {}
     rows = []
-    for denoise_steps in args.denoise_steps:
-        for num_envs in args.num_envs:
-            row = measure_throughput(args.env, num_envs, denoise_steps, args.steps, args.warmup, kwargs)
-            rows.append(row)
-            print(
-                f"{args.env} N={num_envs:<3} K={denoise_steps:<2} {row['env_steps_per_s']:8.1f} env steps/s "
-                f"{row['env_frames_per_s']:8.1f} env frames/s",
-                flush=True,
-            )
+    for checkpoint in args.checkpoint:
+        kwargs = {"checkpoint": checkpoint} if checkpoint else {}
+        for denoise_steps in args.denoise_steps:
+            for num_envs in args.num_envs:
+                row = measure_throughput(args.env, num_envs, denoise_steps, args.steps, args.warmup, kwargs)
+                rows.append(row)
+                print(
+                    f"{args.env} {checkpoint or 'default'} N={num_envs:<3} K={row['effective_denoise_steps']} "
+                    f"g={row['guidance_scale']} {row['env_steps_per_s']:8.1f} env steps/s "
+                    f"{row['env_frames_per_s']:8.1f} env frames/s",
+                    flush=True,
+                )
+    kwargs = {"checkpoint": args.checkpoint[0]} if args.checkpoint[0] else {}
     memory = None
     if args.memory_steps:
-        memory = measure_memory(args.env, args.memory_steps, min(args.denoise_steps), kwargs)
+        memory = measure_memory(args.env, args.memory_steps, min(args.denoise_steps) or 1, kwargs)
     if memory:
         print(
             f"memory over {args.memory_steps} steps: {memory['probes']} "
