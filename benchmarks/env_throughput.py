@@ -55,6 +55,7 @@ def measure_throughput(env_id: str, num_envs: int, denoise_steps: int, steps: in
         "env": env_id,
         "num_envs": num_envs,
         "checkpoint": kwargs.get("checkpoint"),
+        "dtype": kwargs.get("dtype", "default"),
         "denoise_steps": denoise_steps,
         "effective_denoise_steps": None if engine is None else engine.config.num_denoise_steps,
         "guidance_scale": None if engine is None else engine.config.guidance_scale,
@@ -96,6 +97,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--denoise-steps", nargs="+", type=int, default=[1, 2, 4, 8], help="0 = the checkpoint's own sampler"
     )
+    parser.add_argument(
+        "--dtype", default=None, help="env compute dtype (float32, bfloat16, float16); none = the env's default"
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed vector steps per configuration")
     parser.add_argument("--warmup", type=int, default=2, help="untimed vector steps first")
     parser.add_argument("--memory-steps", type=int, default=0, help="steps of the memory probe (0 = skip)")
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     rows = []
     for checkpoint in args.checkpoint:
-        kwargs = {"checkpoint": checkpoint} if checkpoint else {}
+        kwargs = ({"checkpoint": checkpoint} if checkpoint else {}) | ({"dtype": args.dtype} if args.dtype else {})
         for denoise_steps in args.denoise_steps:
             for num_envs in args.num_envs:
                 row = measure_throughput(args.env, num_envs, denoise_steps, args.steps, args.warmup, kwargs)
@@ -117,7 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
                     f"{row['env_frames_per_s']:8.1f} env frames/s",
                     flush=True,
                 )
-    kwargs = {"checkpoint": args.checkpoint[0]} if args.checkpoint[0] else {}
+    kwargs = ({"checkpoint": args.checkpoint[0]} if args.checkpoint[0] else {}) | (
+        {"dtype": args.dtype} if args.dtype else {}
+    )
     memory = None
     if args.memory_steps:
         memory = measure_memory(args.env, args.memory_steps, min(args.denoise_steps) or 1, kwargs)
