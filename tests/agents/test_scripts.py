@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from astra_gym.agents import train_sb3
@@ -94,3 +95,28 @@ def test_merge_joins_methods_run_in_separate_processes(tmp_path):
     assert row in (tmp_path / "m.md").read_text()
     with pytest.raises(SystemExit, match="appears in two files"):
         agent_returns.main(["--merge", str(a), str(a)])
+
+
+def test_spearman_rank_agreement():
+    from benchmarks.imagined_vs_real import spearman
+
+    assert spearman([1.0, 2.0, 3.0], [10.0, 20.0, 30.0]) == pytest.approx(1.0)
+    assert spearman([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+    assert np.isnan(spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
+
+
+@pytest.mark.sims
+def test_imagined_vs_real_runs_on_debug_weights(tmp_path):
+    from benchmarks import imagined_vs_real
+
+    require_sim("drive")
+    out = tmp_path / "ivr.json"
+    result = imagined_vs_real.main(
+        ["--env", "Astra-Drive-v0", "--checkpoint", "debug", "--steps", "3", "--envs", "2", "--real-episodes", "1",
+         "--out", str(out)]
+    )  # fmt: skip
+    assert [r["action"] for r in result["rows"]] == list(imagined_vs_real.ACTIONS["drive"])
+    assert all(np.isfinite(r["real_mean"]) and np.isfinite(r["imagined_mean"]) for r in result["rows"])
+    assert json.loads(out.read_text())["config"]["spearman_rho"] == result["spearman_rho"] or np.isnan(
+        result["spearman_rho"]
+    )

@@ -1,0 +1,126 @@
+"""Imagined vs real return of fixed action sequences: does the world model's reward agree with the simulator's?
+
+An agent trained inside the world model maximises the *imagined* return (world model + reward
+model). If the ordering of simple behaviours differs between imagination and the real simulator,
+the agent learns the wrong behaviour however well it optimises. For each constant action of a
+scenario this runs ``--envs`` imagined episodes (from frame-bank starts) and ``--real-episodes``
+real episodes (seeds ``10000 + k``, the agent benchmark's evaluation seeds), ``--steps`` steps each,
+and reports both mean returns and whether the two rankings of the actions agree (Spearman's rho).
+
+    python -m benchmarks.imagined_vs_real --env Astra-Drive-v0 --checkpoint small-v0-fast --steps 50
+
+Writes ``--out`` (JSON) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import astra_gym  # noqa: F401 - registers the ids
+from astra_gym.agents.real_env import make_real_env
+from astra_gym.envs.variants import variant
+from benchmarks.common import write_results
+
+# Constant actions per scenario, in each simulator's own action space.
+ACTIONS: dict[str, dict[str, list[float]]] = {
+    "drive": {"gas": [0, 1, 0], "gas+left": [-0.5, 0.5, 0], "gas+right": [0.5, 0.5, 0], "idle": [0, 0, 0],
+              "brake": [0, 0, 0.8]},
+    "manipulation": {"+x": [1, 0, 0, 0], "-x": [-1, 0, 0, 0], "+y": [0, 1, 0, 0], "-y": [0, -1, 0, 0],
+                     "still": [0, 0, 0, 0]},
+    # MOVE_FORWARD, MOVE_BACKWARD, TURN_LEFT, TURN_RIGHT, MOVE_LEFT, MOVE_RIGHT
+    "explore": {"forward": [1, 0, 0, 0, 0, 0], "forward+left": [1, 0, 1, 0, 0, 0], "turn right": [0, 0, 0, 1, 0, 0],
+                "still": [0, 0, 0, 0, 0, 0]},
+}  # fmt: skip
+
+
+def imagined_returns(env_id: str, action: np.ndarray, num_envs: int, steps: int, kwargs: dict) -> np.ndarray:
+    """[num_envs] imagined returns of ``steps`` constant actions from seeded frame-bank starts."""
+    envs = gym.make_vec(env_id, num_envs=num_envs, max_episode_steps=steps, **kwargs)
+    envs.reset(seed=0)
+    total, alive = np.zeros(num_envs), np.ones(num_envs, bool)
+    for _ in range(steps):
+        _, reward, terminated, truncated, _ = envs.step(np.tile(action, (num_envs, 1)))
+        total += reward * alive
+        alive &= ~(terminated | truncated)
+    envs.close()
+    return total
+
+
+def real_returns(env_id: str, action: np.ndarray, episodes: int, steps: int) -> np.ndarray:
+    """[episodes] real returns of ``steps`` constant actions (seeds 10000 + k)."""
+    env = make_real_env(env_id, steps)
+    out = []
+    try:
+        for k in range(episodes):
+            env.reset(seed=10_000 + k)
+            total = 0.0
+            for _ in range(steps):
+                _, reward, terminated, truncated, _ = env.step(action)
+                total += float(reward)
+                if terminated or truncated:
+                    break
+            out.append(total)
+    finally:
+        env.close()
+    return np.asarray(out)
+
+
+def _ranks(values: list[float]) -> np.ndarray:
+    """Ranks 0..n-1, tied values sharing their average rank."""
+    x = np.asarray(values, dtype=float)
+    ranks = np.empty(len(x))
+    ranks[np.argsort(x, kind="stable")] = np.arange(len(x))
+    for value in np.unique(x):
+        ranks[x == value] = ranks[x == value].mean()
+    return ranks
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Rank correlation of two equally long lists (average ranks for ties; NaN if one is constant)."""
+    ranks = [_ranks(a), _ranks(b)]
+    if ranks[0].std() == 0 or ranks[1].std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ranks[0], ranks[1])[0, 1])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="Astra-Drive-v0", help="Astra id (its real simulator is the reference)")
+    parser.add_argument("--checkpoint", default=None, help="world model; none = the variant's bundle")
+    parser.add_argument("--steps", type=int, default=50, help="steps per episode (imagined and real)")
+    parser.add_argument("--envs", type=int, default=8, help="imagined episodes per action (one batched rollout)")
+    parser.add_argument("--real-episodes", type=int, default=3, help="real episodes per action")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--out", default="results/imagined_vs_real.json", help="JSON results file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    scenario = variant(args.env).scenario
+    kwargs = {"checkpoint": args.checkpoint} if args.checkpoint else {}
+    rows = []
+    for name, values in ACTIONS[scenario].items():
+        action = np.asarray(values, dtype=np.float32 if scenario != "explore" else np.int8)
+        imagined = imagined_returns(args.env, action, args.envs, args.steps, kwargs)
+        real = real_returns(args.env, action, args.real_episodes, args.steps)
+        rows.append({"action": name, "values": values, "imagined_mean": float(imagined.mean()),
+                     "imagined_std": float(imagined.std()), "real_mean": float(real.mean()),
+                     "real_std": float(real.std())})  # fmt: skip
+    rho = spearman([r["imagined_mean"] for r in rows], [r["real_mean"] for r in rows])
+    print(f"| action | imagined return ({args.envs} eps) | real return ({args.real_episodes} eps) |")
+    print("|---|---:|---:|")
+    for r in rows:
+        imagined = f"{r['imagined_mean']:.2f} ± {r['imagined_std']:.2f}"
+        print(f"| {r['action']} | {imagined} | {r['real_mean']:.2f} ± {r['real_std']:.2f} |")
+    print(f"rank agreement (Spearman rho): {rho:.2f}")
+    command = "python -m benchmarks.imagined_vs_real " + " ".join(sys.argv[1:] if argv is None else argv)
+    config = vars(args) | {"command": command, "spearman_rho": rho}
+    write_results(args.out, "imagined_vs_real", config, rows, torch.device("cpu"))
+    return {"rows": rows, "spearman_rho": rho}
+
+
+if __name__ == "__main__":
+    main()
