@@ -116,6 +116,15 @@ def _model_card(name: str, config: Any, extra: Mapping[str, Any], vae_meta: Mapp
         f"- VAE: SmallVAE preset {vae_meta.get('preset')}, held-out PSNR "
         f"{vae_meta.get('metrics', {}).get('holdout_psnr_db')} dB",
         f"- chunk: {extra.get('chunk_latents')} latent(s); sampler: {extra.get('sampler')}",
+    ]
+    train_config = training.get("config", {})
+    if train_config.get("distill_from"):
+        distill = train_config.get("distill", {})
+        lines.append(
+            f"- distilled from {train_config['distill_from']} (teacher: {distill.get('teacher_steps')} steps, "
+            f"guidance {distill.get('teacher_guidance')}; student: {distill.get('student_steps')} step(s))"
+        )
+    lines += [
         "",
         "## Scenarios",
     ]

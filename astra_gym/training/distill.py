@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from astra_gym.training.cli_args import arg
 from astra_gym.training.data import WorldModelBatch
 from astra_gym.world_model.action_encoders import drop_actions
+from astra_gym.world_model.conditioning import ActionInput
 from astra_gym.world_model.sampling import SamplerConfig, euler_step, flow_sigmas, sample_chunk
 
 __all__ = ["DistillConfig", "distill_step", "student_sample"]
@@ -54,7 +55,9 @@ class DistillConfig:
         return SamplerConfig(self.teacher_steps, self.teacher_shift, self.teacher_guidance)
 
 
-def student_sample(model: nn.Module, noise: Tensor, batch: WorldModelBatch, actions, cfg: DistillConfig):
+def student_sample(
+    model: nn.Module, noise: Tensor, batch: WorldModelBatch, actions: ActionInput, cfg: DistillConfig
+) -> tuple[Tensor, Tensor]:
     """The student's ``student_steps`` Euler steps from ``noise``, differentiable.
 
     Args:

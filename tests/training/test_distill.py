@@ -94,6 +94,10 @@ def test_trainer_distill_mode_exports_a_one_step_student(cache, tmp_path):
         generator=torch.Generator().manual_seed(0),
     )
     assert torch.isfinite(out).all()
+    from astra_gym.training import bundle
+
+    card = bundle._model_card("s", student.config, extra, {}, {})
+    assert f"distilled from {teacher} (teacher: 2 steps, guidance 3.0; student: 1 step(s))" in card
 
 
 def test_teacher_with_other_inputs_is_rejected(cache, tmp_path):
