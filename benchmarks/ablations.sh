@@ -2,7 +2,7 @@
 # The paper's ablations at our scale (Table 3 / Figure C): every variant is the bundled model's
 # world-model recipe at the same seed, data and budget (3,000 steps, batch 8, bf16, one CPU thread),
 # changing one thing. Usage:
-#   bash benchmarks/ablations.sh train <variant>    # full | nonam | crossattn | nomoae
+#   bash benchmarks/ablations.sh train <variant>    # full | nonam | crossattn | nomoae | causal
 #   bash benchmarks/ablations.sh eval <variant> [scenario...]   # default: drive manipulation
 #   CONTEXT=12 GUIDANCE=1 bash benchmarks/ablations.sh eval full drive   # history length / no AFG (s=1)
 #   SEED=1 bash benchmarks/ablations.sh train full   # another seed: runs/abl-full-s1, results *_s1.json
@@ -22,7 +22,8 @@ variant_flags() {
     nonam) echo "--history-noise-p 0" ;;                     # without noise-as-mask
     crossattn) echo "--action-injection cross_attn" ;;       # cross-attention adapter instead of ACT-Adapter
     nomoae) echo "--num-experts 0" ;;                        # one shared action encoder, no experts/router
-    *) echo "unknown variant $1 (full|nonam|crossattn|nomoae)" >&2; return 2 ;;
+    causal) echo "--history-attention causal" ;;             # history attends only to history (K/V cache), not Astra
+    *) echo "unknown variant $1 (full|nonam|crossattn|nomoae|causal)" >&2; return 2 ;;
   esac
 }
 
