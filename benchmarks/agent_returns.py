@@ -30,6 +30,7 @@ Writes ``--out`` (JSON, :func:`benchmarks.common.write_results`) and prints a ma
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -270,16 +271,16 @@ def parse_args(argv: list[str] | None) -> Args:
 
 def main_merge(argv: list[str]) -> dict:
     """``--merge FILE... [--markdown OUT]``: prints (and writes) the tables of the merged files."""
-    paths, markdown = list(argv), None
-    if "--markdown" in paths:
-        i = paths.index("--markdown")
-        markdown, paths = paths[i + 1], paths[:i] + paths[i + 2 :]
-    results = merge_results(paths)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.agent_returns --merge")
+    parser.add_argument("files", nargs="+", help="agent_returns JSON files")
+    parser.add_argument("--markdown", default=None, help="also write the tables to this file")
+    args = parser.parse_args(argv)
+    results = merge_results(args.files)
     methods = tuple(m for m in METHODS if all(m in entry["methods"] for entry in results))
     table = markdown_tables(results, methods)
     print(table)
-    if markdown:
-        Path(markdown).write_text(f"Merged from {', '.join(paths)}\n\n{table}", encoding="utf-8")
+    if args.markdown:
+        Path(args.markdown).write_text(f"Merged from {', '.join(args.files)}\n\n{table}", encoding="utf-8")
     return {"results": results, "markdown": table}
 
 

@@ -83,6 +83,11 @@ def measure_memory(env_id: str, steps: int, denoise_steps: int, kwargs: dict) ->
     return {"env": env_id, "steps": steps, "denoise_steps": denoise_steps, "probes": probes, "rss_growth_mib": growth}
 
 
+def _env_kwargs(checkpoint: str | None, dtype: str | None) -> dict:
+    """The env kwargs of one measured configuration (none given = the variant's defaults)."""
+    return {k: v for k, v in (("checkpoint", checkpoint), ("dtype", dtype)) if v}
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Runs the benchmark, prints a table and writes JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     rows = []
     for checkpoint in args.checkpoint:
-        kwargs = ({"checkpoint": checkpoint} if checkpoint else {}) | ({"dtype": args.dtype} if args.dtype else {})
+        kwargs = _env_kwargs(checkpoint, args.dtype)
         for denoise_steps in args.denoise_steps:
             for num_envs in args.num_envs:
                 row = measure_throughput(args.env, num_envs, denoise_steps, args.steps, args.warmup, kwargs)
@@ -121,9 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
                     f"{row['env_frames_per_s']:8.1f} env frames/s",
                     flush=True,
                 )
-    kwargs = ({"checkpoint": args.checkpoint[0]} if args.checkpoint[0] else {}) | (
-        {"dtype": args.dtype} if args.dtype else {}
-    )
+    kwargs = _env_kwargs(args.checkpoint[0], args.dtype)
     memory = None
     if args.memory_steps:
         memory = measure_memory(args.env, args.memory_steps, min(args.denoise_steps) or 1, kwargs)

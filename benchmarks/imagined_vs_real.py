@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 import astra_gym  # noqa: F401 - registers the ids
+from astra_gym.agents.evaluation import evaluate
 from astra_gym.agents.real_env import make_real_env
+from astra_gym.agents.train_sb3 import EVAL_SEED_OFFSET
 from astra_gym.envs.variants import variant
 from benchmarks.common import write_results
 
@@ -51,23 +53,27 @@ def imagined_returns(env_id: str, action: np.ndarray, num_envs: int, steps: int,
     return total
 
 
+class ConstantPolicy:
+    """The same action at every step (an :class:`~astra_gym.agents.evaluation.Policy`)."""
+
+    def __init__(self, action: np.ndarray) -> None:
+        self.action = action
+
+    def reset(self, obs: np.ndarray, info: dict) -> None:
+        """Nothing to reset."""
+
+    def act(self, obs: np.ndarray, info: dict) -> np.ndarray:
+        return self.action
+
+
 def real_returns(env_id: str, action: np.ndarray, episodes: int, steps: int) -> np.ndarray:
-    """[episodes] real returns of ``steps`` constant actions (seeds 10000 + k)."""
+    """[episodes] real returns of ``steps`` constant actions (the agent benchmark's evaluation seeds)."""
     env = make_real_env(env_id, steps)
-    out = []
     try:
-        for k in range(episodes):
-            env.reset(seed=10_000 + k)
-            total = 0.0
-            for _ in range(steps):
-                _, reward, terminated, truncated, _ = env.step(action)
-                total += float(reward)
-                if terminated or truncated:
-                    break
-            out.append(total)
+        result = evaluate(env, ConstantPolicy(action), [EVAL_SEED_OFFSET + k for k in range(episodes)])
     finally:
         env.close()
-    return np.asarray(out)
+    return np.asarray(result.returns)
 
 
 def _ranks(values: list[float]) -> np.ndarray:

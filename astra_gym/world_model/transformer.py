@@ -233,15 +233,15 @@ class ActionRows:
         weights: [B, R, E] routing weights; None on the ``cam_encoder`` path.
         active_experts: Experts with a non-zero weight somewhere (the others are skipped).
         token_rows: [B, S] long row of ``rows`` read by each token.
-        key_mask: [B, R] bool rows read by a valid token, plus the zero row (the keys of the
-            ``action_injection="cross_attn"`` ablation).
+        key_mask: [B, R] bool rows read by a valid token, plus the zero row: the keys of the
+            ``action_injection="cross_attn"`` ablation (None otherwise).
     """
 
     rows: Tensor
     weights: Tensor | None
     active_experts: tuple[int, ...]
     token_rows: Tensor
-    key_mask: Tensor
+    key_mask: Tensor | None
 
 
 class AstraBlock(nn.Module):
@@ -959,15 +959,17 @@ class AstraTransformer(nn.Module):
         num_rows = values.shape[1]
         actions = ActionInput(values.to(self.blocks[0].cam_encoder.weight.dtype), actions.modality)
         token_rows = self._check_action_rows(tokens.action_row, num_rows)  # [B, S], -1 -> A
-        used = _used_rows(tokens.valid, token_rows, num_rows)  # [B, A+1]
-        key_mask = used.clone()
-        key_mask[:, num_rows] = True  # the zero row: every sample has at least one key
+        key_mask = None
+        if self.config.action_injection == "cross_attn":
+            key_mask = _used_rows(tokens.valid, token_rows, num_rows)  # [B, A+1]
+            key_mask[:, num_rows] = True  # the zero row: every sample has at least one key
         if not self.config.num_experts:
             rows = self._raw_action_rows(actions)  # [B, A, max modality dim]
             zero_row = rows.new_zeros(batch, 1, rows.shape[-1])
             return ActionRows(torch.cat([rows, zero_row], dim=1), None, (), token_rows, key_mask), zero_loss
         unified = encode_actions(self.processors, self.config, actions)  # [B, A, U]
         unified = torch.cat([unified, unified.new_zeros(batch, 1, unified.shape[-1])], dim=1)  # [B, A+1, U]
+        used = _used_rows(tokens.valid, token_rows, num_rows)  # [B, A+1]
         routing = route(self.config, self.global_router, unified, actions.modality, used)
         rows = ActionRows(unified, routing.weights, routing.active_experts, token_rows, key_mask)
         return rows, routing.balance_loss
