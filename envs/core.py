@@ -75,7 +75,7 @@ ENV_KWARGS = (
     "rollout",
 )
 _RELEASE_KEYS = ("astra_release", "wan", "prompt")
-_RESET_OPTIONS = ("frames", "image")
+_RESET_OPTIONS = ("frames", "image", "actions")
 
 
 def bundled_model_path(name: str) -> Path:
@@ -318,26 +318,48 @@ class EnvCore:
         """
         count = len(rngs)
         user = _user_frames(options or {}, count)
+        user_actions = self._user_actions(options or {}, user)
         indices = np.full(count, -1, np.int64)
         if user is None:
             indices = np.array([int(rng.integers(len(self.bank))) for rng in rngs], np.int64)
         seeds = [derive_seed(rng) for rng in rngs]
         frames = _fit_frames(user if user is not None else self.bank.frames[indices], self.frame_size)
+        rows = self._context_rows(indices, frames.shape[1], user_actions)
         return StartBatch(
             frames=frames,
-            rows=self._context_rows(indices, frames.shape[1]),
+            rows=rows,
             seeds=seeds,
             bank_index=indices,
             sim_seed=np.array([int(self.bank.seeds[i]) if i >= 0 else -1 for i in indices], np.int64),
         )
 
-    def _context_rows(self, indices: np.ndarray, length: int) -> np.ndarray:
+    def _user_actions(self, options: Mapping[str, Any], user: np.ndarray | None) -> np.ndarray | None:
+        """Validated ``options["actions"]`` [n, T - 1, ...]: the actions that produced the caller's frames."""
+        if "actions" not in options:
+            return None
+        if user is None:
+            raise ValueError("options['actions'] describes options['frames']; pass both (bank contexts have their own)")
+        actions = np.asarray(options["actions"])
+        steps = user.shape[1] - 1
+        if actions.ndim == self.action_space.sample().ndim + 1:  # one sequence for every env
+            actions = np.repeat(actions[None], len(user), axis=0)
+        if actions.shape[:2] != (len(user), steps):
+            raise ValueError(
+                f"options['actions'] must hold the {steps} actions between the {steps + 1} context frames "
+                f"(shape [{steps}, ...] or [{len(user)}, {steps}, ...]), got shape {actions.shape}"
+            )
+        return np.stack([self.check(seq, len(seq)) for seq in actions])
+
+    def _context_rows(self, indices: np.ndarray, length: int, user_actions: np.ndarray | None = None) -> np.ndarray:
         """[n, L, d] latent action rows of each context (zeros where the actions are unknown)."""
         tf = self.engine.temporal_factor
         steps = (length - 1) // tf * tf  # actions that make whole latents
         rows = np.zeros((len(indices), 1 + steps // tf, self.engine.action_dim), np.float32)
         for row, index in enumerate(indices):
-            actions = self.bank.context_actions(index) if index >= 0 else None
+            if user_actions is not None:
+                actions = user_actions[row]
+            else:
+                actions = self.bank.context_actions(index) if index >= 0 else None
             if actions is None or steps == 0:
                 continue
             step_rows = action_rows(self.scenario, actions[len(actions) - steps :], self.engine.action_dim)

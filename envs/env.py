@@ -97,7 +97,9 @@ class AstraEnv(gym.Env):
     A context from the variant's frame bank (real simulator frames; ``info["bank_index"]`` and
     ``info["sim_seed"]`` identify it, so the real simulator can be put in the same state), chosen
     with the env's ``np_random``; or the caller's frames: ``reset(options={"frames": uint8 [T, H,
-    W, 3]})`` or ``reset(options={"image": path_or_uint8_array})`` (resized to 64x64).
+    W, 3]})`` or ``reset(options={"image": path_or_uint8_array})`` (resized to 64x64). With
+    ``options["actions"]`` (the T - 1 native actions between the T frames) the model also sees
+    how the context was driven, as it does for bank contexts; without it those rows are the null action.
 
     ## Episode End
 

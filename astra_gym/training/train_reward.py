@@ -21,6 +21,7 @@ recall at the env's decision threshold (logit > 0). The model is saved atomicall
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -60,6 +61,11 @@ class RewardTrainConfig:
     num_frames: int = arg(1, "newest frames the model sees")
     action_norm: str = arg(
         "rms", "rms (from these episodes), none, or a world-model folder whose normalisation to reuse"
+    )
+    vae: str | None = arg(
+        None,
+        "VAE folder (train_vae output): train and evaluate on its reconstructions of the frames, the image "
+        "domain the world model generates in (none = the real frames)",
     )
     batch_size: int = arg(64, "transitions per step")
     total_steps: int = arg(5000, "optimizer steps")
@@ -229,6 +235,23 @@ _EVAL_KEYS = [
 _TRAIN_KEYS = ["train/loss", "train/reward_loss", "train/termination_loss", "train/lr", "perf/samples_per_s"]
 
 
+@torch.no_grad()
+def _reconstructed(episodes: Sequence[Episode], vae_folder: str, device: torch.device, batch: int = 256) -> list:
+    """The episodes with every frame replaced by the VAE's reconstruction (uint8, same shapes)."""
+    from astra_gym.training.vae_io import load_vae
+
+    vae = load_vae(vae_folder, device)
+    out = []
+    for ep in episodes:
+        frames = []
+        for i in range(0, len(ep.frames), batch):
+            pixels = uint8_to_pixels(ep.frames[i : i + batch])[:, :, None].to(device)  # [n, 3, 1, H, W]
+            recon = vae.decode(vae.encode(pixels))[:, :, 0].float().clamp(-1, 1)  # [n, 3, H, W]
+            frames.append(((recon + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+        out.append(dataclasses.replace(ep, frames=np.concatenate(frames)))
+    return out
+
+
 def train_reward(cfg: RewardTrainConfig) -> Path:
     """Trains, evaluates and saves one scenario's reward model; returns the saved folder."""
     split = load_split(cfg.episodes, cfg.holdout_fraction, step_generator(cfg.seed, "split", 0))
@@ -237,9 +260,11 @@ def train_reward(cfg: RewardTrainConfig) -> Path:
     scenario = _scenario(cfg, train_eps + held_eps)
     feature = INFERENCE_FEATURE[scenario]
     normalizer = _normalizer(cfg, scenario, feature, train_eps)
+    device = resolve_device(cfg.device)
+    if cfg.vae is not None:
+        train_eps, held_eps = _reconstructed(train_eps, cfg.vae, device), _reconstructed(held_eps, cfg.vae, device)
     pool = TransitionPool(train_eps, feature, normalizer, cfg.num_frames)
     held = TransitionPool(held_eps, feature, normalizer, cfg.num_frames) if held_eps else None
-    device = resolve_device(cfg.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(step_generator(cfg.seed, "init", 0).initial_seed())
         config = get_reward_model_preset(cfg.model_preset, pool.rows.shape[1], num_frames=cfg.num_frames)

@@ -47,7 +47,7 @@ class VaeTrainConfig:
     """Everything a VAE training run reads (each field is a CLI flag; see ``--help``)."""
 
     episodes: tuple[str, ...] = arg((), "episode folder (one per scenario); repeat the flag", parse=str, append=True)
-    vae_preset: str = arg("small", "SmallVAE preset (architecture): small or debug")
+    vae_preset: str = arg("small", "SmallVAE preset (architecture): small, detail or debug")
     kl_weight: float | None = arg(None, "override of the preset's KL weight (none = keep)")
     batch_size: int = arg(32, "frames per step")
     total_steps: int = arg(20000, "optimizer steps")
@@ -92,6 +92,8 @@ PRESETS: dict[str, VaeTrainConfig] = {
         tensorboard=False,
     ),
     "small": VaeTrainConfig(vae_preset="small"),
+    # 4x compression with the detail-weighted loss (keeps the ego car, dashboard bars, goal marker).
+    "detail": VaeTrainConfig(vae_preset="detail"),
 }
 
 

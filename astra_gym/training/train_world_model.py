@@ -118,6 +118,9 @@ class TrainConfig:
     )
     distill: DistillConfig = arg(DistillConfig(), "few-step distillation settings (with --distill-from)")
     batch_size: int = arg(8, "samples per step and process")
+    data_workers: int = arg(
+        0, "processes that pack batches ahead of the training step (0 = in the training process); same batches"
+    )
     total_steps: int = arg(20000, "optimizer steps of the whole run")
     lr: float = arg(3e-4, "peak AdamW learning rate")
     min_lr_ratio: float = arg(0.1, "final learning rate as a fraction of --lr (cosine decay)")
@@ -134,6 +137,11 @@ class TrainConfig:
     run_dir: str = arg("runs/world_model", "output folder of the run")
     resume: str = arg("auto", "auto (last checkpoint of --run-dir if any), never, or a checkpoints/step_* folder")
     stop_after: int | None = arg(None, "stop after this step (checkpointing first) even if steps remain")
+    time_budget_min: float | None = arg(
+        None,
+        "wall-clock budget of this invocation in minutes: when spent, checkpoint and export final/ with the "
+        "weights so far (the learning rate will not have decayed fully; size --total-steps to the budget)",
+    )
     log_every: int = arg(10, "steps between metric rows")
     checkpoint_every: int = arg(1000, "steps between training checkpoints")
     keep_checkpoints: int = arg(3, "training checkpoints kept (older ones are deleted)")
@@ -216,6 +224,7 @@ PRESETS: dict[str, TrainConfig] = {
         checkpoint_every=2000,
         preview_every=5000,
         mixed_precision="bf16",
+        data_workers=8,
     ),
 }
 
@@ -305,6 +314,7 @@ def _resume_folder(cfg: TrainConfig) -> Path | None:
 # Fields that only steer logging, saving and stopping: a resumed run may change them freely.
 _RUN_CONTROL = {
     "stop_after",
+    "time_budget_min",
     "progress",
     "tensorboard",
     "log_every",
@@ -390,18 +400,43 @@ class _Run:
     samples: int = 0
     rows: list[dict[str, float]] = field(default_factory=list)
     teacher: nn.Module | None = None
+    out_of_time: bool = False
 
     @property
     def unwrapped(self) -> nn.Module:
         return self.accelerator.unwrap_model(self.model)
 
 
-def _one_step(run: _Run) -> dict[str, torch.Tensor]:
-    """Draws this step's batch, runs forward/backward/update; returns detached logs."""
+class _StepBatches(torch.utils.data.Dataset):
+    """Item ``step`` = this process's rows of step ``step``'s batch (counter-based: any order, any worker)."""
+
+    def __init__(self, data: JointLatentData, cfg: TrainConfig, rank: int, world: int) -> None:
+        self.data, self.cfg, self.rank, self.world = data, cfg, rank, world
+
+    def __len__(self) -> int:
+        return self.cfg.total_steps
+
+    def __getitem__(self, step: int):
+        rows = slice(self.rank * self.cfg.batch_size, (self.rank + 1) * self.cfg.batch_size)
+        return self.data.batch(self.cfg.batch_size * self.world, step_generator(self.cfg.seed, "data", step), rows)
+
+
+def _batches(run: _Run, stop: int):
+    """Batches of steps ``run.step .. stop - 1`` in order, packed by ``data_workers`` processes ahead."""
+    dataset = _StepBatches(run.data, run.cfg, run.accelerator.process_index, run.accelerator.num_processes)
+    steps = range(run.step, stop)
+    if run.cfg.data_workers == 0:
+        return (dataset[step] for step in steps)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, sampler=steps, num_workers=run.cfg.data_workers, prefetch_factor=4
+    )
+    return iter(loader)
+
+
+def _one_step(run: _Run, batch) -> dict[str, torch.Tensor]:
+    """Runs forward/backward/update on this step's batch; returns detached logs."""
     cfg, acc = run.cfg, run.accelerator
-    rank, world = acc.process_index, acc.num_processes
-    rows = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
-    batch = run.data.batch(cfg.batch_size * world, step_generator(cfg.seed, "data", run.step), rows)
+    rank = acc.process_index
     batch = batch_to(batch, acc.device)
     generator = step_generator(cfg.seed, "noise", run.step, rank)
     if run.teacher is None:
@@ -491,13 +526,30 @@ def _preview(run: _Run) -> None:
     run.rows.append({"step": run.step, "eval/preview_mse": mse})
 
 
+def _budget_spent(run: _Run, started: float) -> bool:
+    """Whether ``time_budget_min`` is spent (decided by the main process, shared with every process)."""
+    if run.cfg.time_budget_min is None or run.step % run.cfg.log_every:
+        return False
+    spent = torch.tensor(float(time.perf_counter() - started > 60.0 * run.cfg.time_budget_min))
+    return bool(run.accelerator.reduce(spent.to(run.accelerator.device), "max") > 0)
+
+
 def _loop(run: _Run, bar: Any) -> None:
     """Steps until ``total_steps`` (or ``stop_after``), logging, checkpointing and previewing."""
     cfg = run.cfg
     stop = cfg.total_steps if cfg.stop_after is None else min(cfg.total_steps, cfg.stop_after)
     window, tick = [], time.perf_counter()
+    started = tick
+    batches = _batches(run, stop)
     while run.step < stop:
-        window.append(_one_step(run))
+        if _budget_spent(run, started):
+            logger.warning("time budget of %s min spent at step %d of %d", cfg.time_budget_min, run.step, stop)
+            run.out_of_time = True
+            if window:
+                _log(run, window, time.perf_counter() - tick, bar)
+            _save(run)
+            break
+        window.append(_one_step(run, next(batches)))
         run.step += 1
         run.samples += cfg.batch_size * run.accelerator.num_processes
         if bar is not None:
@@ -580,8 +632,8 @@ def _run_with_progress(run: _Run) -> None:
 
 
 def _finish(run: _Run) -> Path | None:
-    """Exports ``<run_dir>/final`` (EMA weights if on) once every step is done."""
-    if run.step < run.cfg.total_steps:
+    """Exports ``<run_dir>/final`` (EMA weights if on) once every step is done or the time budget is spent."""
+    if run.step < run.cfg.total_steps and not run.out_of_time:
         return None
     final = Path(run.cfg.run_dir) / "final"
     if run.accelerator.is_main_process:
