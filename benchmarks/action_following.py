@@ -1,0 +1,236 @@
+"""Action following and long horizons against the real simulator, from the same real starts.
+
+For ``--starts`` S unseen simulator seeds and K = 4 distinct constant actions per scenario, the real
+simulator and the Astra env start from the SAME state (the env gets the real context frames and the
+actions that produced them) and both hold each action for ``--long`` steps. Reported per start kind
+(``reset``: right after a real reset, the car at rest; ``mid``: after ``--warm`` steps of the
+data's expert policy):
+
+* **action identification** at ``--horizon`` H: for each start and action k, is the imagined frame
+  at step H closest (pixel MSE) to the real branch of the same action? Chance is 1/K.
+* **PSNR and SSIM** against the real frames at steps 1, 8, 32 and 64 (those within ``--long``).
+* **ego-car presence** (drive): share of imagined frames, at those steps and over all steps, in
+  which CarRacing's car is visible (:func:`astra_gym.evaluation.details.car_present`); the real
+  frames' share is reported next to it.
+* **reward**: the real return of each branch next to the env's (reward model on imagined frames),
+  and the rank agreement (Spearman) of the K actions' returns within each start.
+
+    python -m benchmarks.action_following --env Astra-Drive-v0 --checkpoint drive-v1 --starts 8 \\
+        --out benchmarks/results/action_following_drive_drive-v1.json
+
+Writes ``--out`` (JSON) and prints a markdown summary. Seeds are ``--seed-offset + s``, never used
+for training data (the recorder derives its seeds from (dataset seed, episode)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import astra_gym  # noqa: F401 - registers the ids
+from astra_gym.data.policies import make_policy
+from astra_gym.data.replay import replay
+from astra_gym.envs.spaces import EXPLORE_BUTTONS
+from astra_gym.envs.variants import variant
+from astra_gym.evaluation.details import car_present
+from astra_gym.evaluation.metrics import PSNR_CAP_DB, psnr, ssim
+from benchmarks.common import write_results
+
+# K = 4 distinct constant actions per scenario, in the simulator's own action space.
+ACTIONS: dict[str, dict[str, list[float]]] = {
+    "drive": {"steer left": [-1, 0, 0], "steer right": [1, 0, 0], "full gas": [0, 1, 0], "brake": [0, 0, 0.8]},
+    "manipulation": {"+x": [1, 0, 0, 0], "-x": [-1, 0, 0, 0], "+y": [0, 1, 0, 0], "-y": [0, -1, 0, 0]},
+    # MOVE_FORWARD, MOVE_BACKWARD, TURN_LEFT, TURN_RIGHT, MOVE_LEFT, MOVE_RIGHT
+    "explore": {"forward": [1, 0, 0, 0, 0, 0], "backward": [0, 1, 0, 0, 0, 0], "turn left": [0, 0, 1, 0, 0, 0],
+                "turn right": [0, 0, 0, 1, 0, 0]},
+}  # fmt: skip
+REPORT_STEPS = (1, 8, 32, 64)
+
+
+@dataclass
+class Start:
+    """One real start: seed, the action prefix from the reset, and the context the env gets.
+
+    Attributes:
+        seed: Simulator seed.
+        prefix: [P, ...] native actions from the reset to the start state.
+        frames: uint8 [T, 64, 64, 3] context (the last is the start state).
+        actions: [T - 1, ...] the actions between the context frames.
+    """
+
+    seed: int
+    prefix: np.ndarray
+    frames: np.ndarray
+    actions: np.ndarray
+
+
+def _native(scenario: str, action: list[float]) -> np.ndarray:
+    return np.asarray(action, np.int64 if scenario == "explore" else np.float32)
+
+
+def make_start(scenario: str, seed: int, kind: str, context: int, warm: int) -> Start:
+    """The real start of ``kind`` ("reset" or "mid") for ``seed``, with a ``context``-frame context."""
+    zero = np.zeros_like(_native(scenario, next(iter(ACTIONS[scenario].values()))))
+    with replay(seed, None, scenario=scenario) as session:
+        frames, actions = [session.frame()], []
+        policy = make_policy("expert", scenario, EXPLORE_BUTTONS if scenario == "explore" else ())
+        policy.reset(session.env, np.random.default_rng(seed))
+        steps = (context - 1) if kind == "reset" else warm
+        for _ in range(steps):
+            action = zero if kind == "reset" else np.asarray(policy.act(session.obs, session.env), zero.dtype)
+            branch = session.continue_with(action[None])
+            frames.append(branch.frames[-1])
+            actions.append(branch.actions[-1])
+    frames, actions = np.stack(frames), np.stack(actions)
+    return Start(seed, actions, frames[-context:], actions[len(actions) - (context - 1) :])
+
+
+def real_branches(scenario: str, start: Start, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real frames uint8 [K, steps, 64, 64, 3] and rewards [K, steps] of each constant action."""
+    frames, rewards = [], []
+    for action in ACTIONS[scenario].values():
+        with replay(start.seed, start.prefix, scenario=scenario) as session:
+            if not np.array_equal(session.frame(), start.frames[-1]):
+                raise RuntimeError(f"seed {start.seed}: replaying the prefix did not reproduce the start frame")
+            ep = session.continue_with(np.repeat(_native(scenario, action)[None], steps, axis=0))
+        got = ep.frames[1:]
+        pad = steps - len(got)  # the simulator ended the episode: hold its last frame, reward 0
+        frames.append(np.concatenate([got, np.repeat(got[-1:], pad, axis=0)]) if pad else got)
+        rewards.append(np.concatenate([ep.rewards, np.zeros(pad)]) if pad else ep.rewards)
+    return np.stack(frames), np.stack(rewards).astype(np.float64)
+
+
+def imagined_branches(envs: gym.vector.VectorEnv, scenario: str, start: Start, steps: int, seed: int):
+    """The env's frames uint8 [K, steps, 64, 64, 3] and rewards [K, steps] from the same start."""
+    actions = np.stack([_native(scenario, a) for a in ACTIONS[scenario].values()])
+    envs.reset(seed=seed, options={"frames": start.frames, "actions": start.actions})
+    frames, rewards = [], []
+    for _ in range(steps):
+        obs, reward, _, _, _ = envs.step(actions)
+        frames.append(obs)
+        rewards.append(reward)
+    return np.stack(frames, axis=1), np.stack(rewards, axis=1).astype(np.float64)
+
+
+def identification(imagined: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """bool [K]: imagined frame k is closest to real branch k. Args: uint8 [K, H, W, 3] each."""
+    a = imagined.astype(np.float32)[:, None]
+    b = real.astype(np.float32)[None]
+    distance = ((a - b) ** 2).mean(axis=(2, 3, 4))  # [K, K]
+    return distance.argmin(axis=1) == np.arange(len(imagined))
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def summarise(scenario: str, kind: str, runs: list[dict], horizon: int, long: int) -> dict:
+    """One result row from the per-start runs of one kind."""
+    ident = np.concatenate([r["identified"] for r in runs])
+    row = {"scenario": scenario, "kind": kind, "starts": len(runs), "actions": list(ACTIONS[scenario]),
+           "horizon": horizon, "identification": float(ident.mean()), "chance": 1.0 / len(ACTIONS[scenario])}
+    per_action = np.stack([r["identified"] for r in runs]).mean(axis=0)
+    row["identification_per_action"] = dict(zip(ACTIONS[scenario], per_action.tolist(), strict=True))
+    for step in (s for s in REPORT_STEPS if s <= long):
+        row[f"psnr_{step}"] = float(np.mean([r["psnr"][:, step - 1].mean() for r in runs]))
+        row[f"ssim_{step}"] = float(np.mean([r["ssim"][:, step - 1].mean() for r in runs]))
+        if scenario == "drive":
+            row[f"car_{step}"] = float(np.mean([r["car"][:, step - 1].mean() for r in runs]))
+    if scenario == "drive":
+        row["car_all_steps"] = float(np.mean([r["car"].mean() for r in runs]))
+        row["car_real_all_steps"] = float(np.mean([r["car_real"].mean() for r in runs]))
+    real_ret = np.stack([r["real_return"] for r in runs])  # [S, K]
+    imag_ret = np.stack([r["imagined_return"] for r in runs])
+    row["real_return"] = dict(zip(ACTIONS[scenario], real_ret.mean(0).tolist(), strict=True))
+    row["imagined_return"] = dict(zip(ACTIONS[scenario], imag_ret.mean(0).tolist(), strict=True))
+    rhos = [_spearman(a, b) for a, b in zip(real_ret, imag_ret, strict=True)]
+    row["return_rank_rho"] = float(np.nanmean(rhos)) if not np.all(np.isnan(rhos)) else None
+    return row  # fmt: skip
+
+
+def run_start(envs, scenario: str, start: Start, long: int, horizon: int, seed: int) -> dict:
+    """Every per-start measurement (see the module docstring)."""
+    real, real_rewards = real_branches(scenario, start, long)
+    imagined, imagined_rewards = imagined_branches(envs, scenario, start, long, seed)
+    out = {
+        "identified": identification(imagined[:, horizon - 1], real[:, horizon - 1]),
+        "psnr": np.minimum(psnr(real, imagined), PSNR_CAP_DB),  # [K, long]
+        "ssim": ssim(real, imagined),
+        "real_return": real_rewards.sum(axis=1),
+        "imagined_return": imagined_rewards.sum(axis=1),
+    }
+    if scenario == "drive":
+        out["car"], out["car_real"] = car_present(imagined), car_present(real)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """CLI (see the module docstring); returns the written payload's rows."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.action_following", description=__doc__)
+    parser.add_argument("--env", default="Astra-Drive-v0", help="an Astra id (its scenario picks the simulator)")
+    parser.add_argument("--checkpoint", default=None, help="model bundle (default: the variant's)")
+    parser.add_argument("--starts", type=int, default=8, help="real starts per kind")
+    parser.add_argument("--kinds", nargs="+", default=["reset", "mid"], choices=["reset", "mid"])
+    parser.add_argument("--horizon", type=int, default=8, help="step of the identification test")
+    parser.add_argument("--long", type=int, default=64, help="steps rolled out (PSNR/SSIM/car up to here)")
+    parser.add_argument("--warm", type=int, default=40, help="expert-policy steps before a mid start")
+    parser.add_argument("--seed-offset", type=int, default=20000, help="simulator seeds are offset + s")
+    parser.add_argument("--denoise-steps", type=int, default=None, help="override the bundle's sampler steps")
+    parser.add_argument("--guidance", type=float, default=None, help="override the bundle's guidance scale")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--out", required=True, help="JSON results path")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    spec = variant(args.env)
+    scenario = spec.scenario
+    kwargs = {"checkpoint": args.checkpoint or spec.checkpoint}
+    if args.denoise_steps is not None:
+        kwargs["num_denoise_steps"] = args.denoise_steps
+    if args.guidance is not None:
+        kwargs["guidance_scale"] = args.guidance
+    envs = gym.make_vec(args.env, num_envs=len(ACTIONS[scenario]), max_episode_steps=args.long + 1, **kwargs)
+    context = envs.unwrapped.core.bank.context_length
+    rows = []
+    for kind in args.kinds:
+        runs = []
+        for s in tqdm(range(args.starts), desc=f"{scenario} {kind} starts"):
+            start = make_start(scenario, args.seed_offset + s, kind, context, args.warm)
+            runs.append(run_start(envs, scenario, start, args.long, args.horizon, seed=s))
+        rows.append(summarise(scenario, kind, runs, args.horizon, args.long))
+    config = {**vars(args), "checkpoint": kwargs["checkpoint"], "context_frames": context}
+    write_results(args.out, "action_following", config, rows, torch.device("cpu"))
+    print(markdown(rows, kwargs["checkpoint"]))
+    return {"rows": rows}
+
+
+def markdown(rows: list[dict], checkpoint: str) -> str:
+    """A markdown table of the result rows."""
+    steps = [s for s in REPORT_STEPS if f"psnr_{s}" in rows[0]]
+    head = ["model", "scenario", "start", f"action id @{rows[0]['horizon']} (chance)"]
+    head += [f"PSNR @{s}" for s in steps] + (["car @" + "/".join(map(str, steps)), "car all (real)"]
+                                              if rows[0]["scenario"] == "drive" else [])
+    head += ["return rank rho"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [checkpoint, r["scenario"], r["kind"], f"{r['identification']:.2f} ({r['chance']:.2f})"]
+        cells += [f"{r[f'psnr_{s}']:.2f}" for s in steps]
+        if r["scenario"] == "drive":
+            cells += ["/".join(f"{r[f'car_{s}']:.2f}" for s in steps),
+                      f"{r['car_all_steps']:.2f} ({r['car_real_all_steps']:.2f})"]
+        rho = r["return_rank_rho"]
+        cells.append("n/a" if rho is None else f"{rho:+.2f}")
+        lines.append("| " + " | ".join(cells) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
