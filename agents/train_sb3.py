@@ -63,6 +63,7 @@ class Args:
     algo: Literal["ppo", "a2c"] = arg("ppo", help="SB3 algorithm (CnnPolicy on the 64x64 frames)")
     env_real: bool = arg(False, help="train in the real simulator wrapper instead of the world model (baseline)")
     checkpoint: str | None = arg(None, help="world model (the env's checkpoint kwarg, e.g. debug); none = variant's")
+    init_model: str | None = arg(None, help="continue training this saved model (.zip) instead of a fresh policy")
     total_timesteps: int = arg(100_000, help="env steps to train for (imagined steps inside, real with --env-real)")
     num_envs: int = arg(8, help="parallel envs (inside: rows of one batched world-model step)")
     imagined_horizon: int = arg(50, help="inside: steps per imagined episode before truncation (tens, DIAMOND)")
@@ -137,6 +138,8 @@ def make_model(args: Args, env: VecEnv) -> BaseAlgorithm:
     }
     if args.algo == "ppo":
         kwargs.update(batch_size=args.batch_size, n_epochs=args.n_epochs, clip_range=args.clip_range)
+    if args.init_model is not None:  # keeps the saved policy and optimiser; the flags above set the new run
+        return ALGOS[args.algo].load(args.init_model, env=env, device=args.device, seed=args.seed, **kwargs)
     return ALGOS[args.algo]("CnnPolicy", env, seed=args.seed, device=args.device, verbose=args.verbose, **kwargs)
 
 

@@ -12,8 +12,13 @@ data's expert policy):
 * **ego-car presence** (drive): share of imagined frames, at those steps and over all steps, in
   which CarRacing's car is visible (:func:`astra_gym.evaluation.details.car_present`); the real
   frames' share is reported next to it.
-* **reward**: the real return of each branch next to the env's (reward model on imagined frames),
-  and the rank agreement (Spearman) of the K actions' returns within each start.
+* **diagnosis** (what to blame): the real return of each branch next to the reward model's return
+  on the REAL frames and on the imagined frames, their per-step MAE, and the rank agreement
+  (Spearman) of the K actions' returns within each start; and the PSNR of teacher-forced one-step
+  predictions (from the real frames so far) next to the free-running rollout's over steps 1..H.
+  Reward model wrong on real frames: the reward model's error. Right on real, wrong on imagined:
+  the world model's. Teacher-forced good, free-running bad: compounding error. ``reset`` vs ``mid``
+  rows show the start-state effect.
 
     python -m benchmarks.action_following --env Astra-Drive-v0 --checkpoint drive-v1 --starts 8 \\
         --out benchmarks/results/action_following_drive_drive-v1.json
@@ -36,7 +41,7 @@ from tqdm import tqdm
 import astra_gym  # noqa: F401 - registers the ids
 from astra_gym.data.policies import make_policy
 from astra_gym.data.replay import replay
-from astra_gym.envs.spaces import EXPLORE_BUTTONS
+from astra_gym.envs.spaces import EXPLORE_BUTTONS, action_rows
 from astra_gym.envs.variants import variant
 from astra_gym.evaluation.details import car_present
 from astra_gym.evaluation.metrics import PSNR_CAP_DB, psnr, ssim
@@ -118,6 +123,44 @@ def imagined_branches(envs: gym.vector.VectorEnv, scenario: str, start: Start, s
     return np.stack(frames, axis=1), np.stack(rewards, axis=1).astype(np.float64)
 
 
+def reward_on_real(envs, scenario: str, start: Start, real: np.ndarray) -> np.ndarray:
+    """The env's reward model on the REAL frames of each branch: [K, steps] (same rows as the env's)."""
+    core = envs.unwrapped.core
+    seq = np.concatenate([np.repeat(start.frames[-1:][None], len(real), axis=0), real], axis=1)  # [K, L+1, ...]
+    actions = np.stack([_native(scenario, a) for a in ACTIONS[scenario].values()])
+    rows = action_rows(scenario, core.check(actions, len(actions)), core.engine.action_dim)[:, None]  # [K, 1, d]
+    k = core.engine.reward_model.config.num_frames
+    out = np.zeros(real.shape[:2])
+    for t in range(real.shape[1]):
+        window = seq[:, max(0, t + 2 - k) : t + 2]
+        if window.shape[1] < k:  # before the start: repeat the oldest frame (as the trainer does)
+            window = np.concatenate([np.repeat(window[:, :1], k - window.shape[1], axis=1), window], axis=1)
+        out[:, t] = core.engine.score_frames(window, rows)[0].double().cpu().numpy()
+    return out
+
+
+def teacher_forced(envs, scenario: str, start: Start, real: np.ndarray, steps: int, seed: int) -> np.ndarray:
+    """PSNR [K, steps] of one-step predictions from the REAL frames so far (teacher forcing).
+
+    For step t the env restarts from the last T real frames before it (context, then branch) with
+    their actions, and takes one step; the free-running rollout's PSNR at the same steps is the
+    comparison that separates one-step error from compounding error.
+    """
+    actions = np.stack([_native(scenario, a) for a in ACTIONS[scenario].values()])  # [K, ...]
+    count, context = len(actions), len(start.frames)
+    frames = np.concatenate([np.repeat(start.frames[None], count, axis=0), real], axis=1)  # [K, T + L, ...]
+    acts = np.concatenate(
+        [np.repeat(start.actions[None], count, axis=0), np.repeat(actions[:, None], real.shape[1], axis=1)], axis=1
+    )  # [K, T - 1 + L, ...]
+    out = np.zeros((count, steps))
+    for t in range(steps):
+        ctx = frames[:, t : t + context]
+        envs.reset(seed=seed + t, options={"frames": ctx, "actions": acts[:, t : t + context - 1]})
+        obs, *_ = envs.step(actions)
+        out[:, t] = np.minimum(psnr(real[:, t], obs), PSNR_CAP_DB)
+    return out
+
+
 def identification(imagined: np.ndarray, real: np.ndarray) -> np.ndarray:
     """bool [K]: imagined frame k is closest to real branch k. Args: uint8 [K, H, W, 3] each."""
     a = imagined.astype(np.float32)[:, None]
@@ -152,8 +195,16 @@ def summarise(scenario: str, kind: str, runs: list[dict], horizon: int, long: in
     imag_ret = np.stack([r["imagined_return"] for r in runs])
     row["real_return"] = dict(zip(ACTIONS[scenario], real_ret.mean(0).tolist(), strict=True))
     row["imagined_return"] = dict(zip(ACTIONS[scenario], imag_ret.mean(0).tolist(), strict=True))
+    rm_ret = np.stack([r["reward_model_real_return"] for r in runs])
+    row["reward_model_on_real_return"] = dict(zip(ACTIONS[scenario], rm_ret.mean(0).tolist(), strict=True))
     rhos = [_spearman(a, b) for a, b in zip(real_ret, imag_ret, strict=True)]
     row["return_rank_rho"] = float(np.nanmean(rhos)) if not np.all(np.isnan(rhos)) else None
+    rhos = [_spearman(a, b) for a, b in zip(real_ret, rm_ret, strict=True)]
+    row["return_rank_rho_reward_model_on_real"] = float(np.nanmean(rhos)) if not np.all(np.isnan(rhos)) else None
+    row["reward_mae_real_frames"] = float(np.mean([r["reward_mae_real_frames"] for r in runs]))
+    row["reward_mae_imagined_frames"] = float(np.mean([r["reward_mae_imagined_frames"] for r in runs]))
+    row["teacher_forced_psnr_1_to_h"] = float(np.mean([r["teacher_forced_psnr"].mean() for r in runs]))
+    row["free_running_psnr_1_to_h"] = float(np.mean([r["psnr"][:, :horizon].mean() for r in runs]))
     return row  # fmt: skip
 
 
@@ -170,6 +221,11 @@ def run_start(envs, scenario: str, start: Start, long: int, horizon: int, seed: 
     }
     if scenario == "drive":
         out["car"], out["car_real"] = car_present(imagined), car_present(real)
+    rm_real = reward_on_real(envs, scenario, start, real)
+    out["reward_model_real_return"] = rm_real.sum(axis=1)
+    out["reward_mae_real_frames"] = np.abs(rm_real - real_rewards).mean()
+    out["reward_mae_imagined_frames"] = np.abs(imagined_rewards - real_rewards).mean()
+    out["teacher_forced_psnr"] = teacher_forced(envs, scenario, start, real, horizon, seed)  # [K, H]
     return out
 
 
@@ -218,7 +274,7 @@ def markdown(rows: list[dict], checkpoint: str) -> str:
     head = ["model", "scenario", "start", f"action id @{rows[0]['horizon']} (chance)"]
     head += [f"PSNR @{s}" for s in steps] + (["car @" + "/".join(map(str, steps)), "car all (real)"]
                                               if rows[0]["scenario"] == "drive" else [])
-    head += ["return rank rho"]
+    head += ["return rank rho (RM on real)", "reward MAE real / imagined frames", "PSNR 1..H teacher-forced / free"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [checkpoint, r["scenario"], r["kind"], f"{r['identification']:.2f} ({r['chance']:.2f})"]
@@ -226,8 +282,10 @@ def markdown(rows: list[dict], checkpoint: str) -> str:
         if r["scenario"] == "drive":
             cells += ["/".join(f"{r[f'car_{s}']:.2f}" for s in steps),
                       f"{r['car_all_steps']:.2f} ({r['car_real_all_steps']:.2f})"]
-        rho = r["return_rank_rho"]
-        cells.append("n/a" if rho is None else f"{rho:+.2f}")
+        rho, rho_rm = r["return_rank_rho"], r["return_rank_rho_reward_model_on_real"]
+        cells.append(("n/a" if rho is None else f"{rho:+.2f}") + " (" + ("n/a" if rho_rm is None else f"{rho_rm:+.2f}") + ")")
+        cells.append(f"{r['reward_mae_real_frames']:.3f} / {r['reward_mae_imagined_frames']:.3f}")
+        cells.append(f"{r['teacher_forced_psnr_1_to_h']:.2f} / {r['free_running_psnr_1_to_h']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")  # fmt: skip
     return "\n".join(lines)
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["VariantSpec", "VARIANTS", "ENTRY_POINT", "VECTOR_ENTRY_POINT", "BUNDLED_MODEL", "variant"]
+__all__ = ["VariantSpec", "VARIANTS", "ENTRY_POINT", "VECTOR_ENTRY_POINT", "BUNDLED_MODEL", "DRIVE_MODEL", "variant"]
 
 ENTRY_POINT = "astra_gym.envs.env:AstraEnv"
 # The multi-scenario model bundle of the real variants (astra_gym/assets/models/<name>/).
 BUNDLED_MODEL = "small-v0"
+# Drive's own model: the 4x "detail" VAE keeps the ego car and the dashboard (see its MODEL_CARD).
+DRIVE_MODEL = "drive-v1"
 VECTOR_ENTRY_POINT = "astra_gym.envs.vector_env:AstraVectorEnv"
 
 
@@ -52,7 +54,7 @@ VARIANTS: dict[str, VariantSpec] = {
     spec.id: spec
     for spec in (
         # CarRacing-v3: 1000 physics steps at frame skip 2.
-        VariantSpec("Astra-Drive-v0", "drive", BUNDLED_MODEL, "drive", max_episode_steps=500, render_fps=25.0),
+        VariantSpec("Astra-Drive-v0", "drive", DRIVE_MODEL, "drive", max_episode_steps=500, render_fps=25.0),
         # FetchPush-v4: 50 steps.
         VariantSpec("Astra-Manipulation-v0", "manipulation", BUNDLED_MODEL, "manipulation", 50, 25.0),
         # ViZDoom my_way_home: 2100 tics at frame skip 4.

@@ -453,10 +453,27 @@ class WorldModelRollout:
         Returns:
             (reward [B], termination_logit [B]) float32 on the engine's device.
         """
+        return self.score_frames(state.recent_frames, action_rows)
+
+    @torch.inference_mode()
+    def score_frames(self, frames: Tensor | np.ndarray, action_rows: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
+        """Reward and termination logit of transitions given as frames (e.g. real ones, for diagnosis).
+
+        Args:
+            frames: uint8 [B, T, H, W, 3], oldest first; the newest ``num_frames`` are read.
+            action_rows: [B, F, d] the rows of the step that produced the newest frame (first row scored).
+
+        Returns:
+            (reward [B], termination_logit [B]) float32 on the engine's device.
+        """
         if self.reward_model is None:
             raise ValueError("this rollout has no reward model; pass reward_model= to WorldModelRollout")
-        rows = self._target_rows(action_rows, state.batch_size)[:, 0, : self.action_dim]  # [B, d]
-        pixels = uint8_to_pixels(state.recent_frames).transpose(1, 2).contiguous()  # [B, k, 3, H, W]
+        frames = torch.as_tensor(np.asarray(frames) if not isinstance(frames, Tensor) else frames)
+        if frames.dtype != torch.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be uint8 [B, T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+        rows = self._target_rows(action_rows, frames.shape[0])[:, 0, : self.action_dim]  # [B, d]
+        recent = frames[:, -self.reward_model.config.num_frames :].to(self.device)
+        pixels = uint8_to_pixels(recent).transpose(1, 2).contiguous()  # [B, k, 3, H, W]
         with self._kernels():
             return self.reward_model(pixels, rows)
 

@@ -527,7 +527,7 @@ def _preview(run: _Run) -> None:
 
 
 def _budget_spent(run: _Run, started: float) -> bool:
-    """Whether ``time_budget_min`` is spent (decided by the main process, shared with every process)."""
+    """Whether ``time_budget_min`` is spent (checked at log steps; reduced so every process stops together)."""
     if run.cfg.time_budget_min is None or run.step % run.cfg.log_every:
         return False
     spent = torch.tensor(float(time.perf_counter() - started > 60.0 * run.cfg.time_budget_min))
@@ -542,13 +542,6 @@ def _loop(run: _Run, bar: Any) -> None:
     started = tick
     batches = _batches(run, stop)
     while run.step < stop:
-        if _budget_spent(run, started):
-            logger.warning("time budget of %s min spent at step %d of %d", cfg.time_budget_min, run.step, stop)
-            run.out_of_time = True
-            if window:
-                _log(run, window, time.perf_counter() - tick, bar)
-            _save(run)
-            break
         window.append(_one_step(run, next(batches)))
         run.step += 1
         run.samples += cfg.batch_size * run.accelerator.num_processes
@@ -558,10 +551,14 @@ def _loop(run: _Run, bar: Any) -> None:
             now = time.perf_counter()
             _log(run, window, now - tick, bar)
             window, tick = [], now
-        if run.step % cfg.checkpoint_every == 0 or run.step == stop:
+        run.out_of_time = run.step < stop and _budget_spent(run, started)
+        if run.step % cfg.checkpoint_every == 0 or run.step == stop or run.out_of_time:
             _save(run)
         if cfg.preview_every and run.step % cfg.preview_every == 0:
             _preview(run)
+        if run.out_of_time:
+            logger.warning("time budget of %s min spent at step %d of %d", cfg.time_budget_min, run.step, stop)
+            break
 
 
 def train(cfg: TrainConfig) -> TrainResult:

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["TEMP_TAG", "BACKUP_TAG", "fsync_path", "swap_in", "remove_stale_temps"]
+__all__ = ["TEMP_TAG", "BACKUP_TAG", "fsync_path", "swap_in", "remove_stale_temps", "atomic_write_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,3 +58,24 @@ def remove_stale_temps(folder: Path, log: logging.Logger = logger) -> None:
     for stale in folder.parent.glob(f".{folder.name}{TEMP_TAG}*"):
         log.warning("removing %s left by an interrupted save", stale)
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Writes ``text`` (UTF-8) to ``path`` atomically: a temporary sibling, fsynced, renamed into place.
+
+    Readers see the old file or the new one, never a partial write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_TAG}", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+    return path

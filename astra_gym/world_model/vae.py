@@ -33,6 +33,7 @@ __all__ = [
     "SMALL_VAE_PRESETS",
     "get_small_vae_preset",
     "SmallVAE",
+    "detail_weights",
 ]
 
 

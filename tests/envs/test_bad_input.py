@@ -159,3 +159,15 @@ def test_a_shared_rollout_of_another_scenario_is_refused():
         ValueError, match="conditions on 'keyboard' actions but 'manipulation' actions are 'robot' rows"
     ):
         AstraEnv(scenario="manipulation", rollout=explore, frame_bank="synthetic")
+
+
+def test_reset_actions_must_match_the_frames():
+    env, reference = _pair()
+    frames = np.zeros((2, 64, 64, 3), np.uint8)  # the debug bank's contexts hold 2 frames: 1 action between
+    with pytest.raises(ValueError, match="pass both"):
+        env.reset(options={"actions": np.zeros((1, 3), np.float32)})
+    with pytest.raises(ValueError, match=r"the 1 actions between the 2 context frames"):
+        env.reset(options={"frames": frames, "actions": np.zeros((3, 3), np.float32)})
+    with pytest.raises(ValueError, match="outside"):
+        env.reset(options={"frames": frames, "actions": np.full((1, 3), 5.0, np.float32)})
+    _assert_unchanged(env, reference)

@@ -413,3 +413,38 @@ def test_pipeline_vae_cache_world_model_reward_bundle(episode_dirs, tmp_path):
             [],
             tmp_path / "bad",
         )
+
+
+# --------------------------------------------------------------------------------------- Drive recipe additions
+
+
+def test_time_budget_stops_checkpoints_and_exports_the_weights_so_far(cache, tmp_path):
+    result = train_world_model.train(_run_config(cache, tmp_path, total_steps=50, log_every=2, time_budget_min=1e-9))
+    assert result.step == 2 and result.final is not None  # stopped at the first budget check (a log step)
+    assert latest_checkpoint(tmp_path).name == "step_00000002"
+    assert load_pretrained(result.final).config is not None
+
+
+def test_data_workers_pack_the_same_batches(cache, straight_run, tmp_path):
+    straight, _ = straight_run
+    workers = train_world_model.train(_run_config(cache, tmp_path, data_workers=2))
+    assert _losses(workers.rows, 0) == _losses(straight.rows, 0)  # same batches, so the same losses step by step
+
+
+def test_reward_trainer_on_vae_reconstructions(episode_dirs, tmp_path):
+    vae_cfg = dataclasses.replace(
+        train_vae.PRESETS["debug"], episodes=(str(episode_dirs / "drive"),), out=str(tmp_path / "vae"),
+        total_steps=2, progress=False, eval_every=0,
+    )  # fmt: skip
+    vae_folder = train_vae.train_vae(vae_cfg)
+    episodes = _episodes()["drive"][:1]
+    recon = train_reward._reconstructed(episodes, str(vae_folder), torch.device("cpu"))
+    assert recon[0].frames.shape == episodes[0].frames.shape and recon[0].frames.dtype == np.uint8
+    assert not np.array_equal(recon[0].frames, episodes[0].frames)  # the VAE's image domain, not the real frames
+    assert np.array_equal(recon[0].rewards, episodes[0].rewards)
+    cfg = dataclasses.replace(
+        train_reward.PRESETS["debug"], episodes=(str(episode_dirs / "drive"),), out=str(tmp_path / "reward"),
+        total_steps=2, progress=False, holdout_fraction=0.34, vae=str(vae_folder),
+    )  # fmt: skip
+    _, meta = load_reward_model(train_reward.train_reward(cfg))
+    assert meta["scenario"] == "drive"

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from astra_gym.world_model.vae import SmallVAE, SmallVAEConfig, VaeStreamState, WanVAE, get_small_vae_preset
+from astra_gym.world_model.vae import (
+    SmallVAE,
+    SmallVAEConfig,
+    VaeStreamState,
+    WanVAE,
+    detail_weights,
+    get_small_vae_preset,
+)
 
 WAN_CONFIG = dict(
     base_dim=8,
@@ -124,6 +131,21 @@ def test_small_vae_presets():
         get_small_vae_preset("huge")
     with pytest.raises(ValueError, match="recon_loss"):
         SmallVAEConfig(recon_loss="l2")
+
+
+def test_detail_preset_is_4x_and_weights_small_salient_details():
+    vae = SmallVAE.from_preset("detail")
+    assert vae.spatial_factor == 4 and vae.latent_channels == 8
+    assert vae.encode(torch.zeros(1, 3, 1, 64, 64)).shape == (1, 8, 1, 16, 16)
+    pixels = torch.zeros(1, 3, 2, 32, 32)
+    pixels[:, 0, :, 10:12, 20:22] = 1.0  # a 2x2 red dot on a flat frame (an ego car, a goal marker)
+    weights = detail_weights(pixels, 4.0)
+    assert weights.shape == (1, 1, 2, 32, 32)
+    torch.testing.assert_close(weights.mean(dim=(3, 4)), torch.full((1, 1, 2), 5.0))  # 1 + detail_weight on average
+    assert weights[0, 0, 0, 10, 20] > 20 * weights[0, 0, 0, 0, 0]  # the dot outweighs the flat area
+    assert torch.equal(detail_weights(pixels, 0.0), torch.ones(1, 1, 2, 32, 32))
+    with pytest.raises(ValueError, match="detail_weight"):
+        SmallVAEConfig(detail_weight=-1.0)
 
 
 def test_small_vae_shapes_and_temporal_rule(small):

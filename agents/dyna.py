@@ -1,0 +1,375 @@
+"""DIAMOND's loop as one command: collect real experience with the current agent, retrain the world
+model and the reward model on everything collected, retrain the agent inside the new model, evaluate
+it in the real simulator, repeat.
+
+    python -m astra_gym.agents.dyna --env Astra-Drive-v0 --out runs/dyna               # CPU preset
+    python -m astra_gym.agents.dyna --env Astra-Drive-v0 --out runs/dyna --preset gpu     # --device cuda
+    python -m astra_gym.agents.dyna --help                                              # every flag
+
+One iteration i, each stage skipped when its output exists (so a killed run resumes where it was):
+
+==========  =====================================================================================
+collect     ``--collect-episodes`` real episodes (unseen seeds) with the current agent, a random-hold
+            segment with probability ``--epsilon`` at every switch (iteration 0: the recording policy
+            mix, or the agent of ``--init-agent``) -> ``OUT/data/iter_i/``
+encode      the new episodes into a latent cache with the start bundle's VAE (kept fixed)
+wm          fine-tune the world model (from the previous iteration's) on every cache so far
+reward      retrain the reward model on every episode so far, on the VAE's reconstructions
+bundle      ``OUT/bundles/iter_i`` (world model stored in float16); usable as ``checkpoint=``
+agent       PPO inside the new bundle for ``--agent-steps`` imagined steps, continuing the policy
+evaluate    ``--eval-episodes`` real episodes on seeds never collected from -> ``OUT/curve.json``,
+            ``OUT/curve.png`` (real return against the real steps used so far)
+==========  =====================================================================================
+
+Real steps counted: every collected step (the start bundle's own training data is not counted;
+its model card says how much it used) and no evaluation step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from astra_gym.agents import train_sb3
+from astra_gym.data.episodes import episode_filename, episode_paths, save_episode
+from astra_gym.data.generate import episode_seeds
+from astra_gym.data.episodes import load_episode
+from astra_gym.data.latent_cache import build_latent_cache
+from astra_gym.data.policies import Policy, RandomHold, car_sampler, fetch_sampler, make_policy
+from astra_gym.data.recorder import Recorder
+from astra_gym.data.sims import make_simulator
+from astra_gym.envs.core import bundled_model_path
+from astra_gym.envs.spaces import EXPLORE_BUTTONS
+from astra_gym.envs.variants import variant
+from astra_gym.training import train_reward, train_world_model
+from astra_gym.training.bundle import make_bundle, read_bundle
+from astra_gym.training.cli_args import add_config_arguments, apply_overrides, arg
+from astra_gym.training.data import DatasetSpec
+from astra_gym.utils.atomic import atomic_write_text
+
+__all__ = ["DynaConfig", "PRESETS", "AgentPolicy", "run", "main"]
+
+logger = logging.getLogger(__name__)
+COLLECT_SEED = 50_000  # collection seeds derive from (COLLECT_SEED + seed, iteration, episode): unseen elsewhere
+
+
+@dataclass(frozen=True)
+class DynaConfig:
+    """Flags of the loop (each field's help is its ``--help`` text)."""
+
+    env: str = arg("Astra-Drive-v0", help="registered Astra id (its scenario's simulator is the real one)")
+    out: str = arg("runs/dyna", help="output folder; re-running the same command resumes")
+    start_bundle: str | None = arg(None, help="bundle to start from (name or folder); none = the variant's")
+    init_agent: str | None = arg(None, help="saved SB3 model (.zip) to collect with and continue; none = fresh")
+    iterations: int = arg(4, help="loop iterations")
+    collect_episodes: int = arg(8, help="real episodes collected per iteration")
+    collect_steps: int = arg(250, help="steps per collected episode")
+    epsilon: float = arg(0.25, help="share of random-hold segments while collecting with the agent")
+    wm_steps: int = arg(1500, help="world-model fine-tuning steps per iteration")
+    wm_batch: int = arg(8, help="world-model batch size")
+    wm_lr: float = arg(1e-4, help="world-model fine-tuning learning rate")
+    reward_steps: int = arg(1500, help="reward-model training steps per iteration")
+    agent_steps: int = arg(20_000, help="imagined PPO steps per iteration")
+    num_envs: int = arg(16, help="imagined envs stepped in one batch")
+    imagined_horizon: int = arg(50, help="steps per imagined episode")
+    eval_episodes: int = arg(5, help="real evaluation episodes per iteration")
+    eval_max_steps: int | None = arg(None, help="cap on evaluation episode length; none = the variant's")
+    device: str = arg("cpu", help="torch device of every model: cpu, cuda[:N]")
+    threads: int = arg(1, help="torch CPU threads")
+    seed: int = arg(0, help="seed of collection, training and evaluation")
+
+
+PRESETS: dict[str, DynaConfig] = {
+    "debug": DynaConfig(iterations=1, collect_episodes=2, collect_steps=40, wm_steps=2, wm_batch=2, reward_steps=2,
+                        agent_steps=32, num_envs=2, imagined_horizon=8, eval_episodes=1, eval_max_steps=20),
+    "cpu": DynaConfig(),
+    "gpu": DynaConfig(iterations=8, collect_episodes=32, wm_steps=4000, wm_batch=64, reward_steps=3000,
+                      agent_steps=100_000, num_envs=64, eval_episodes=10, device="cuda"),
+}  # fmt: skip
+
+
+class AgentPolicy(Policy):
+    """A trained SB3 agent as a recording policy, with epsilon random-hold segments for exploration.
+
+    Args:
+        model: SB3 model acting on the simulator's 64x64 frames.
+        sim: The simulator (its ``frame`` is what the agent sees).
+        random: Exploration policy of the scenario.
+        epsilon: Probability that a segment (10-40 steps) is random.
+    """
+
+    def __init__(self, model: Any, sim: Any, random: Policy, epsilon: float) -> None:
+        self.model, self.sim, self.random, self.epsilon = model, sim, random, epsilon
+        self.name = f"agent+random({epsilon:.2f})"
+
+    def reset(self, env, rng: np.random.Generator) -> None:
+        super().reset(env, rng)
+        self.random.reset(env, rng.spawn(1)[0])
+        self._left, self._explore = 0, False
+
+    def act(self, obs: Any, env) -> np.ndarray:
+        if self._left <= 0:
+            self._explore, self._left = bool(self.rng.random() < self.epsilon), int(self.rng.integers(10, 41))
+        self._left -= 1
+        if self._explore:
+            return self.random.act(obs, env)
+        action, _ = self.model.predict(self.sim.frame(env), deterministic=False)
+        return np.asarray(action)
+
+
+def _random_policy(scenario: str) -> Policy:
+    if scenario == "drive":
+        return RandomHold(car_sampler, hold=(4, 20))
+    if scenario == "manipulation":
+        return RandomHold(fetch_sampler, hold=(3, 15))
+    return make_policy("random", scenario, EXPLORE_BUTTONS)
+
+
+class Loop:
+    """The paths and stages of one loop run (see the module docstring)."""
+
+    def __init__(self, cfg: DynaConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.scenario = variant(cfg.env).scenario
+        start = cfg.start_bundle or variant(cfg.env).checkpoint
+        self.start = Path(start) if Path(start).exists() else bundled_model_path(start)
+        self.manifest = read_bundle(self.start)
+
+    def _dir(self, kind: str, i: int) -> Path:
+        return self.out / kind / f"iter_{i:03d}"
+
+    def agent_zip(self, i: int) -> Path | None:
+        """The agent after iteration i (or the initial one for i = -1)."""
+        if i < 0:
+            return Path(self.cfg.init_agent) if self.cfg.init_agent else None
+        return self._dir("agent", i) / "final_model.zip"
+
+    # ---- stages --------------------------------------------------------------------------------
+
+    def collect(self, i: int) -> int:
+        """Records this iteration's episodes (resumes per episode); returns the real steps they hold."""
+        folder = self._dir("data", i)
+        folder.mkdir(parents=True, exist_ok=True)
+        sim = make_simulator(self.scenario)
+        agent = self.agent_zip(i - 1)
+        if agent is None:
+            policy = make_policy("mix", self.scenario, EXPLORE_BUTTONS if self.scenario == "explore" else ())
+        else:
+            model = train_sb3.ALGOS["ppo"].load(str(agent), device=self.cfg.device)
+            policy = AgentPolicy(model, sim, _random_policy(self.scenario), self.cfg.epsilon)
+        with Recorder(sim, policy) as recorder:
+            for k in range(self.cfg.collect_episodes):
+                path = folder / episode_filename(k)
+                if not path.exists():
+                    sim_seed, policy_seed = episode_seeds(COLLECT_SEED + self.cfg.seed, i * 10_000 + k)
+                    save_episode(recorder.record(sim_seed, self.cfg.collect_steps, policy_seed), path)
+        return _steps(folder)
+
+    def encode(self, i: int) -> Path:
+        from astra_gym.data.latent_cache import load_vae
+
+        cache = self._dir("cache", i)
+        if not (cache / "index.json").exists() or not json.loads((cache / "index.json").read_text())["complete"]:
+            vae_dir = self.start / self.manifest["vae"]
+            preset = json.loads((vae_dir / "config.json").read_text())["preset"]
+            vae = load_vae(preset, str(vae_dir / "vae.safetensors"), self.cfg.device)
+            episodes = ((str(p), load_episode(p)) for p in episode_paths(self._dir("data", i)))
+            build_latent_cache(episodes, vae, cache, overwrite=True)
+        return cache
+
+    def world_model(self, i: int) -> Path:
+        run_dir = self._dir("wm", i)
+        if (run_dir / "final" / "config.json").exists():
+            return run_dir / "final"
+        previous = self.start / self.manifest["world_model"] if i == 0 else self._dir("wm", i - 1) / "final"
+        extra = json.loads((self.start / self.manifest["world_model"] / "config.json").read_text())
+        datasets = tuple(
+            DatasetSpec(root=str(self._dir("cache", j)), scenario=self.scenario, name=f"iter{j}")
+            for j in range(i + 1)
+        )
+        cfg = dataclasses.replace(
+            train_world_model.PRESETS["small-gpu" if self.cfg.device.startswith("cuda") else "small-cpu"],
+            datasets=datasets,
+            init_from=str(previous),
+            batch_size=self.cfg.wm_batch,
+            total_steps=self.cfg.wm_steps,
+            warmup_steps=max(1, self.cfg.wm_steps // 20),
+            lr=self.cfg.wm_lr,
+            run_dir=str(run_dir),
+            vae=str(self.start / self.manifest["vae"]),
+            preview_every=0,
+            tensorboard=False,
+            progress=True,
+            checkpoint_every=max(1, self.cfg.wm_steps // 4),
+            **_sampler_flags(extra),
+        )
+        return train_world_model.train(cfg).final
+
+    def reward(self, i: int, world_model: Path) -> Path:
+        out = self._dir("reward", i)
+        if (out / "final" / "config.json").exists():
+            return out / "final"
+        cfg = dataclasses.replace(
+            train_reward.PRESETS["small"],
+            episodes=tuple(str(self._dir("data", j)) for j in range(i + 1)),
+            num_frames=_reward_frames(self.start / self.manifest["scenarios"][self.scenario]["reward_model"]),
+            action_norm=str(world_model),
+            vae=str(self.start / self.manifest["vae"]),
+            total_steps=self.cfg.reward_steps,
+            device=self.cfg.device,
+            out=str(out),
+            tensorboard=False,
+        )
+        return train_reward.train_reward(cfg)
+
+    def bundle(self, i: int, world_model: Path, reward: Path) -> Path:
+        out = self._dir("bundles", i)
+        if not (out / "bundle.json").exists():
+            vae = self.start / self.manifest["vae"]
+            make_bundle(f"dyna-iter{i}", world_model, vae, [reward], out, world_model_dtype="float16")
+        return out
+
+    def agent(self, i: int, bundle: Path) -> dict:
+        run_dir = self._dir("agent", i)
+        summary = run_dir / "summary.json"
+        if summary.exists():
+            return json.loads(summary.read_text())
+        previous = self.agent_zip(i - 1)
+        args = train_sb3.Args(
+            env=self.cfg.env,
+            checkpoint=str(bundle),
+            init_model=str(previous) if previous is not None else None,
+            total_timesteps=self.cfg.agent_steps,
+            num_envs=self.cfg.num_envs,
+            imagined_horizon=self.cfg.imagined_horizon,
+            eval_freq=0,
+            eval_episodes=self.cfg.eval_episodes,
+            eval_max_steps=self.cfg.eval_max_steps,
+            save_freq=0,
+            progress_bar=False,
+            out=str(run_dir.parent),
+            run_name=run_dir.name,
+            device=self.cfg.device,
+            threads=self.cfg.threads,
+            seed=self.cfg.seed,
+        )
+        return train_sb3.train(args)[1]
+
+
+def _steps(folder: Path) -> int:
+    """Actions recorded in a folder of episodes."""
+    return sum(load_episode(p).num_steps for p in episode_paths(folder))
+
+
+def _reward_frames(folder: Path) -> int:
+    return int(json.loads((folder / "config.json").read_text())["config"]["num_frames"])
+
+
+def _sampler_flags(extra: dict) -> dict:
+    """The start model's sampler, so previews and the exported folder recommend the same."""
+    sampler = extra.get("extra_config", extra).get("sampler", {})
+    flags = {}
+    if sampler:
+        flags = {
+            "sampler_steps": int(sampler["num_denoise_steps"]),
+            "sampler_guidance": float(sampler["guidance_scale"]),
+            "sampler_shift": float(sampler["shift"]),
+        }
+    return flags
+
+
+def _plot(curve: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [row["real_steps"] for row in curve]
+    mean = np.array([row["real_return_mean"] for row in curve])
+    std = np.array([row["real_return_std"] for row in curve])
+    ax.plot(steps, mean, marker="o", label="agent trained inside, real return")
+    ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("real simulator steps used (collection)")
+    ax.set_ylabel("real return")
+    ax.set_title("dyna loop: agent trained inside the world model")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def run(cfg: DynaConfig) -> list[dict]:
+    """Runs (or resumes) the loop; returns the learning curve (one row per finished iteration)."""
+    torch.set_num_threads(cfg.threads)
+    loop = Loop(cfg)
+    loop.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(loop.out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+    curve_path = loop.out / "curve.json"
+    curve = json.loads(curve_path.read_text()) if curve_path.exists() else []
+    real_steps = 0
+    for i in range(cfg.iterations):
+        logger.info("iteration %d: collect", i)
+        real_steps += loop.collect(i)
+        if i < len(curve):
+            continue  # finished in an earlier invocation
+        loop.encode(i)
+        logger.info("iteration %d: world model", i)
+        world_model = loop.world_model(i)
+        logger.info("iteration %d: reward model", i)
+        reward = loop.reward(i, world_model)
+        bundle = loop.bundle(i, world_model, reward)
+        logger.info("iteration %d: agent inside %s", i, bundle)
+        summary = loop.agent(i, bundle)
+        final = summary["final_eval"] or {}
+        curve.append({
+            "iteration": i, "real_steps": real_steps, "bundle": str(bundle),
+            "real_return_mean": final.get("mean_return"), "real_return_std": final.get("std_return"),
+            "imagined_steps": summary["env_steps"],
+        })  # fmt: skip
+        atomic_write_text(curve_path, json.dumps(curve, indent=2))
+        if all(row["real_return_mean"] is not None for row in curve):
+            _plot(curve, loop.out / "curve.png")
+        logger.info("iteration %d: real return %s after %d real steps", i, final.get("mean_return"), real_steps)
+    return curve
+
+
+def config_from_args(argv: list[str] | None = None) -> tuple[DynaConfig, bool]:
+    """The ``--preset`` (cpu; gpu sets ``--device cuda``) with every given flag on top; and --print-config."""
+    parser = argparse.ArgumentParser(
+        prog="python -m astra_gym.agents.dyna", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="sizes (default: cpu)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    add_config_arguments(parser, DynaConfig)
+    args = parser.parse_args(argv)
+    return apply_overrides(PRESETS[args.preset], args), args.print_config
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """CLI entry point (see the module docstring)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg, print_only = config_from_args(argv)
+    if print_only:
+        print(json.dumps(dataclasses.asdict(cfg), indent=2))
+        return []
+    curve = run(cfg)
+    for row in curve:
+        print(json.dumps(row))
+    return curve
+
+
+if __name__ == "__main__":
+    main()
