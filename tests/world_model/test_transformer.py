@@ -64,12 +64,12 @@ def _group(config, scale, batch, temporal_tokens, frame_pos, action_row, height=
     )
 
 
-def _frame_pack(config, batch=2, frames=2, scales=(4, 2, 1)) -> FramePackInputs:
+def _frame_pack(config, batch=2, frames=2, scales=(4, 2, 1), side=8) -> FramePackInputs:
     """Release-like layout: one group per scale, then the targets (rows: history 0..n-1, targets n..)."""
     groups = {
-        4: _group(config, 4, batch, 1, [0.0], [-1], k=4.0),
-        2: _group(config, 2, batch, 1, [1.0], [1], k=2.0),
-        1: _group(config, 1, batch, 2, [2.0, 3.0], [2, 3]),
+        4: _group(config, 4, batch, 1, [0.0], [-1], side, side, k=4.0),
+        2: _group(config, 2, batch, 1, [1.0], [1], side, side, k=2.0),
+        1: _group(config, 1, batch, 2, [2.0, 3.0], [2, 3], side, side),
     }
     pos = torch.arange(4, 4 + frames, dtype=torch.float32).expand(batch, frames)
     return FramePackInputs(
@@ -152,9 +152,11 @@ def test_key_mapping_round_trip_and_errors():
 @pytest.mark.parametrize("name", [n for n in PRESETS if n != "wan2.1-1.3b"])
 def test_preset_forward_backward_with_history_and_actions(name):
     config = get_preset(name)
+    side = 4 * config.patch_size[1]  # the 4x history kernel covers 4 patches: 8x8 latents at patch 2, 16x16 at 4
     model = _model(config).train()  # perturbed: the zero-initialised head would block every gradient
-    latents, timestep, context = _inputs(config)
-    velocity, aux = model(latents, timestep, context, _frame_pack(config), _actions(config), return_aux=True)
+    latents, timestep, context = _inputs(config, height=side, width=side)
+    frame_pack = _frame_pack(config, side=side)
+    velocity, aux = model(latents, timestep, context, frame_pack, _actions(config), return_aux=True)
     assert velocity.shape == latents.shape
     (velocity.square().mean() + aux["moe_balance_loss"]).backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
