@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 from benchmarks import env_throughput, model_speed
 
 
@@ -39,3 +41,41 @@ def test_env_throughput_compares_checkpoints_with_their_own_samplers(tmp_path):
     assert [(r["checkpoint"], r["denoise_steps"]) for r in rows] == [("debug", 0), ("debug", 3)] * 2
     assert rows[1]["effective_denoise_steps"] == 3 and rows[0]["effective_denoise_steps"] >= 1
     assert all(r["guidance_scale"] is not None and r["dtype"] == "bfloat16" for r in rows)
+
+
+def test_action_following_runs_against_the_real_simulator(tmp_path):
+    from benchmarks import action_following
+
+    out = tmp_path / "af.json"
+    action_following.main(
+        ["--env", "Astra-Debug-v0", "--checkpoint", "debug", "--starts", "1", "--kinds", "reset", "mid",
+         "--horizon", "2", "--long", "2", "--warm", "3", "--out", str(out)]
+    )  # fmt: skip
+    rows = json.loads(out.read_text())["results"]
+    assert [r["kind"] for r in rows] == ["reset", "mid"]
+    for row in rows:
+        assert 0.0 <= row["identification"] <= 1.0 and row["chance"] == 0.25
+        assert set(row["real_return"]) == {"steer left", "steer right", "full gas", "brake"}
+        assert row["car_real_all_steps"] == 1.0  # real CarRacing frames always show the car
+        assert np.isfinite(row["teacher_forced_psnr_1_to_h"]) and np.isfinite(row["reward_mae_real_frames"])
+
+
+def test_action_identification_counts_the_closest_real_branch():
+    from benchmarks.action_following import identification
+
+    real = np.stack([np.full((4, 4, 3), v, np.uint8) for v in (0, 80, 160, 240)])
+    imagined = real[[0, 2, 1, 3]].copy()  # branches 1 and 2 swapped
+    assert identification(imagined, real).tolist() == [True, False, False, True]
+
+
+def test_transfer_and_vae_details_run(tmp_path):
+    from astra_gym.data.generate import GenerateConfig, generate
+    from benchmarks import transfer, vae_details
+
+    rows = transfer.main(["--env", "Astra-Drive-v0", "--episodes", "1", "--max-steps", "5", "--out",
+                          str(tmp_path / "t.json")])  # fmt: skip
+    assert [r["policy"] for r in rows] == ["random", "constant"] and all(r["lengths"] == [5] for r in rows)
+    generate(GenerateConfig("drive", episodes=1, steps=4, out=str(tmp_path / "eps")))
+    rows = vae_details.main(["--vae", "drive-v1", "--episodes", f"drive={tmp_path / 'eps'}", "--frames", "5",
+                             "--out", str(tmp_path / "v.json")])  # fmt: skip
+    assert rows[0]["car_real"] == 1.0 and rows[0]["car_kept"] == 1.0 and rows[0]["psnr"] > 25

@@ -1,0 +1,90 @@
+"""Do agents trained inside work in the real simulator? Saved agents and baselines on the same real episodes.
+
+Every policy plays the same ``--episodes`` real episodes (seeds ``10000 + k``: the evaluation
+seeds of ``train_sb3``, never used for training or data), full length unless ``--max-steps``:
+
+* ``random``: uniform random actions; ``constant``: one fixed action (``--constant``, full gas
+  for Drive by default);
+* each ``--agent NAME=PATH.zip``: a saved SB3 model (e.g. PPO trained inside, PPO trained in the
+  real simulator, at any checkpoint).
+
+For every agent it reports the return above random as a share of ``--reference``'s (the
+issue's transfer ratio: (inside - random) / (real - random)).
+
+    python -m benchmarks.transfer --env Astra-Drive-v0 --episodes 10 \\
+        --agent inside=runs/sb3/drive-v1-inside-100k/final_model.zip \\
+        --agent real=runs/sb3/drive-real-100k/final_model.zip --reference real \\
+        --out benchmarks/results/transfer_drive.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+
+import astra_gym  # noqa: F401 - registers the ids
+from astra_gym.agents.evaluation import RandomPolicy, SB3Policy, evaluate
+from astra_gym.agents.real_env import make_real_env
+from astra_gym.agents.train_sb3 import EVAL_SEED_OFFSET
+from astra_gym.envs.variants import variant
+from benchmarks.common import write_results
+
+DEFAULT_CONSTANT = {"drive": [0.0, 1.0, 0.0], "manipulation": [0.0, 0.0, 0.0, 0.0], "explore": [1, 0, 0, 0, 0, 0]}
+
+
+class ConstantPolicy:
+    """The same action at every step."""
+
+    def __init__(self, action: np.ndarray) -> None:
+        self.action = action
+
+    def reset(self, obs: np.ndarray, info: dict) -> None:
+        """Nothing to reset."""
+
+    def act(self, obs: np.ndarray, info: dict) -> np.ndarray:
+        """The fixed action."""
+        return self.action
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """CLI (see the module docstring); returns the result rows."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.transfer", description=__doc__)
+    parser.add_argument("--env", default="Astra-Drive-v0", help="an Astra id (its scenario's simulator is used)")
+    parser.add_argument("--agent", action="append", default=[], help="NAME=PATH of a saved SB3 PPO model; repeat")
+    parser.add_argument("--reference", default=None, help="agent NAME whose return above random is 100 %%")
+    parser.add_argument("--episodes", type=int, default=10, help="real episodes per policy")
+    parser.add_argument("--max-steps", type=int, default=None, help="episode cap (none = the variant's)")
+    parser.add_argument("--constant", type=float, nargs="+", default=None, help="the constant policy's action")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--out", required=True, help="JSON results path")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    scenario = variant(args.env).scenario
+    env = make_real_env(args.env, args.max_steps)
+    seeds = [EVAL_SEED_OFFSET + k for k in range(args.episodes)]
+    constant = np.asarray(args.constant or DEFAULT_CONSTANT[scenario], env.action_space.dtype)
+    policies = {"random": RandomPolicy(env.action_space, seed=0), "constant": ConstantPolicy(constant)}
+    for spec in args.agent:
+        name, path = spec.split("=", 1)
+        policies[name] = SB3Policy(PPO.load(path, device="cpu"))
+    rows = []
+    for name, policy in policies.items():
+        result = evaluate(env, policy, seeds).to_dict()
+        rows.append({"policy": name, **result})
+        print(f"{name}: {result['mean_return']:.2f} +- {result['std_return']:.2f} over {len(seeds)} episodes")
+    env.close()
+    by_name = {r["policy"]: r["mean_return"] for r in rows}
+    if args.reference is not None:
+        span = by_name[args.reference] - by_name["random"]
+        for row in rows:
+            row["share_of_reference_above_random"] = (row["mean_return"] - by_name["random"]) / span if span else None
+    write_results(args.out, "transfer", {**vars(args), "seeds": seeds}, rows, torch.device("cpu"))
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
