@@ -39,9 +39,8 @@ import numpy as np
 import torch
 
 from astra_gym.agents import train_sb3
-from astra_gym.data.episodes import episode_filename, episode_paths, save_episode
+from astra_gym.data.episodes import episode_filename, episode_paths, load_episode, save_episode
 from astra_gym.data.generate import episode_seeds
-from astra_gym.data.episodes import load_episode
 from astra_gym.data.latent_cache import build_latent_cache
 from astra_gym.data.policies import Policy, RandomHold, car_sampler, fetch_sampler, make_policy
 from astra_gym.data.recorder import Recorder
@@ -193,8 +192,7 @@ class Loop:
         previous = self.start / self.manifest["world_model"] if i == 0 else self._dir("wm", i - 1) / "final"
         extra = json.loads((self.start / self.manifest["world_model"] / "config.json").read_text())
         datasets = tuple(
-            DatasetSpec(root=str(self._dir("cache", j)), scenario=self.scenario, name=f"iter{j}")
-            for j in range(i + 1)
+            DatasetSpec(root=str(self._dir("cache", j)), scenario=self.scenario, name=f"iter{j}") for j in range(i + 1)
         )
         cfg = dataclasses.replace(
             train_world_model.PRESETS["small-gpu" if self.cfg.device.startswith("cuda") else "small-cpu"],
@@ -349,7 +347,9 @@ def run(cfg: DynaConfig) -> list[dict]:
 def config_from_args(argv: list[str] | None = None) -> tuple[DynaConfig, bool]:
     """The ``--preset`` (cpu; gpu sets ``--device cuda``) with every given flag on top; and --print-config."""
     parser = argparse.ArgumentParser(
-        prog="python -m astra_gym.agents.dyna", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m astra_gym.agents.dyna",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="sizes (default: cpu)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")

@@ -64,6 +64,7 @@ class Args:
     env_real: bool = arg(False, help="train in the real simulator wrapper instead of the world model (baseline)")
     checkpoint: str | None = arg(None, help="world model (the env's checkpoint kwarg, e.g. debug); none = variant's")
     init_model: str | None = arg(None, help="continue training this saved model (.zip) instead of a fresh policy")
+    frame_bank: str | None = arg(None, help="inside: start contexts (bank name or .npz path); none = the variant's")
     total_timesteps: int = arg(100_000, help="env steps to train for (imagined steps inside, real with --env-real)")
     num_envs: int = arg(8, help="parallel envs (inside: rows of one batched world-model step)")
     imagined_horizon: int = arg(50, help="inside: steps per imagined episode before truncation (tens, DIAMOND)")
@@ -107,6 +108,8 @@ def make_train_env(args: Args) -> VecEnv:
         kwargs["checkpoint"] = args.checkpoint
     if args.num_denoise_steps is not None:
         kwargs["num_denoise_steps"] = args.num_denoise_steps
+    if args.frame_bank is not None:
+        kwargs["frame_bank"] = args.frame_bank
     if args.device != "auto":
         kwargs["device"] = args.device
     return VecMonitor(AstraSB3VecEnv.make(args.env, args.num_envs, **kwargs))

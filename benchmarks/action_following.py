@@ -179,8 +179,15 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 def summarise(scenario: str, kind: str, runs: list[dict], horizon: int, long: int) -> dict:
     """One result row from the per-start runs of one kind."""
     ident = np.concatenate([r["identified"] for r in runs])
-    row = {"scenario": scenario, "kind": kind, "starts": len(runs), "actions": list(ACTIONS[scenario]),
-           "horizon": horizon, "identification": float(ident.mean()), "chance": 1.0 / len(ACTIONS[scenario])}
+    row = {
+        "scenario": scenario,
+        "kind": kind,
+        "starts": len(runs),
+        "actions": list(ACTIONS[scenario]),
+        "horizon": horizon,
+        "identification": float(ident.mean()),
+        "chance": 1.0 / len(ACTIONS[scenario]),
+    }
     per_action = np.stack([r["identified"] for r in runs]).mean(axis=0)
     row["identification_per_action"] = dict(zip(ACTIONS[scenario], per_action.tolist(), strict=True))
     for step in (s for s in REPORT_STEPS if s <= long):
@@ -272,18 +279,23 @@ def markdown(rows: list[dict], checkpoint: str) -> str:
     """A markdown table of the result rows."""
     steps = [s for s in REPORT_STEPS if f"psnr_{s}" in rows[0]]
     head = ["model", "scenario", "start", f"action id @{rows[0]['horizon']} (chance)"]
-    head += [f"PSNR @{s}" for s in steps] + (["car @" + "/".join(map(str, steps)), "car all (real)"]
-                                              if rows[0]["scenario"] == "drive" else [])
+    head += [f"PSNR @{s}" for s in steps] + (
+        ["car @" + "/".join(map(str, steps)), "car all (real)"] if rows[0]["scenario"] == "drive" else []
+    )
     head += ["return rank rho (RM on real)", "reward MAE real / imagined frames", "PSNR 1..H teacher-forced / free"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [checkpoint, r["scenario"], r["kind"], f"{r['identification']:.2f} ({r['chance']:.2f})"]
         cells += [f"{r[f'psnr_{s}']:.2f}" for s in steps]
         if r["scenario"] == "drive":
-            cells += ["/".join(f"{r[f'car_{s}']:.2f}" for s in steps),
-                      f"{r['car_all_steps']:.2f} ({r['car_real_all_steps']:.2f})"]
+            cells += [
+                "/".join(f"{r[f'car_{s}']:.2f}" for s in steps),
+                f"{r['car_all_steps']:.2f} ({r['car_real_all_steps']:.2f})",
+            ]
         rho, rho_rm = r["return_rank_rho"], r["return_rank_rho_reward_model_on_real"]
-        cells.append(("n/a" if rho is None else f"{rho:+.2f}") + " (" + ("n/a" if rho_rm is None else f"{rho_rm:+.2f}") + ")")
+        cells.append(
+            ("n/a" if rho is None else f"{rho:+.2f}") + " (" + ("n/a" if rho_rm is None else f"{rho_rm:+.2f}") + ")"
+        )
         cells.append(f"{r['reward_mae_real_frames']:.3f} / {r['reward_mae_imagined_frames']:.3f}")
         cells.append(f"{r['teacher_forced_psnr_1_to_h']:.2f} / {r['free_running_psnr_1_to_h']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")  # fmt: skip

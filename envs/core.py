@@ -338,7 +338,7 @@ class EnvCore:
         if "actions" not in options:
             return None
         if user is None:
-            raise ValueError("options['actions'] describes options['frames']; pass both (bank contexts have their own)")
+            raise ValueError("options['actions'] describes options['frames']; pass both (bank contexts have theirs)")
         actions = np.asarray(options["actions"])
         steps = user.shape[1] - 1
         if actions.ndim == self.action_space.sample().ndim + 1:  # one sequence for every env

@@ -171,5 +171,7 @@ def detail_report(real: np.ndarray, other: np.ndarray, scenario: str) -> dict[st
         inter = (a & b).sum(axis=(-2, -1))
         report[f"{detail.name}_real"] = float(has_a.mean())
         report[f"{detail.name}_kept"] = float(has_b[has_a].mean()) if has_a.any() else float("nan")
-        report[f"{detail.name}_iou"] = float((inter[union > 0] / union[union > 0]).mean()) if (union > 0).any() else 1.0
+        report[f"{detail.name}_iou"] = (
+            float((inter[union > 0] / union[union > 0]).mean()) if (union > 0).any() else 1.0
+        )
     return report
