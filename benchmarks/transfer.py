@@ -32,22 +32,9 @@ from astra_gym.agents.real_env import make_real_env
 from astra_gym.agents.train_sb3 import EVAL_SEED_OFFSET
 from astra_gym.envs.variants import variant
 from benchmarks.common import write_results
+from benchmarks.imagined_vs_real import ConstantPolicy
 
 DEFAULT_CONSTANT = {"drive": [0.0, 1.0, 0.0], "manipulation": [0.0, 0.0, 0.0, 0.0], "explore": [1, 0, 0, 0, 0, 0]}
-
-
-class ConstantPolicy:
-    """The same action at every step."""
-
-    def __init__(self, action: np.ndarray) -> None:
-        self.action = action
-
-    def reset(self, obs: np.ndarray, info: dict) -> None:
-        """Nothing to reset."""
-
-    def act(self, obs: np.ndarray, info: dict) -> np.ndarray:
-        """The fixed action."""
-        return self.action
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
