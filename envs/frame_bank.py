@@ -199,13 +199,19 @@ def build_frame_bank(
     start_steps: tuple[int, int] = (8, 60),
     policy: str = "expert",
     seed: int = 0,
+    at_rest: int = 0,
+    rest_seed: int = 100,
 ) -> FrameBank:
-    """Records ``count`` start contexts from the scenario's simulator (needs the ``sims`` extra).
+    """Records ``at_rest + count`` start contexts from the scenario's simulator (needs the ``sims`` extra).
 
-    Context i: reset the simulator with seed ``seed + i``, run the behaviour policy (policy seed
-    ``seed + i``) for ``s_i ~ U{start_steps}`` steps and keep the last ``context_frames`` frames
-    and all ``s_i`` actions. Episodes that end before ``s_i`` keep their last frames.
+    The first ``at_rest`` contexts are the state right after a reset (seed ``rest_seed + j``) held
+    with the zero action for ``context_frames - 1`` steps: where every real episode starts (in
+    CarRacing, at rest). Then context i: reset with seed ``seed + i``, run the behaviour policy
+    (policy seed ``seed + i``) for ``s_i ~ U{start_steps}`` steps and keep the last
+    ``context_frames`` frames and all ``s_i`` actions. Episodes that end before ``s_i`` keep their
+    last frames.
     """
+    from astra_gym.data.replay import replay
     from astra_gym.data.policies import make_policy
     from astra_gym.data.recorder import Recorder
     from astra_gym.data.sims import make_simulator
@@ -214,12 +220,16 @@ def build_frame_bank(
     buttons = sim.attrs().get("button_names", ())
     rng = np.random.default_rng(seed)
     episodes = []
+    for j in range(at_rest):
+        with replay(rest_seed + j, None, sim=sim) as session:
+            zero = np.zeros((context_frames - 1, *session.env.action_space.shape), session.action_dtype)
+            episodes.append(session.continue_with(zero))
     with Recorder(sim, make_policy(policy, scenario, buttons)) as recorder:
         for i in range(count):
             steps = int(rng.integers(max(start_steps[0], context_frames - 1), start_steps[1] + 1))
             episodes.append(recorder.record(seed=seed + i, steps=steps, policy_seed=seed + i))
     width = max(ep.num_steps for ep in episodes)
-    actions = np.zeros((count, width, *episodes[0].actions.shape[1:]), episodes[0].actions.dtype)
+    actions = np.zeros((len(episodes), width, *episodes[0].actions.shape[1:]), episodes[0].actions.dtype)
     for i, ep in enumerate(episodes):
         actions[i, : ep.num_steps] = ep.actions
     meta = {
@@ -229,6 +239,8 @@ def build_frame_bank(
         "policy": policy,
         "seed": seed,
         "start_steps": list(start_steps),
+        "at_rest": at_rest,
+        "rest_seed": rest_seed,
     }
     return FrameBank(
         frames=np.stack([ep.frames[-context_frames:] for ep in episodes]),
@@ -250,10 +262,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-start", type=int, default=60, help="most policy steps before a context ends")
     parser.add_argument("--policy", default="expert", help="behaviour policy: random, expert or mix")
     parser.add_argument("--seed", type=int, default=0, help="first simulator seed (context i uses seed + i)")
+    parser.add_argument("--at-rest", type=int, default=0, help="extra contexts right after a reset, zero action")
+    parser.add_argument("--rest-seed", type=int, default=100, help="first seed of the at-rest contexts")
     args = parser.parse_args(argv)
     bank = build_frame_bank(
-        args.scenario, args.count, args.context_frames, (args.min_start, args.max_start), args.policy, args.seed
-    )
+        args.scenario, args.count, args.context_frames, (args.min_start, args.max_start), args.policy, args.seed,
+        args.at_rest, args.rest_seed,
+    )  # fmt: skip
     path = save_frame_bank(bank, args.out)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logger.info(
