@@ -272,17 +272,14 @@ def _reward_frames(folder: Path) -> int:
     return int(json.loads((folder / "config.json").read_text())["config"]["num_frames"])
 
 
-def _sampler_flags(extra: dict) -> dict:
-    """The start model's sampler, so previews and the exported folder recommend the same."""
-    sampler = extra.get("extra_config", extra).get("sampler", {})
-    flags = {}
-    if sampler:
-        flags = {
-            "sampler_steps": int(sampler["num_denoise_steps"]),
-            "sampler_guidance": float(sampler["guidance_scale"]),
-            "sampler_shift": float(sampler["shift"]),
-        }
-    return flags
+def _sampler_flags(saved: dict) -> dict:
+    """The start model's sampler (its folder's ``config.json``), so the exported folder recommends the same."""
+    sampler = saved["extra"]["sampler"]
+    return {
+        "sampler_steps": int(sampler["num_denoise_steps"]),
+        "sampler_guidance": float(sampler["guidance_scale"]),
+        "sampler_shift": float(sampler["shift"]),
+    }
 
 
 def _plot(curve: list[dict], path: Path) -> None:
