@@ -25,8 +25,7 @@ from astra_gym.data.episodes import episode_paths, load_episode
 from astra_gym.envs.core import bundled_model_path
 from astra_gym.evaluation.details import detail_report
 from astra_gym.evaluation.metrics import psnr
-from astra_gym.training.episode_data import uint8_to_pixels
-from astra_gym.training.vae_io import load_vae
+from astra_gym.training.vae_io import load_vae, reconstruct_frames
 from benchmarks.common import write_results
 
 
@@ -38,17 +37,6 @@ def held_out_frames(folder: str, count: int) -> np.ndarray:
     frames = np.concatenate([load_episode(p).frames for p in paths])
     index = np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(np.int64)
     return frames[index]
-
-
-@torch.no_grad()
-def reconstruct(vae, frames: np.ndarray, batch: int = 128) -> np.ndarray:
-    """The VAE's uint8 reconstruction of uint8 [N, H, W, 3] frames."""
-    out = []
-    for i in range(0, len(frames), batch):
-        pixels = uint8_to_pixels(frames[i : i + batch])[:, :, None]  # [n, 3, 1, H, W]
-        recon = vae.decode(vae.encode(pixels))[:, :, 0].float().clamp(-1, 1)
-        out.append(((recon + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
-    return np.concatenate(out)
 
 
 def vae_folder(name_or_path: str) -> Path:
@@ -77,7 +65,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         frames = held_out_frames(folder, args.frames)
         for name in args.vae:
             vae = load_vae(vae_folder(name))
-            recon = reconstruct(vae, frames)
+            recon = reconstruct_frames(vae, frames)
             row = {"vae": name, "scenario": scenario, "latent": f"{vae.spatial_factor}x, {vae.latent_channels} ch"}
             row["psnr"] = float(np.minimum(psnr(frames, recon), 60).mean())
             row.update(detail_report(frames, recon, scenario))

@@ -211,9 +211,9 @@ def build_frame_bank(
     ``context_frames`` frames and all ``s_i`` actions. Episodes that end before ``s_i`` keep their
     last frames.
     """
-    from astra_gym.data.replay import replay
     from astra_gym.data.policies import make_policy
     from astra_gym.data.recorder import Recorder
+    from astra_gym.data.replay import replay
     from astra_gym.data.sims import make_simulator
 
     sim = make_simulator(scenario)

@@ -235,21 +235,12 @@ _EVAL_KEYS = [
 _TRAIN_KEYS = ["train/loss", "train/reward_loss", "train/termination_loss", "train/lr", "perf/samples_per_s"]
 
 
-@torch.no_grad()
-def _reconstructed(episodes: Sequence[Episode], vae_folder: str, device: torch.device, batch: int = 256) -> list:
+def _reconstructed(episodes: Sequence[Episode], vae_folder: str, device: torch.device) -> list:
     """The episodes with every frame replaced by the VAE's reconstruction (uint8, same shapes)."""
-    from astra_gym.training.vae_io import load_vae
+    from astra_gym.training.vae_io import load_vae, reconstruct_frames
 
     vae = load_vae(vae_folder, device)
-    out = []
-    for ep in episodes:
-        frames = []
-        for i in range(0, len(ep.frames), batch):
-            pixels = uint8_to_pixels(ep.frames[i : i + batch])[:, :, None].to(device)  # [n, 3, 1, H, W]
-            recon = vae.decode(vae.encode(pixels))[:, :, 0].float().clamp(-1, 1)  # [n, 3, H, W]
-            frames.append(((recon + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
-        out.append(dataclasses.replace(ep, frames=np.concatenate(frames)))
-    return out
+    return [dataclasses.replace(ep, frames=reconstruct_frames(vae, ep.frames)) for ep in episodes]
 
 
 def train_reward(cfg: RewardTrainConfig) -> Path:

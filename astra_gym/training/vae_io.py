@@ -26,7 +26,7 @@ from astra_gym.data.latent_cache import vae_identity
 from astra_gym.training.checkpointing import atomic_folder
 from astra_gym.world_model.vae import SmallVAE, SmallVAEConfig
 
-__all__ = ["VAE_FORMAT", "VAE_WEIGHTS", "save_vae", "load_vae", "read_vae_config"]
+__all__ = ["VAE_FORMAT", "VAE_WEIGHTS", "save_vae", "load_vae", "read_vae_config", "reconstruct_frames"]
 
 VAE_FORMAT = "astra-gym-small-vae"
 VAE_FORMAT_VERSION = 1
@@ -89,3 +89,17 @@ def load_vae(folder: str | os.PathLike, device: torch.device | str = "cpu") -> S
     vae = SmallVAE(SmallVAEConfig(**config))
     vae.load_state_dict(load_file(str(Path(folder) / VAE_WEIGHTS)), strict=True)
     return vae.to(device).eval()
+
+
+@torch.no_grad()
+def reconstruct_frames(vae: SmallVAE, frames, batch: int = 256):
+    """The VAE's reconstruction of uint8 [N, H, W, 3] frames, as uint8 [N, H, W, 3] (numpy)."""
+    import numpy as np
+
+    out = []
+    for i in range(0, len(frames), batch):
+        chunk = torch.as_tensor(np.ascontiguousarray(frames[i : i + batch]))
+        pixels = (chunk.permute(0, 3, 1, 2).float() / 127.5 - 1.0)[:, :, None].to(vae.device)  # [n, 3, 1, H, W]
+        recon = vae.decode(vae.encode(pixels))[:, :, 0].float().clamp(-1, 1)
+        out.append(((recon + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(out)
