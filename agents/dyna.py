@@ -233,7 +233,7 @@ class Loop:
         out = self._dir("bundles", i)
         if not (out / "bundle.json").exists():
             vae = self.start / self.manifest["vae"]
-            make_bundle(f"dyna-iter{i}", world_model, vae, [reward], out, world_model_dtype="float16")
+            make_bundle(f"dyna-iter{i}", world_model, vae, [reward], out, weights_dtype="float16")
         return out
 
     def agent(self, i: int, bundle: Path) -> dict:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from gymnasium import spaces
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback, EvalCallback
@@ -78,6 +79,9 @@ class Args:
     gae_lambda: float = arg(0.95, help="GAE lambda")
     clip_range: float = arg(0.1, help="PPO clipping range")
     ent_coef: float = arg(0.01, help="entropy bonus coefficient")
+    log_std_init: float = arg(
+        0.0, help="Box actions: initial log std of the Gaussian policy (-1: std 0.37, so the mode acts like samples)"
+    )
     # ---- evaluation, checkpoints, logging
     seed: int = arg(0, help="seeds the envs (env i: seed + i), the policy and the evaluation episodes")
     eval_freq: int = arg(10_000, help="evaluate in the real simulator every this many env steps; 0 = never")
@@ -143,6 +147,8 @@ def make_model(args: Args, env: VecEnv) -> BaseAlgorithm:
         kwargs.update(batch_size=args.batch_size, n_epochs=args.n_epochs, clip_range=args.clip_range)
     if args.init_model is not None:  # keeps the saved policy and optimiser; the flags above set the new run
         return ALGOS[args.algo].load(args.init_model, env=env, device=args.device, seed=args.seed, **kwargs)
+    if isinstance(env.action_space, spaces.Box):
+        kwargs["policy_kwargs"] = {"log_std_init": args.log_std_init}
     return ALGOS[args.algo]("CnnPolicy", env, seed=args.seed, device=args.device, verbose=args.verbose, **kwargs)
 
 

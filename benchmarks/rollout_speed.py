@@ -30,7 +30,7 @@ Usage::
     python -m benchmarks.rollout_speed                                  # small preset, 8x8 latents, CPU
     python -m benchmarks.rollout_speed --preset debug --steps 2 --few-steps 1 --envs 2 --repeats 1
     python -m benchmarks.rollout_speed --device cuda --preset wan2.1-1.3b --latent-hw 60 104 --chunk 8
-    python -m benchmarks.rollout_speed --checkpoint small-v0 --guidance 3 --student small-v0-fast
+    python -m benchmarks.rollout_speed --checkpoint small-v0 --guidance 3 --student runs/small-v0-fast
 """
 
 from __future__ import annotations

@@ -61,5 +61,5 @@ stamp "reward model (on the VAE's reconstructions)"
 
 stamp "bundle -> $BUNDLE"
 "$PY" -m astra_gym.training.bundle --name "$(basename "$BUNDLE")" --world-model "$RUNS/wm/final" \
-    --vae "$RUNS/vae/final" --reward "$RUNS/reward/final" --world-model-dtype float16 --out "$BUNDLE"
+    --vae "$RUNS/vae/final" --reward "$RUNS/reward/final" --weights-dtype float16 --out "$BUNDLE"
 stamp "done"

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,3 +50,23 @@ def test_torch_is_pinned_and_torchvision_absent():
     deps = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
     assert "torch==2.13.0" in project["dependencies"]
     assert not [d for d in deps if d.lower().startswith("torchvision")]
+
+
+TRACKED_LIMIT_MIB = 56  # the GPU machine takes a 64 MiB working tree, and the simulator wheels travel with it
+
+
+def test_tracked_tree_travels_to_the_gpu_machine():
+    """The tracked files (bundled weights included) stay under the limit that lets a GPU call start."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    names = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode().split("\0")
+    sizes = {name: (ROOT / name).stat().st_size for name in names if name and (ROOT / name).is_file()}
+    total = sum(sizes.values())
+    largest = sorted(sizes, key=sizes.get, reverse=True)[:3]
+    assert total < TRACKED_LIMIT_MIB * 2**20, (
+        f"the tracked tree is {total / 2**20:.1f} MiB (limit {TRACKED_LIMIT_MIB} MiB); the largest files are "
+        f"{largest}: store weights in float16 (`--weights-dtype float16`), share files between bundles, "
+        "or drop a bundle"
+    )

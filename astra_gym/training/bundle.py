@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from astra_gym.training.checkpointing import atomic_folder
-from astra_gym.training.reward_io import read_reward_config
+from astra_gym.training.reward_io import copy_reward_model, read_reward_config
 from astra_gym.training.vae_io import read_vae_config
 from astra_gym.world_model.checkpoints import load_pretrained, read_pretrained_config, save_pretrained
 
@@ -155,15 +155,16 @@ def make_bundle(
     rewards: Sequence[str | os.PathLike],
     out: str | os.PathLike,
     allow_vae_mismatch: bool = False,
-    world_model_dtype: str = "float32",
+    weights_dtype: str = "float32",
 ) -> Path:
     """Checks and copies the parts into ``out`` (replaced atomically as a whole); returns it.
 
-    ``world_model_dtype`` (``float32``, ``float16`` or ``bfloat16``) is the storage dtype of the
-    world-model weights (float16 halves the size; the envs compute in float32 either way).
+    ``weights_dtype`` (``float32``, ``float16`` or ``bfloat16``) is the storage dtype of the
+    world-model and reward-model weights (float16 halves the size; the envs compute in float32
+    either way). The VAE is copied as it is: its weights digest is the identity its latents carry.
     """
-    if world_model_dtype not in STORAGE_DTYPES:
-        raise ValueError(f"world_model_dtype={world_model_dtype!r}: choose one of {sorted(STORAGE_DTYPES)}")
+    if weights_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"weights_dtype={weights_dtype!r}: choose one of {sorted(STORAGE_DTYPES)}")
     config, extra = read_pretrained_config(world_model)
     vae_meta = read_vae_config(vae)
     _check_vae(extra, vae_meta, allow_vae_mismatch)
@@ -171,14 +172,14 @@ def make_bundle(
     manifest = _manifest(name, extra, reward_entries)
     card = _model_card(name, config, extra, vae_meta, reward_entries)
     with atomic_folder(out) as tmp:
-        if world_model_dtype == "float32":
+        if weights_dtype == "float32":
             shutil.copytree(world_model, tmp / "world_model")
         else:
-            weights = load_pretrained(world_model, dtype=STORAGE_DTYPES[world_model_dtype])
+            weights = load_pretrained(world_model, dtype=STORAGE_DTYPES[weights_dtype])
             save_pretrained(weights, tmp / "world_model", extra)
         shutil.copytree(vae, tmp / "vae")
         for scenario, (folder, _) in reward_entries.items():
-            shutil.copytree(folder, tmp / "reward" / scenario)
+            copy_reward_model(folder, tmp / "reward" / scenario, STORAGE_DTYPES[weights_dtype])
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
         (tmp / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     logger.info("wrote bundle %s to %s", name, out)
@@ -215,15 +216,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--allow-vae-mismatch", action="store_true", help="warn instead of failing on a VAE hash mismatch"
     )
     parser.add_argument(
-        "--world-model-dtype",
+        "--weights-dtype",
         default="float32",
         choices=sorted(STORAGE_DTYPES),
-        help="storage dtype of the world-model weights (float16 halves the size; compute stays float32)",
+        help="storage dtype of the world-model and reward weights (float16 halves the size; compute stays float32)",
     )
     args = parser.parse_args(argv)
-    make_bundle(
-        args.name, args.world_model, args.vae, args.reward, args.out, args.allow_vae_mismatch, args.world_model_dtype
-    )
+    make_bundle(args.name, args.world_model, args.vae, args.reward, args.out, args.allow_vae_mismatch, args.weights_dtype)
 
 
 if __name__ == "__main__":

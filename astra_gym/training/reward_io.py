@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from astra_gym.training.checkpointing import atomic_folder
 from astra_gym.training.normalization import ActionNormalizer
 from astra_gym.world_model.reward_model import RewardModel, RewardModelConfig
 
-__all__ = ["REWARD_FORMAT", "save_reward_model", "load_reward_model", "read_reward_config"]
+__all__ = ["REWARD_FORMAT", "save_reward_model", "load_reward_model", "read_reward_config", "copy_reward_model"]
 
 REWARD_FORMAT = "astra-gym-reward-model"
 REWARD_FORMAT_VERSION = 1
@@ -71,6 +72,26 @@ def save_reward_model(
         save_file(state, str(tmp / REWARD_WEIGHTS))
         (tmp / _CONFIG).write_text(text, encoding="utf-8")
     return folder
+
+
+def copy_reward_model(source: str | os.PathLike, target: str | os.PathLike, dtype: torch.dtype) -> Path:
+    """Copies a reward-model folder with its weights stored as ``dtype`` (loading casts them back).
+
+    Args:
+        source: A reward-model folder (:func:`save_reward_model`'s).
+        target: The folder to write (it must not exist; the caller writes it atomically).
+        dtype: Storage dtype of the floating-point weights, e.g. ``torch.float16``.
+
+    Returns:
+        The absolute target folder.
+    """
+    source, target = Path(source), Path(target).absolute()
+    read_reward_config(source)  # raises naming the problem if it is not a reward folder
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(source / REWARD_WEIGHTS)).items()}
+    target.mkdir(parents=True)
+    save_file(state, str(target / REWARD_WEIGHTS))
+    shutil.copy2(source / _CONFIG, target / _CONFIG)
+    return target
 
 
 def read_reward_config(folder: str | os.PathLike) -> dict[str, Any]:

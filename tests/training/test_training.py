@@ -395,7 +395,7 @@ def test_pipeline_vae_cache_world_model_reward_bundle(episode_dirs, tmp_path):
     assert "drive" in (out / "MODEL_CARD.md").read_text()
     # float16 storage: half the bytes, the same config and metadata, weights within fp16 rounding.
     half = bundle.make_bundle(
-        "half", wm.final, vae_folder, [reward_folder], tmp_path / "half", world_model_dtype="float16"
+        "half", wm.final, vae_folder, [reward_folder], tmp_path / "half", weights_dtype="float16"
     )
     with safe_open(half / "world_model" / "model.safetensors", "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
@@ -403,8 +403,16 @@ def test_pipeline_vae_cache_world_model_reward_bundle(episode_dirs, tmp_path):
     full_state = load_pretrained(wm.final).state_dict()
     for key, value in load_pretrained(half / "world_model", dtype=torch.float32).state_dict().items():
         torch.testing.assert_close(value, full_state[key], rtol=1e-3, atol=1e-4)
+    with safe_open(half / "reward" / "drive" / "reward.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys() if f.get_tensor(k).is_floating_point()} == {torch.float16}
+    half_reward, half_meta = load_reward_model(half / "reward" / "drive")
+    full_reward, full_meta = load_reward_model(reward_folder)
+    assert half_meta == full_meta
+    for (key, value), full in zip(half_reward.state_dict().items(), full_reward.state_dict().values()):
+        assert value.dtype == full.dtype, key  # stored in float16, loaded back at the model's dtype
+        torch.testing.assert_close(value, full, rtol=1e-3, atol=1e-4)
     with pytest.raises(ValueError, match="choose one of"):
-        bundle.make_bundle("x", wm.final, vae_folder, [], tmp_path / "x", world_model_dtype="int8")
+        bundle.make_bundle("x", wm.final, vae_folder, [], tmp_path / "x", weights_dtype="int8")
     with pytest.raises(ValueError, match="VAE"):  # a VAE other than the caches' is refused
         bundle.make_bundle(
             "bad",
