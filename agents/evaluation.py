@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 __all__ = ["Policy", "RandomPolicy", "SB3Policy", "EvalResult", "run_episode", "evaluate"]
 
@@ -58,15 +59,23 @@ class SB3Policy:
 
     Args:
         model: Any SB3 algorithm (or object with SB3's ``predict``).
-        deterministic: Use the mode of the action distribution (SB3's evaluation default).
+        deterministic: Use the mode of the action distribution (SB3's evaluation default); False
+            samples it, as during training.
+        seed: With ``deterministic=False``: episode ``k`` reseeds torch's global generator, which SB3
+            samples from (it takes no generator), with ``seed + k``, so evaluations repeat exactly.
     """
 
-    def __init__(self, model: Any, deterministic: bool = True) -> None:
+    def __init__(self, model: Any, deterministic: bool = True, seed: int = 0) -> None:
         self.model = model
         self.deterministic = deterministic
+        self.seed = seed
+        self.episodes = 0
 
     def reset(self, obs: np.ndarray, info: dict) -> None:
-        """Nothing to reset (the policies here are feed-forward)."""
+        """Counts episodes; a sampling policy reseeds torch's generator (the policies are feed-forward)."""
+        if not self.deterministic:
+            torch.manual_seed(self.seed + self.episodes)
+        self.episodes += 1
 
     def act(self, obs: np.ndarray, info: dict) -> Any:
         """``model.predict(obs)``; SB3 transposes HWC images and clips Box actions itself."""

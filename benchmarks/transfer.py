@@ -6,7 +6,9 @@ seeds of ``train_sb3``, never used for training or data), full length unless ``-
 * ``random``: uniform random actions; ``constant``: one fixed action (``--constant``, full gas
   for Drive by default);
 * each ``--agent NAME=PATH.zip``: a saved SB3 model (e.g. PPO trained inside, PPO trained in the
-  real simulator, at any checkpoint).
+  real simulator, at any checkpoint), acting on the mode of its action distribution; with
+  ``--sampled`` also as ``NAME-sampled``, sampling actions as it did in training (a Gaussian
+  policy whose mean sits at a clipped bound, e.g. gas just below 0, drives only when sampled).
 
 For every agent it reports the return above random as a share of ``--reference``'s (the
 issue's transfer ratio: (inside - random) / (real - random)).
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--episodes", type=int, default=10, help="real episodes per policy")
     parser.add_argument("--max-steps", type=int, default=None, help="episode cap (none = the variant's)")
     parser.add_argument("--constant", type=float, nargs="+", default=None, help="the constant policy's action")
+    parser.add_argument(
+        "--sampled", action="store_true", help="also play every agent with sampled actions (NAME-sampled)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", required=True, help="JSON results path")
     args = parser.parse_args(argv)
@@ -57,7 +62,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     policies = {"random": RandomPolicy(env.action_space, seed=0), "constant": ConstantPolicy(constant)}
     for spec in args.agent:
         name, path = spec.split("=", 1)
-        policies[name] = SB3Policy(PPO.load(path, device="cpu"))
+        model = PPO.load(path, device="cpu")
+        policies[name] = SB3Policy(model)
+        if args.sampled:
+            policies[f"{name}-sampled"] = SB3Policy(model, deterministic=False, seed=0)
     rows = []
     for name, policy in policies.items():
         result = evaluate(env, policy, seeds).to_dict()
