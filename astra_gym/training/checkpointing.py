@@ -62,22 +62,23 @@ STREAMS: dict[str, int] = {"data": 0, "noise": 1, "preview": 2, "init": 3, "spli
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
-def step_generator(seed: int, stream: str, step: int, rank: int = 0) -> torch.Generator:
-    """A CPU generator derived from ``(seed, stream, step, rank)`` only (counter-based RNG).
+def step_generator(seed: int, stream: str, step: int, index: int = 0) -> torch.Generator:
+    """A CPU generator derived from ``(seed, stream, step, index)`` only (counter-based RNG).
 
     Args:
         seed: The run's ``--seed``.
         stream: A name of :data:`STREAMS` (``"data"``: window choice; ``"noise"``: history noise,
             action dropout, timesteps, target noise; ...).
         step: Training step (or any counter) the draws belong to.
-        rank: Process index, so data-parallel ranks draw different noise.
+        index: A further counter (e.g. the dataset of a preview). Data-parallel ranks share the
+            step's generator and keep their rows of the global draws (``steps.draw_share``).
 
     Returns:
         A freshly seeded ``torch.Generator`` on the CPU.
     """
     if stream not in STREAMS:
         raise ValueError(f"unknown random stream {stream!r}; choose one of {sorted(STREAMS)}")
-    words = np.random.SeedSequence([seed, STREAMS[stream], step, rank]).generate_state(2, np.uint32)
+    words = np.random.SeedSequence([seed, STREAMS[stream], step, index]).generate_state(2, np.uint32)
     generator = torch.Generator()
     generator.manual_seed((int(words[0]) | int(words[1]) << 32) & (2**63 - 1))
     return generator

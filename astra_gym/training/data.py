@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -39,13 +39,23 @@ from astra_gym.data.action_codecs import FEATURES, INFERENCE_FEATURE, SCENARIO_F
 from astra_gym.data.latent_cache import LatentShardDataset, WindowSpec
 from astra_gym.training.normalization import ActionNormalizer
 from astra_gym.world_model.action_encoders import flag_columns, make_action_rows
-from astra_gym.world_model.conditioning import ActionInput, FramePackInputs, TokenGroup
+from astra_gym.world_model.conditioning import ActionInput, FramePackInputs
 from astra_gym.world_model.config import AstraTransformerConfig
 from astra_gym.world_model.framepack import FramePackHistory, FramePackLayout, pack, sample_history_length
 
-__all__ = ["DatasetSpec", "WindowDraw", "WorldModelBatch", "JointLatentData", "batch_to", "frame_pack_to"]
+__all__ = [
+    "DatasetSpec",
+    "WindowDraw",
+    "WorldModelBatch",
+    "JointLatentData",
+    "batch_to",
+    "frame_pack_to",
+    "map_tensors",
+]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -146,34 +156,35 @@ class WorldModelBatch:
         return self.target.shape[0]
 
 
+def map_tensors(tree: T, fn: Callable[[Tensor], Tensor]) -> T:
+    """``tree`` with ``fn`` applied to every tensor in it (dataclasses and tuples are rebuilt).
+
+    Args:
+        tree: A tensor, or a dataclass / tuple holding tensors (e.g. a :class:`WorldModelBatch`,
+            ``FramePackInputs`` or ``ModelInputs``); other values are kept as they are.
+        fn: Applied to each tensor, e.g. ``lambda t: t.to(device)`` or ``lambda t: t[rows]``.
+
+    Returns:
+        A structure of the same type.
+    """
+    if isinstance(tree, Tensor):
+        return fn(tree)
+    if isinstance(tree, tuple):
+        return type(tree)(map_tensors(item, fn) for item in tree)
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        fields = {f.name: map_tensors(getattr(tree, f.name), fn) for f in dataclasses.fields(tree) if f.init}
+        return dataclasses.replace(tree, **fields)
+    return tree
+
+
 def frame_pack_to(frame_pack: FramePackInputs, device: torch.device | str) -> FramePackInputs:
     """Packed inputs with every tensor on ``device``."""
-
-    def group(g: TokenGroup) -> TokenGroup:
-        return dataclasses.replace(
-            g,
-            latents=g.latents.to(device),
-            frame_pos=g.frame_pos.to(device),
-            action_row=g.action_row.to(device),
-            valid=g.valid.to(device),
-        )
-
-    return FramePackInputs(
-        tuple(group(g) for g in frame_pack.history),
-        frame_pack.target_frame_pos.to(device),
-        frame_pack.target_action_row.to(device),
-    )
+    return map_tensors(frame_pack, lambda t: t.to(device))
 
 
 def batch_to(batch: WorldModelBatch, device: torch.device | str) -> WorldModelBatch:
     """The batch with every tensor on ``device``."""
-    return WorldModelBatch(
-        target=batch.target.to(device),
-        frame_pack=frame_pack_to(batch.frame_pack, device),
-        actions=ActionInput(batch.actions.values.to(device), batch.actions.modality.to(device)),
-        dataset=batch.dataset.to(device),
-        history_length=batch.history_length.to(device),
-    )
+    return map_tensors(batch, lambda t: t.to(device))
 
 
 class JointLatentData:

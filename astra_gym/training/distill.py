@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from astra_gym.training.cli_args import arg
 from astra_gym.training.data import WorldModelBatch
+from astra_gym.training.steps import draw_share
 from astra_gym.world_model.action_encoders import drop_actions
 from astra_gym.world_model.conditioning import ActionInput
 from astra_gym.world_model.sampling import SamplerConfig, euler_step, flow_sigmas, sample_chunk
@@ -80,6 +81,13 @@ def student_sample(
     return x, balance
 
 
+def _draws(batch: WorldModelBatch, action_dropout: float, generator: torch.Generator) -> tuple:
+    """Action dropout, then the chunk's starting noise (the step's draws, in this order)."""
+    actions, dropped = drop_actions(batch.actions, action_dropout, generator)
+    noise = torch.randn(batch.target.shape, generator=generator, dtype=torch.float32).to(batch.target.device)
+    return actions, dropped, noise
+
+
 def distill_step(
     model: nn.Module,
     teacher: nn.Module,
@@ -89,6 +97,7 @@ def distill_step(
     moe_balance_weight: float,
     generator: torch.Generator,
     autocast_dtype: torch.dtype | None = None,
+    share: tuple[int, int] = (0, 1),
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Distillation loss of one batch (no backward, no optimizer step).
 
@@ -101,13 +110,13 @@ def distill_step(
         moe_balance_weight: Weight of the student's MoAE balance loss.
         generator: CPU generator of every random draw of the step.
         autocast_dtype: Run the teacher under autocast with this dtype (None = as it is).
+        share: ``(rank, world)`` of data parallelism (:func:`~astra_gym.training.steps.draw_share`).
 
     Returns:
         (loss, logs) with the same log keys as :func:`~astra_gym.training.steps.train_step`
         (``mse`` = ``loss_flow`` = the chunk MSE to the teacher; ``history_noised`` is 0).
     """
-    actions, dropped = drop_actions(batch.actions, action_dropout, generator)
-    noise = torch.randn(batch.target.shape, generator=generator, dtype=torch.float32).to(batch.target.device)
+    actions, dropped, noise = draw_share(batch, share, lambda b: _draws(b, action_dropout, generator))
     device_type = batch.target.device.type
     with (
         torch.no_grad(),

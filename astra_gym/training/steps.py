@@ -15,18 +15,24 @@ one generator in a fixed order:
 
 :func:`train_step` runs the model on those inputs and returns the loss: the (optionally
 timestep-weighted) flow-matching MSE plus ``moe_balance_weight`` times the MoAE load-balancing loss.
+
+Data parallelism: with ``share=(rank, world)`` every rank uses the step's one generator, makes the
+draws for ``world`` copies of its rows (:func:`draw_share`) and keeps copy ``rank``: the ranks draw
+distinct rows of one stream, and when their packed batches have the shapes of the global batch
+(e.g. equal history lengths) exactly what one process with batch ``world * B`` draws.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from astra_gym.training.cli_args import arg
-from astra_gym.training.data import WorldModelBatch
+from astra_gym.training.data import WorldModelBatch, map_tensors
 from astra_gym.world_model.action_encoders import drop_actions
 from astra_gym.world_model.conditioning import ActionInput, FramePackInputs
 from astra_gym.world_model.flow_matching import (
@@ -38,7 +44,16 @@ from astra_gym.world_model.flow_matching import (
 )
 from astra_gym.world_model.framepack import corrupt_history
 
-__all__ = ["StepConfig", "ModelInputs", "prepare_inputs", "train_step", "per_dataset_mse"]
+__all__ = [
+    "StepConfig",
+    "ModelInputs",
+    "prepare_inputs",
+    "draw_share",
+    "train_step",
+    "per_dataset_mse",
+]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -135,6 +150,28 @@ def prepare_inputs(batch: WorldModelBatch, cfg: StepConfig, generator: torch.Gen
     )
 
 
+def draw_share(batch: WorldModelBatch, share: tuple[int, int], draw: Callable[[WorldModelBatch], T]) -> T:
+    """``draw(batch)`` as a data-parallel rank's rows of the same draws made for the global batch.
+
+    Args:
+        batch: This rank's B rows (rows ``rank * B .. (rank + 1) * B - 1`` of the global batch).
+        share: ``(rank, world)``; ``(0, 1)`` calls ``draw(batch)`` directly.
+        draw: Makes the random inputs from a batch; its draws' shapes depend on the batch's shapes
+            only, and every tensor it returns has the batch rows first.
+
+    Returns:
+        ``draw``'s output for this rank's rows: the draws consume the generator as for
+        ``world * B`` rows, so they equal the single-process draws of the same rows whenever the
+        packed shapes agree (the history groups' lengths follow each batch's longest history).
+    """
+    rank, world = share
+    if world == 1:
+        return draw(batch)
+    tiled = map_tensors(batch, lambda t: t.repeat(world, *(1,) * (t.ndim - 1)))
+    rows = slice(rank * batch.batch_size, (rank + 1) * batch.batch_size)
+    return map_tensors(draw(tiled), lambda t: t[rows])
+
+
 def _changed_rows(before: FramePackInputs, after: FramePackInputs) -> Tensor:
     """[B] bool rows whose history latents differ between two packs of the same batch."""
     changed = torch.zeros(before.target_frame_pos.shape[0], dtype=torch.bool, device=before.target_frame_pos.device)
@@ -144,7 +181,11 @@ def _changed_rows(before: FramePackInputs, after: FramePackInputs) -> Tensor:
 
 
 def train_step(
-    model: nn.Module, batch: WorldModelBatch, cfg: StepConfig, generator: torch.Generator
+    model: nn.Module,
+    batch: WorldModelBatch,
+    cfg: StepConfig,
+    generator: torch.Generator,
+    share: tuple[int, int] = (0, 1),
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Loss of one batch (no backward, no optimizer step).
 
@@ -153,14 +194,15 @@ def train_step(
             for data parallelism; called with ``return_aux=True``).
         batch: Clean packed batch on the model's device.
         cfg: Step recipe.
-        generator: CPU generator of every random draw of the step.
+        generator: CPU generator of every random draw of the step (the same on every rank).
+        share: ``(rank, world)`` of data parallelism (:func:`draw_share`).
 
     Returns:
         (loss, logs): the 0-d loss with gradients, and detached 0-d logs ``loss``,
         ``loss_flow`` (weighted flow loss), ``mse`` (unweighted), ``moe_balance``,
         ``history_noised`` and ``actions_dropped`` (fractions of rows), plus ``mse_per_row`` [B].
     """
-    inputs = prepare_inputs(batch, cfg, generator)
+    inputs = draw_share(batch, share, lambda b: prepare_inputs(b, cfg, generator))
     velocity, aux = model(inputs.noisy, inputs.timestep, None, inputs.frame_pack, inputs.actions, return_aux=True)
     weight = timestep_weight(inputs.timestep, shift=cfg.timestep_shift) if cfg.loss_weighting == "release" else None
     flow_loss, flow_logs = flow_matching_loss(velocity, inputs.target_velocity, weight)

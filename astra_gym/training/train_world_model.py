@@ -436,11 +436,11 @@ def _batches(run: _Run, stop: int):
 def _one_step(run: _Run, batch) -> dict[str, torch.Tensor]:
     """Runs forward/backward/update on this step's batch; returns detached logs."""
     cfg, acc = run.cfg, run.accelerator
-    rank = acc.process_index
+    share = (acc.process_index, acc.num_processes)
     batch = batch_to(batch, acc.device)
-    generator = step_generator(cfg.seed, "noise", run.step, rank)
+    generator = step_generator(cfg.seed, "noise", run.step)  # every rank: its rows of the global draws
     if run.teacher is None:
-        loss, logs = train_step(run.model, batch, cfg.step, generator)
+        loss, logs = train_step(run.model, batch, cfg.step, generator, share)
     else:
         autocast = torch.bfloat16 if cfg.mixed_precision == "bf16" else None
         loss, logs = distill_step(
@@ -452,6 +452,7 @@ def _one_step(run: _Run, batch) -> dict[str, torch.Tensor]:
             cfg.step.moe_balance_weight,
             generator,
             autocast,
+            share,
         )
     acc.backward(loss)
     params = [p for p in run.model.parameters() if p.requires_grad]
@@ -588,7 +589,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         state = load_training_checkpoint(resume, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema)
         logger.info("resuming %s at step %d", resume, state.step)
         _warn_on_changed_config(state.meta.get("config", {}), cfg)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    config = model.config
+    model, optimizer = accelerator.prepare(model, optimizer)  # may wrap the model (DDP)
     writer = None
     if accelerator.is_main_process:
         writer = MetricWriter(cfg.run_dir, _metric_keys(data), state.step if state else 0, cfg.tensorboard)
@@ -605,7 +607,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         _load_preview_vae(cfg, accelerator.device),
         state.step if state else 0,
         state.samples_seen if state else 0,
-        teacher=_load_teacher(cfg, model.config, accelerator.device),
+        teacher=_load_teacher(cfg, config, accelerator.device),
     )
     try:
         _run_with_progress(run)

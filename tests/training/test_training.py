@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,10 +19,10 @@ from astra_gym.data import latent_cache
 from astra_gym.data.episodes import episode_filename, save_episode
 from astra_gym.training import bundle, train_reward, train_vae, train_world_model
 from astra_gym.training.checkpointing import atomic_folder, latest_checkpoint, step_generator
-from astra_gym.training.data import DatasetSpec, JointLatentData, WindowDraw
+from astra_gym.training.data import DatasetSpec, JointLatentData, WindowDraw, map_tensors
 from astra_gym.training.normalization import ActionNormalizer
 from astra_gym.training.reward_io import load_reward_model
-from astra_gym.training.steps import StepConfig, prepare_inputs, train_step
+from astra_gym.training.steps import StepConfig, draw_share, prepare_inputs, train_step
 from astra_gym.training.vae_io import load_vae
 from astra_gym.world_model.action_encoders import flag_columns
 from astra_gym.world_model.checkpoints import load_pretrained, read_pretrained_config
@@ -95,6 +98,36 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(cache):
         losses.append(float(logs["loss_flow"]))
     assert all(np.isfinite(losses)) and logs["moe_balance"] > 0
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def _leaves(tree) -> list[torch.Tensor]:
+    found: list[torch.Tensor] = []
+    map_tensors(tree, lambda t: found.append(t) or t)
+    return found
+
+
+def test_data_parallel_ranks_draw_their_rows_of_the_global_draws(cache):
+    """Two ranks with 3 rows each make exactly the draws one process with 6 rows makes (draw_share).
+
+    Exact when the ranks' packed batches have the global batch's shapes, as here (history of one
+    latent); otherwise every rank still draws its own rows of the step's one stream.
+    """
+    data, model = _data(cache, max_history=1), _model()
+    cfg = StepConfig(history_noise_p=0.5, action_dropout=0.3, moe_balance_weight=0.0)
+    whole = prepare_inputs(data.batch(6, step_generator(0, "data", 3)), cfg, step_generator(0, "noise", 3))
+    for rank in range(2):
+        rows = slice(3 * rank, 3 * rank + 3)
+        part = data.batch(6, step_generator(0, "data", 3), rows)
+        mine = draw_share(part, (rank, 2), lambda b: prepare_inputs(b, cfg, step_generator(0, "noise", 3)))
+        expected = map_tensors(whole, lambda t: t[rows])
+        torch.testing.assert_close(_leaves(mine), _leaves(expected), rtol=0, atol=0)
+    loss, _ = train_step(model, data.batch(6, step_generator(0, "data", 3)), cfg, step_generator(0, "noise", 3))
+    halves = [
+        train_step(model, data.batch(6, step_generator(0, "data", 3), slice(3 * r, 3 * r + 3)), cfg,
+                   step_generator(0, "noise", 3), share=(r, 2))[0]
+        for r in range(2)
+    ]  # fmt: skip
+    torch.testing.assert_close(loss, sum(halves) / 2)  # DDP averages the ranks' gradients of these losses
 
 
 def _long_history_batch(data: JointLatentData, rows: int = 6):
@@ -437,6 +470,42 @@ def test_data_workers_pack_the_same_batches(cache, straight_run, tmp_path):
     straight, _ = straight_run
     workers = train_world_model.train(_run_config(cache, tmp_path, data_workers=2))
     assert _losses(workers.rows, 0) == _losses(straight.rows, 0)  # same batches, so the same losses step by step
+
+
+def _launch_two_processes(cache, run_dir, *flags: str) -> None:
+    """``train_world_model`` in 2 CPU processes (torchrun + gloo), batch 2 each, as _run_config's run."""
+    datasets = [f"--dataset=scenario={s.scenario},path={s.root},weight={s.weight}" for s in _specs(cache)]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "astra_gym.training.train_world_model", "--preset", "debug", *datasets, "--run-dir", str(run_dir),
+        "--total-steps", "8", "--checkpoint-every", "4", "--warmup-steps", "2", "--no-progress",
+        "--batch-size", "2", "--max-history", "1", "--moe-balance-weight", "0", *flags,
+    ]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def test_two_processes_match_one_with_the_same_global_batch_and_resume(cache, tmp_path):
+    """2 ranks x batch 2 = 1 process x batch 4: same losses and weights (1e-5), and a resume works.
+
+    Exact up to float summation order because the ranks draw their rows of the global draws and
+    every packed batch has the same shapes (a history of one latent); the MoAE balance loss (off
+    here) is computed per rank, as in any data-parallel MoE trainer, so with it the runs differ a bit.
+    """
+    step = dataclasses.replace(train_world_model.PRESETS["debug"].step, moe_balance_weight=0.0)
+    one = train_world_model.train(_run_config(cache, tmp_path / "one", batch_size=4, max_history=1, step=step))
+    _launch_two_processes(cache, tmp_path / "two")
+    _launch_two_processes(cache, tmp_path / "resumed", "--stop-after", "4")
+    assert latest_checkpoint(tmp_path / "resumed").name == "step_00000004" and not (tmp_path / "resumed" / "final").exists()
+    _launch_two_processes(cache, tmp_path / "resumed")
+    reference = load_pretrained(one.final).state_dict()
+    for run in ("two", "resumed"):
+        rows = [line.split(",") for line in (tmp_path / run / "metrics.csv").read_text().splitlines()[1:]]
+        np.testing.assert_allclose([float(r[1]) for r in rows], _losses(one.rows, 0), rtol=1e-5)
+        weights = load_pretrained(tmp_path / run / "final").state_dict()
+        for name, value in reference.items():
+            torch.testing.assert_close(weights[name], value, rtol=1e-5, atol=1e-5, msg=f"{run}: {name}")
 
 
 def test_reward_trainer_on_vae_reconstructions(episode_dirs, tmp_path):
