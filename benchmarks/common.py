@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["time_call", "environment_info", "write_results"]
+__all__ = ["time_call", "count_flops", "matmul_peak_tflops", "environment_info", "write_results"]
 
 
 def _sync(device: torch.device) -> None:
@@ -42,6 +42,29 @@ def time_call(fn: Callable[[], object], device: torch.device, warmup: int = 2, r
         _sync(device)
         samples.append((time.perf_counter() - start) * 1e3)
     return {"median_ms": statistics.median(samples), "min_ms": min(samples), "repeats": repeats}
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations of one call of ``fn`` (matmuls, convolutions, attention).
+
+    Counted by ``torch.utils.flop_counter.FlopCounterMode`` while ``fn`` really runs (so the call
+    also serves as a warm-up); a multiply-add counts 2.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, size: int = 8192, repeats: int = 10) -> float:
+    """The measured dense matmul rate (TFLOP/s) of ``size x size`` operands: the reference for
+    "fraction of peak" (the datasheet's number is not reached by any real kernel)."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(device, dtype)
+    b = torch.randn(size, size, generator=generator).to(device, dtype)
+    timing = time_call(lambda: a @ b, device, warmup=2, repeats=repeats)
+    return 2 * size**3 / (timing["min_ms"] * 1e-3) / 1e12
 
 
 def environment_info(device: torch.device) -> dict:

@@ -56,6 +56,7 @@ def measure_throughput(env_id: str, num_envs: int, denoise_steps: int, steps: in
         "num_envs": num_envs,
         "checkpoint": kwargs.get("checkpoint"),
         "dtype": kwargs.get("dtype", "default"),
+        "device": kwargs.get("device", "default"),
         "denoise_steps": denoise_steps,
         "effective_denoise_steps": None if engine is None else engine.config.num_denoise_steps,
         "guidance_scale": None if engine is None else engine.config.guidance_scale,
@@ -83,9 +84,9 @@ def measure_memory(env_id: str, steps: int, denoise_steps: int, kwargs: dict) ->
     return {"env": env_id, "steps": steps, "denoise_steps": denoise_steps, "probes": probes, "rss_growth_mib": growth}
 
 
-def _env_kwargs(checkpoint: str | None, dtype: str | None) -> dict:
+def _env_kwargs(checkpoint: str | None, dtype: str | None, device: str | None) -> dict:
     """The env kwargs of one measured configuration (none given = the variant's defaults)."""
-    return {k: v for k, v in (("checkpoint", checkpoint), ("dtype", dtype)) if v}
+    return {k: v for k, v in (("checkpoint", checkpoint), ("dtype", dtype), ("device", device)) if v}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--dtype", default=None, help="env compute dtype (float32, bfloat16, float16); none = the env's default"
     )
+    parser.add_argument("--device", default=None, help="env device (cpu, cuda); none = the env's default")
     parser.add_argument("--steps", type=int, default=10, help="timed vector steps per configuration")
     parser.add_argument("--warmup", type=int, default=2, help="untimed vector steps first")
     parser.add_argument("--memory-steps", type=int, default=0, help="steps of the memory probe (0 = skip)")
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     rows = []
     for checkpoint in args.checkpoint:
-        kwargs = _env_kwargs(checkpoint, args.dtype)
+        kwargs = _env_kwargs(checkpoint, args.dtype, args.device)
         for denoise_steps in args.denoise_steps:
             for num_envs in args.num_envs:
                 row = measure_throughput(args.env, num_envs, denoise_steps, args.steps, args.warmup, kwargs)
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
                     f"{row['env_frames_per_s']:8.1f} env frames/s",
                     flush=True,
                 )
-    kwargs = _env_kwargs(args.checkpoint[0], args.dtype)
+    kwargs = _env_kwargs(args.checkpoint[0], args.dtype, args.device)
     memory = None
     if args.memory_steps:
         memory = measure_memory(args.env, args.memory_steps, min(args.denoise_steps) or 1, kwargs)
@@ -136,8 +138,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"(RSS growth {memory['rss_growth_mib']:.1f} MiB)"
         )
     config = vars(args) | {"torch_threads": torch.get_num_threads()}
-    path = write_results(args.out, "env_throughput", config, rows + ([{"memory": memory}] if memory else []),
-                         torch.device("cpu"))
+    path = write_results(
+        args.out,
+        "env_throughput",
+        config,
+        rows + ([{"memory": memory}] if memory else []),
+        torch.device(args.device or "cpu"),
+    )
     print(f"wrote {path}")
     return {"throughput": rows, "memory": memory}
 

@@ -25,7 +25,7 @@ from astra_gym.world_model.config import get_preset
 from astra_gym.world_model.framepack import FramePackHistory, FramePackLayout, pack
 from astra_gym.world_model.sampling import cat_actions, cat_frame_packs
 from astra_gym.world_model.transformer import AstraTransformer
-from benchmarks.common import time_call, write_results
+from benchmarks.common import count_flops, matmul_peak_tflops, time_call, write_results
 
 HISTORY_LATENTS = 20
 
@@ -79,8 +79,12 @@ def _double(inputs):
     return twice(noisy), twice(timestep), twice(context), packed, cat_actions([actions, actions])
 
 
-def measure(scenario: Scenario, batch: int, device, dtype, repeats: int) -> dict:
-    """Times single, AFG-batched and AFG-separate forwards for one scenario and batch size."""
+def measure(scenario: Scenario, batch: int, device, dtype, repeats: int, peak_tflops: float | None = None) -> dict:
+    """Times single, AFG-batched and AFG-separate forwards for one scenario and batch size.
+
+    ``peak_tflops`` (the measured matmul peak, :func:`~benchmarks.common.matmul_peak_tflops`)
+    adds the AFG-batched forward's share of it.
+    """
     generator = torch.Generator().manual_seed(0)
     with torch.device(device):  # build in place: the full preset is 1.5B parameters
         model = AstraTransformer(get_preset(scenario.preset))
@@ -90,6 +94,8 @@ def measure(scenario: Scenario, batch: int, device, dtype, repeats: int) -> dict
     with torch.inference_mode():
         single = time_call(lambda: model(*inputs), device, repeats=repeats)
         batched = time_call(lambda: model(*doubled), device, repeats=repeats)
+        flops = count_flops(lambda: model(*doubled))
+    tflops = flops / (batched["median_ms"] * 1e-3) / 1e12
     separate_ms = 2 * single["median_ms"]
     tokens = _count_tokens(model, inputs)
     return {
@@ -103,6 +109,10 @@ def measure(scenario: Scenario, batch: int, device, dtype, repeats: int) -> dict
         "afg_separate_ms": separate_ms,
         "afg_batched_speedup": separate_ms / batched["median_ms"],
         "samples_per_s_afg_batched": batch / batched["median_ms"] * 1e3,
+        "afg_batched_gflop": flops / 1e9,
+        "afg_batched_tflops": tflops,
+        "peak_tflops": peak_tflops,
+        "fraction_of_peak": tflops / peak_tflops if peak_tflops else None,
     }
 
 
@@ -125,20 +135,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--dtype", default="float32", help="float32 or bf16")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions after 2 warm-ups")
+    parser.add_argument(
+        "--peak-size", type=int, default=0, help="measure the matmul peak at this size first (0 = skip; GPU: 8192)"
+    )
     parser.add_argument("--out", default="results/model_speed.json", help="where to write the JSON results")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    peak = matmul_peak_tflops(device, dtype, args.peak_size) if args.peak_size else None
+    if peak:
+        print(f"measured {args.dtype} matmul peak at {args.peak_size}^3: {peak:.1f} TFLOP/s", flush=True)
     rows = []
     for preset in args.presets:
         for scenario in SCENARIOS[preset]:
             for batch in args.batch_sizes:
-                row = measure(scenario, batch, device, dtype, args.repeats)
+                row = measure(scenario, batch, device, dtype, args.repeats, peak)
                 rows.append(row)
                 print(
                     f"{row['preset']:>12} {row['scenario']:<28} B={batch:<3} tokens={row['tokens_per_sample']:<6} "
                     f"fwd {row['forward_ms']:8.1f} ms | AFG batched {row['afg_batched_ms']:8.1f} ms "
-                    f"vs separate {row['afg_separate_ms']:8.1f} ms (x{row['afg_batched_speedup']:.2f})",
+                    f"vs separate {row['afg_separate_ms']:8.1f} ms (x{row['afg_batched_speedup']:.2f}) "
+                    f"{row['afg_batched_tflops']:.3f} TFLOP/s",
                     flush=True,
                 )
     path = write_results(args.out, "model_speed", vars(args), rows, device)

@@ -47,7 +47,7 @@ from astra_gym.utils.device import resolve_device
 from astra_gym.world_model.config import get_preset
 from astra_gym.world_model.sampling import SamplerConfig, sample_chunk
 from astra_gym.world_model.transformer import AstraTransformer
-from benchmarks.common import time_call, write_results
+from benchmarks.common import count_flops, matmul_peak_tflops, time_call, write_results
 from benchmarks.model_speed import Scenario, build_inputs
 
 
@@ -67,16 +67,19 @@ class Variant:
 
 
 def variants(args: argparse.Namespace) -> list[Variant]:
-    """The cumulative chain a..f of the module docstring."""
-    faithful = Variant("faithful", args.steps, False, cache=False, batch=1, bf16=False, guidance=args.guidance)
+    """The cumulative chain a..f of the module docstring (with ``--dtype bf16`` every variant runs
+    under bf16 autocast and f is left out), restricted to ``--only`` if given."""
+    bf16 = args.dtype == "bf16"
+    faithful = Variant("faithful", args.steps, False, cache=False, batch=1, bf16=bf16, guidance=args.guidance)
     chain = [faithful]
     changes = [
         ("+batched_afg", {"batched_afg": True}),
         ("+history_cache", {"cache": True, "model": "causal"}),
         ("+few_steps", {"steps": args.few_steps}),
         ("+batch_envs", {"batch": args.envs}),
-        ("+bf16_autocast", {"bf16": True}),
     ]
+    if not bf16:
+        changes.append(("+bf16_autocast", {"bf16": True}))
     if args.student:
         changes.append(
             ("+distilled", {"steps": args.student_steps, "guidance": 1.0, "cache": False, "model": "student"})
@@ -85,7 +88,10 @@ def variants(args: argparse.Namespace) -> list[Variant]:
         changes.append(("+torch_compile", {"compiled": True}))
     for name, change in changes:
         chain.append(Variant(**{**vars(chain[-1]), "name": name, **change}))
-    return chain
+    unknown = sorted(set(args.only or ()) - {v.name for v in chain})
+    if unknown:
+        raise SystemExit(f"--only {unknown}: not variants of this run; choose from {[v.name for v in chain]}")
+    return [v for v in chain if not args.only or v.name in args.only]
 
 
 def _load(checkpoint: str, device: torch.device) -> AstraTransformer:
@@ -151,8 +157,10 @@ def measure(variant: Variant, models: dict[str, AstraTransformer], args: argpars
     if variant.compiled:
         rollout()  # compiles
     compile_s = time.perf_counter() - start if variant.compiled else 0.0
-    timing = time_call(rollout, device, warmup=args.warmup, repeats=args.repeats)
+    flops = count_flops(rollout)  # also the first warm-up call
+    timing = time_call(rollout, device, warmup=max(args.warmup - 1, 0), repeats=args.repeats)
     frames = variant.batch * args.chunk
+    tflops = flops / (timing["median_ms"] * 1e-3) / 1e12
     return {
         **vars(variant),
         "history_attention": model.config.history_attention,
@@ -160,6 +168,9 @@ def measure(variant: Variant, models: dict[str, AstraTransformer], args: argpars
         "chunk_min_ms": timing["min_ms"],
         "frames_per_s": frames / timing["median_ms"] * 1e3,
         "compile_s": compile_s,
+        "gflop_per_call": flops / 1e9,
+        "tflops": tflops,
+        "fraction_of_peak": tflops / args.peak_tflops if args.peak_tflops else None,
     }
 
 
@@ -174,7 +185,7 @@ def _print_table(rows: list[dict]) -> None:
         print(
             f"{row['name']:<16} {row['steps']:>5} {afg:>8} {str(row['cache']):>5} {row['batch']:>5} "
             f"{str(row['bf16']):>5} {row['chunk_ms']:>10.1f} {row['frames_per_s']:>10.2f} "
-            f"{row['speedup_vs_faithful']:>10.2f}"
+            f"{row['speedup_vs_faithful'] or float('nan'):>10.2f}"
         )
 
 
@@ -206,27 +217,36 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--student", default=None, help="a distilled few-step student: adds the +distilled variant")
     parser.add_argument("--student-steps", type=int, default=1, help="Euler steps of the student")
     parser.add_argument("--compile", action="store_true", help="add the +torch_compile variant (slow to compile)")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bf16"], help="bf16: every variant under bf16 autocast"
+    )
+    parser.add_argument("--only", nargs="+", default=None, help="measure only these variants (e.g. faithful)")
+    parser.add_argument(
+        "--peak-size", type=int, default=0, help="measure the matmul peak at this size first (0 = skip; GPU: 8192)"
+    )
     parser.add_argument("--out", default="results/rollout_speed.json", help="where to write the JSON results")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
+    peak_dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    args.peak_tflops = matmul_peak_tflops(device, peak_dtype, args.peak_size) if args.peak_size else None
     models = _models(args, device)
     rows = []
     with torch.inference_mode():
         for variant in variants(args):
             rows.append(measure(variant, models, args, device))
             print(f"  measured {variant.name}: {rows[-1]['frames_per_s']:.2f} frames/s", flush=True)
+    by_name = {row["name"]: row for row in rows}
     for row in rows:
-        row["speedup_vs_faithful"] = row["frames_per_s"] / rows[0]["frames_per_s"]
+        faithful = by_name.get("faithful")
+        row["speedup_vs_faithful"] = row["frames_per_s"] / faithful["frames_per_s"] if faithful else None
     _print_table(rows)
-    bf16, before = (
-        next(r for r in rows if r["name"] == "+bf16_autocast"),
-        next(r for r in rows if r["name"] == "+batch_envs"),
-    )
-    verdict = "helps" if bf16["frames_per_s"] > before["frames_per_s"] else "does NOT help"
-    print(
-        f"bf16 autocast on {device.type} {verdict}: x{bf16['frames_per_s'] / before['frames_per_s']:.2f} "
-        "vs the same setting in float32"
-    )
+    if "+bf16_autocast" in by_name and "+batch_envs" in by_name:
+        bf16, before = by_name["+bf16_autocast"], by_name["+batch_envs"]
+        verdict = "helps" if bf16["frames_per_s"] > before["frames_per_s"] else "does NOT help"
+        print(
+            f"bf16 autocast on {device.type} {verdict}: x{bf16['frames_per_s'] / before['frames_per_s']:.2f} "
+            "vs the same setting in float32"
+        )
     path = write_results(args.out, "rollout_speed", vars(args), rows, device)
     print(f"wrote {path}")
     return rows

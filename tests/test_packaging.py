@@ -59,9 +59,11 @@ def test_tracked_tree_travels_to_the_gpu_machine():
     """The tracked files (bundled weights included) stay under the limit that lets a GPU call start."""
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    names = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
-    ).stdout.decode().split("\0")
+    names = (
+        subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+        .stdout.decode()
+        .split("\0")
+    )
     sizes = {name: (ROOT / name).stat().st_size for name in names if name and (ROOT / name).is_file()}
     total = sum(sizes.values())
     largest = sorted(sizes, key=sizes.get, reverse=True)[:3]

@@ -222,7 +222,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="storage dtype of the world-model and reward weights (float16 halves the size; compute stays float32)",
     )
     args = parser.parse_args(argv)
-    make_bundle(args.name, args.world_model, args.vae, args.reward, args.out, args.allow_vae_mismatch, args.weights_dtype)
+    make_bundle(
+        args.name, args.world_model, args.vae, args.reward, args.out, args.allow_vae_mismatch, args.weights_dtype
+    )
 
 
 if __name__ == "__main__":

@@ -87,7 +87,9 @@ def copy_reward_model(source: str | os.PathLike, target: str | os.PathLike, dtyp
     """
     source, target = Path(source), Path(target).absolute()
     read_reward_config(source)  # raises naming the problem if it is not a reward folder
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(source / REWARD_WEIGHTS)).items()}
+    state = {
+        k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(source / REWARD_WEIGHTS)).items()
+    }
     target.mkdir(parents=True)
     save_file(state, str(target / REWARD_WEIGHTS))
     shutil.copy2(source / _CONFIG, target / _CONFIG)

@@ -2,8 +2,9 @@
 # One GPU-machine call: the Drive recipe (scripts/train_drive.sh gpu) with the simulators recorded on
 # that machine's CPU cores, the bundle packed into $OUT in parts of at most 15 MB.
 #
-# On the project's device tool (the tree must travel without astra_gym/assets/models; wheels in .whl/:
-# gymnasium, Box2D, pygame-ce, farama-notifications for the machine's python):
+# On the project's device tool (carry .whl: core/ gymnasium, farama-notifications and sims/ Box2D,
+# pygame-ce for the machine's python, 18 MB; with them the tree must travel without
+# astra_gym/assets/models/small-v0, which this recipe does not use):
 #   bash benchmarks/gpu/train_drive.sh            (OUT=folder to fill; default runs/gpu-out)
 # Back here: cat OUT/bundle.tar.part-* | tar -x -C astra_gym/assets/models
 set -uo pipefail
@@ -13,8 +14,9 @@ PY="${PY:-python3}"
 WORK="${WORK:-/tmp/astra-drive}"
 NAME="${NAME:-drive-v1}"
 exec > >(tee "$OUT/log.txt") 2>&1
-if compgen -G ".whl/*.whl" >/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+WHEELS=$(find .whl -type f -name '*.whl' 2>/dev/null)
+if [[ -n "$WHEELS" ]]; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $WHEELS || exit 1
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/astra . || exit 1

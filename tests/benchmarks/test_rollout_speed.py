@@ -65,10 +65,25 @@ def test_rollout_speed_with_trained_weights_and_a_student(tmp_path):
 def test_compile_variant_is_last_and_compiles_the_previous_setting():
     from argparse import Namespace
 
-    args = Namespace(steps=50, few_steps=4, envs=16, guidance=2.0, student="s", student_steps=1, compile=True)
+    args = Namespace(
+        steps=50,
+        few_steps=4,
+        envs=16,
+        guidance=2.0,
+        student="s",
+        student_steps=1,
+        compile=True,
+        dtype="float32",
+        only=None,
+    )
     chain = rollout_speed.variants(args)
     assert [v.name for v in chain][-2:] == ["+distilled", "+torch_compile"]
     assert chain[-1].compiled and not chain[-2].compiled
     assert {k: v for k, v in vars(chain[-1]).items() if k not in ("name", "compiled")} == {
         k: v for k, v in vars(chain[-2]).items() if k not in ("name", "compiled")
     }
+    bf16 = rollout_speed.variants(Namespace(**{**vars(args), "dtype": "bf16", "only": ["faithful", "+few_steps"]}))
+    assert [v.name for v in bf16] == ["faithful", "+few_steps"] and all(v.bf16 for v in bf16)
+    assert bf16[1].cache and bf16[1].steps == 4  # the few-step path includes the history cache
+    with pytest.raises(SystemExit, match="not variants of this run"):
+        rollout_speed.variants(Namespace(**{**vars(args), "only": ["+bf16"]}))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from astra_gym.data import action_codecs as ac
+from astra_gym.data.synthetic import DOOM_BUTTONS, drive_episode, explore_episode, manipulation_episode
 from astra_gym.world_model.config import ASTRA_GYM_MODALITIES
-from tests.data.synthetic import DOOM_BUTTONS, drive_episode, explore_episode, manipulation_episode
 
 
 def _random_rotation(rng: np.random.Generator, n: int) -> np.ndarray:

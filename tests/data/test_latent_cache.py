@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from astra_gym.data import latent_cache as lc
 from astra_gym.data.action_codecs import FEATURES, align_to_latents, episode_rows
 from astra_gym.data.episodes import save_episode
+from astra_gym.data.synthetic import drive_episode, explore_episode, manipulation_episode
 from astra_gym.world_model.vae import SmallVAE
-from tests.data.synthetic import drive_episode, explore_episode, manipulation_episode
 
 
 class PoolVAE(torch.nn.Module):

@@ -17,6 +17,7 @@ from safetensors import safe_open
 
 from astra_gym.data import latent_cache
 from astra_gym.data.episodes import episode_filename, save_episode
+from astra_gym.data.synthetic import drive_episode, explore_episode, manipulation_episode
 from astra_gym.training import bundle, train_reward, train_vae, train_world_model
 from astra_gym.training.checkpointing import atomic_folder, latest_checkpoint, step_generator
 from astra_gym.training.data import DatasetSpec, JointLatentData, WindowDraw, map_tensors
@@ -30,7 +31,6 @@ from astra_gym.world_model.config import get_preset
 from astra_gym.world_model.framepack import FramePackLayout
 from astra_gym.world_model.transformer import AstraTransformer
 from astra_gym.world_model.vae import SmallVAE
-from tests.data.synthetic import drive_episode, explore_episode, manipulation_episode
 
 SIZE = 32  # pixels -> 4x4 latents with the debug VAE (spatial factor 8)
 LAYOUT = FramePackLayout(mode="exact", max_start_distance=20)
@@ -119,7 +119,7 @@ def test_data_parallel_ranks_draw_their_rows_of_the_global_draws(cache):
         rows = slice(3 * rank, 3 * rank + 3)
         part = data.batch(6, step_generator(0, "data", 3), rows)
         mine = draw_share(part, (rank, 2), lambda b: prepare_inputs(b, cfg, step_generator(0, "noise", 3)))
-        expected = map_tensors(whole, lambda t: t[rows])
+        expected = map_tensors(whole, lambda t, rows=rows: t[rows])
         torch.testing.assert_close(_leaves(mine), _leaves(expected), rtol=0, atol=0)
     loss, _ = train_step(model, data.batch(6, step_generator(0, "data", 3)), cfg, step_generator(0, "noise", 3))
     halves = [
@@ -441,7 +441,7 @@ def test_pipeline_vae_cache_world_model_reward_bundle(episode_dirs, tmp_path):
     half_reward, half_meta = load_reward_model(half / "reward" / "drive")
     full_reward, full_meta = load_reward_model(reward_folder)
     assert half_meta == full_meta
-    for (key, value), full in zip(half_reward.state_dict().items(), full_reward.state_dict().values()):
+    for (key, value), full in zip(half_reward.state_dict().items(), full_reward.state_dict().values(), strict=True):
         assert value.dtype == full.dtype, key  # stored in float16, loaded back at the model's dtype
         torch.testing.assert_close(value, full, rtol=1e-3, atol=1e-4)
     with pytest.raises(ValueError, match="choose one of"):
@@ -497,7 +497,10 @@ def test_two_processes_match_one_with_the_same_global_batch_and_resume(cache, tm
     one = train_world_model.train(_run_config(cache, tmp_path / "one", batch_size=4, max_history=1, step=step))
     _launch_two_processes(cache, tmp_path / "two")
     _launch_two_processes(cache, tmp_path / "resumed", "--stop-after", "4")
-    assert latest_checkpoint(tmp_path / "resumed").name == "step_00000004" and not (tmp_path / "resumed" / "final").exists()
+    assert (
+        latest_checkpoint(tmp_path / "resumed").name == "step_00000004"
+        and not (tmp_path / "resumed" / "final").exists()
+    )
     _launch_two_processes(cache, tmp_path / "resumed")
     reference = load_pretrained(one.final).state_dict()
     for run in ("two", "resumed"):

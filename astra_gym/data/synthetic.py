@@ -1,4 +1,8 @@
-"""Synthetic episodes with known motion, built as real :class:`~astra_gym.data.episodes.Episode` objects."""
+"""Synthetic episodes with known motion, built as real :class:`~astra_gym.data.episodes.Episode` objects.
+
+For tests and benchmarks that need episodes without a simulator (random frames, scripted actions
+and poses consistent with them).
+"""
 
 from __future__ import annotations
 
