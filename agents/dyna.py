@@ -45,9 +45,8 @@ from astra_gym.data.latent_cache import build_latent_cache
 from astra_gym.data.policies import Policy, RandomHold, car_sampler, fetch_sampler, make_policy
 from astra_gym.data.recorder import Recorder
 from astra_gym.data.sims import make_simulator
-from astra_gym.envs.core import bundled_model_path
 from astra_gym.envs.spaces import EXPLORE_BUTTONS
-from astra_gym.envs.variants import variant
+from astra_gym.envs.variants import bundled_model_path, variant
 from astra_gym.training import train_reward, train_world_model
 from astra_gym.training.bundle import make_bundle, read_bundle
 from astra_gym.training.cli_args import add_config_arguments, apply_overrides, arg

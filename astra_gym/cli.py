@@ -31,6 +31,7 @@ import astra_gym.envs  # noqa: F401 - registers the Astra ids (light: no torch)
 from astra_gym.envs.recording import VideoWriter, draw_action_hud, hud_kind, side_by_side
 from astra_gym.envs.render import DisplayUnavailableError, FrameWindow, upscale
 from astra_gym.envs.spaces import ACTION_NAMES, EXPLORE_BUTTONS
+from astra_gym.envs.variants import installed_bundles
 
 __all__ = ["main", "build_parser", "CliError", "KeyboardControl", "scripted_policy"]
 
@@ -42,7 +43,7 @@ _SCENARIO_OF_KIND = {"drive": "drive", "manipulation": "manipulation", "buttons"
 _DEFAULT_FPS = 20.0
 _WEIGHTS_HINT = (
     "with this command, pass --checkpoint debug (tiny random weights: runs anywhere, shows noise) or "
-    "--checkpoint /path/to/bundle (a folder written by astra_gym.rollout.bundle.save_bundle)"
+    "--checkpoint /path/to/bundle (a folder written by `python -m astra_gym.training.bundle`)"
 )
 
 Action = np.ndarray
@@ -155,8 +156,8 @@ def _add_env_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint",
         default=None,
         metavar="NAME_OR_PATH",
-        help="world model: a bundled name (drive, manipulation, explore), debug (tiny random weights: runs "
-        "anywhere, shows noise) or a bundle folder (default: the env's own)",
+        help=f"world model: a bundled name ({', '.join(installed_bundles())}), debug (tiny random weights: "
+        "runs anywhere, shows noise) or a bundle folder (default: the env's own)",
     )
     model.add_argument(
         "--denoise-steps",

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from astra_gym.data.episodes import episode_paths, load_episode
-from astra_gym.envs.core import bundled_model_path
+from astra_gym.envs.variants import bundled_model_path
 from astra_gym.evaluation.details import detail_report
 from astra_gym.evaluation.metrics import psnr
 from astra_gym.training.vae_io import load_vae, reconstruct_frames

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from astra_gym.data.action_codecs import align_to_latents
 from astra_gym.envs.frame_bank import FrameBank, load_frame_bank
 from astra_gym.envs.spaces import action_rows, action_space, check_actions
+from astra_gym.envs.variants import bundled_model_path, installed_bundles
 from astra_gym.rollout.bundle import (
     RELEASE_MODALITY,
     BundleError,
@@ -55,7 +56,6 @@ __all__ = [
     "StartBatch",
     "StepBatch",
     "load_world_model",
-    "bundled_model_path",
     "reject_unknown_kwargs",
     "ENV_KWARGS",
 ]
@@ -78,13 +78,6 @@ _RELEASE_KEYS = ("astra_release", "wan", "prompt")
 _RESET_OPTIONS = ("frames", "image", "actions")
 
 
-def bundled_model_path(name: str) -> Path:
-    """``astra_gym/assets/models/<name>/`` inside the installed package."""
-    import astra_gym
-
-    return Path(astra_gym.__file__).resolve().parent / "assets" / "models" / name
-
-
 def reject_unknown_kwargs(owner: str, unknown: Mapping[str, Any], valid: Sequence[str]) -> None:
     """Raises a TypeError naming unknown constructor kwargs, the closest valid names and all valid ones."""
     if not unknown:
@@ -102,10 +95,14 @@ def reject_unknown_kwargs(owner: str, unknown: Mapping[str, Any], valid: Sequenc
 
 
 def _missing_bundled_model(name: str, path: Path) -> BundleError:
+    installed = installed_bundles()
+    close = difflib.get_close_matches(name, installed, n=1, cutoff=0.4)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
     return BundleError(
-        f"the world model {name!r} is not installed: {path} has no bundle.json. Bundles are trained and "
-        f"written by `python -m astra_gym.training.bundle --name {name} ... --out {path}`. Until one is "
-        f"there: pass checkpoint='debug' to run with random tiny weights (plumbing and tests only), "
+        f"the world model {name!r} is not installed: {path} has no bundle.json.{hint} Installed: "
+        f"{', '.join(map(repr, installed)) or 'none'}. Bundles are trained and written by "
+        f"`python -m astra_gym.training.bundle --name {name} ... --out {path}`. Until one is there: pass "
+        "checkpoint='debug' to run with random tiny weights (plumbing and tests only), "
         f"checkpoint='/path/to/bundle' for a bundle you trained, or checkpoint={{'astra_release': ckpt, "
         f"'wan': folder, 'prompt': text}} for the authors' released model on a GPU."
     )

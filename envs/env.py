@@ -22,10 +22,17 @@ _KWARGS = ENV_KWARGS
 
 
 def show_human(frame: np.ndarray, title: str, fps: float) -> None:
-    """Shows a frame for ``render_mode="human"`` in the shared window of ``astra_gym.envs.render``."""
-    from astra_gym.envs.render import show_frame
+    """Shows a frame for ``render_mode="human"`` in the shared window of ``astra_gym.envs.render``.
 
-    show_frame(frame, title, fps=fps)
+    Without a display it shows nothing and warns once (what to do instead), as Gymnasium's own
+    pygame envs do headless, so the env keeps working (and ``check_env`` passes).
+    """
+    from astra_gym.envs.render import DisplayUnavailableError, show_frame
+
+    try:
+        show_frame(frame, title, fps=fps)
+    except DisplayUnavailableError as error:  # the same message warns once (Python's default filter)
+        gym.logger.warn(f"render_mode='human' shows nothing here: {error}")
 
 
 @dataclass(frozen=True, eq=False)

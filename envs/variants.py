@@ -8,6 +8,7 @@ is ``envs/README.md``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 __all__ = ["VariantSpec", "VARIANTS", "ENTRY_POINT", "VECTOR_ENTRY_POINT", "BUNDLED_MODEL", "DRIVE_MODEL", "variant"]
@@ -71,3 +72,15 @@ def variant(env_id: str) -> VariantSpec:
         return VARIANTS[env_id]
     except KeyError:
         raise ValueError(f"unknown astra-gym variant {env_id!r}; registered: {sorted(VARIANTS)}") from None
+
+
+def bundled_model_path(name: str) -> Path:
+    """``astra_gym/assets/models/<name>/`` inside the installed package."""
+    import astra_gym
+
+    return Path(astra_gym.__file__).resolve().parent / "assets" / "models" / name
+
+
+def installed_bundles() -> list[str]:
+    """Names of the bundled models installed in ``astra_gym/assets/models`` (folders with a bundle.json)."""
+    return sorted(p.parent.name for p in bundled_model_path("x").parent.glob("*/bundle.json"))

@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 import astra_gym  # noqa: F401
-from astra_gym.envs.core import bundled_model_path
 from astra_gym.envs.frame_bank import load_frame_bank
-from astra_gym.envs.variants import BUNDLED_MODEL, DRIVE_MODEL
+from astra_gym.envs.variants import BUNDLED_MODEL, DRIVE_MODEL, bundled_model_path
 from astra_gym.evaluation.details import car_present
 from astra_gym.training.bundle import read_bundle
 

@@ -69,3 +69,19 @@ def test_window_shows_frames_headless(monkeypatch):
     finally:
         render.close_window()
     assert not window.is_open
+
+
+def test_check_env_passes_headless(monkeypatch):
+    """Gymnasium's check_env with its defaults (it renders every mode, 'human' too) on a machine without a display."""
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+
+    import astra_gym  # noqa: F401
+
+    monkeypatch.setattr(render.sys, "platform", "linux")
+    for name in ("SDL_VIDEODRIVER", "DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(name, raising=False)
+    env = gym.make("Astra-Debug-v0")
+    with pytest.warns(UserWarning, match="shows nothing here.*rgb_array"):
+        check_env(env.unwrapped)
+    env.close()
