@@ -2,11 +2,11 @@
 # Creates ./.venv with astra-gym and everything its tests, simulators and training need.
 # Usage: bash scripts/setup.sh            (idempotent; re-running only installs what is missing)
 # Env:   ASTRA_VENV=path   venv location (default .venv)
-#        ASTRA_EXTRAS=...  extras to install (default sims,train,sb3,dev)
+#        ASTRA_EXTRAS=...  extras to install (default sims,train,sb3,video,dev)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${ASTRA_VENV:-.venv}"
-EXTRAS="${ASTRA_EXTRAS:-sims,train,sb3,dev}"
+EXTRAS="${ASTRA_EXTRAS:-sims,train,sb3,video,dev}"
 
 # Headless OpenGL (EGL + Mesa) for MuJoCo rendering of FetchPush. Only installed when missing.
 if [[ ",$EXTRAS," == *",sims,"* ]] && ! dpkg -s libegl1 libegl-mesa0 libgl1-mesa-dri >/dev/null 2>&1; then

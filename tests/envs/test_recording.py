@@ -156,3 +156,21 @@ def test_video_writer_errors(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(FileNotFoundError, match="does not exist"):
         VideoWriter(tmp_path / "missing" / "x.mp4").open()
+
+
+def test_gymnasium_record_video_writes_an_episode(tmp_path):
+    """Gymnasium's own RecordVideo (moviepy, from the `video` extra) records an Astra env."""
+    import gymnasium as gym
+    from gymnasium.wrappers import RecordVideo
+
+    import astra_gym  # noqa: F401
+
+    env = RecordVideo(
+        gym.make("Astra-Debug-v0", render_mode="rgb_array"), str(tmp_path), episode_trigger=lambda e: True
+    )
+    env.reset(seed=0)
+    for _ in range(4):
+        env.step(env.action_space.sample())
+    env.close()
+    videos = list(tmp_path.glob("*.mp4"))
+    assert len(videos) == 1 and videos[0].stat().st_size > 1000
