@@ -35,7 +35,10 @@ class MPCController:
         planner: A :class:`~astra_gym.agents.mpc.planner.Planner` (CEM, MPPI).
         context_frames: Newest real frames re-encoded as the model's context at every step.
         seed: Seeds the planner's sampling and the world model's noise (one numpy generator).
-        warm_start: Start each plan from the previous one shifted by a step.
+        warm_start: Start each plan from the previous one shifted by the steps executed since.
+        replan_every: Execute this many actions of each plan before planning again (1: plan at
+            every step, true receding horizon; K > 1 divides the planning cost by K, open loop
+            for K - 1 steps). At most the planner's horizon.
 
     Attributes:
         last_result: The latest :class:`PlanResult`.
@@ -50,13 +53,17 @@ class MPCController:
         context_frames: int = 4,
         seed: int = 0,
         warm_start: bool = True,
+        replan_every: int = 1,
     ) -> None:
         if context_frames < 1:
             raise ValueError(f"context_frames={context_frames} must be >= 1")
+        if not 1 <= replan_every <= planner.horizon:
+            raise ValueError(f"replan_every={replan_every} must be in 1..{planner.horizon} (the planner's horizon)")
         self.dynamics = dynamics
         self.planner = planner
         self.context_frames = context_frames
         self.warm_start = warm_start
+        self.replan_every = replan_every
         self.rng = np.random.default_rng(seed)
         self.last_result: PlanResult | None = None
         self.imagined_steps = 0
@@ -64,6 +71,7 @@ class MPCController:
         self._frames: deque[np.ndarray] = deque(maxlen=context_frames)
         self._actions: deque[np.ndarray | None] = deque(maxlen=context_frames)
         self._pending: np.ndarray | None = None
+        self._queue: deque[np.ndarray] = deque()
         self._params: SequenceParams | None = None
 
     def reset(self, obs: np.ndarray, info: dict) -> None:
@@ -72,22 +80,34 @@ class MPCController:
         self._actions.clear()
         self._append(None, info.get("frames", obs[None]))
         self._pending, self._params = None, None
+        self._queue.clear()
 
     def act(self, obs: np.ndarray, info: dict) -> np.ndarray:
-        """Records the last step's real frames, re-encodes the context and plans; returns the first action."""
+        """Records the last step's real frames; returns the plan's next action, re-encoding the
+        context and planning first when ``replan_every`` actions of the last plan were executed."""
         if not self._frames:
             raise RuntimeError("call reset(obs, info) at the start of every episode before act()")
         if self._pending is not None:
             self._append(self._pending, info.get("frames", obs[None]))
+        if self._queue:
+            self._pending = self._queue.popleft()
+            return self._pending.copy()
         start = time.perf_counter()
         state = self.dynamics.encode(np.stack(self._frames), list(self._actions), derive_seed(self.rng))
         result = self.planner.plan(self.dynamics, state, self.rng, self._params)
         self.plan_seconds += time.perf_counter() - start
         self.imagined_steps += int(result.diagnostics.get("imagined_steps", 0))
         self.last_result = result
-        self._params = result.warm_start if self.warm_start else None
+        self._params = self._shifted(result.warm_start) if self.warm_start else None
+        self._queue.extend(np.asarray(action).copy() for action in result.plan[1 : self.replan_every])
         self._pending = np.asarray(result.action).copy()
         return self._pending.copy()
+
+    def _shifted(self, params: SequenceParams) -> SequenceParams:
+        """``params`` (already shifted by one step) shifted by the other executed steps of the plan."""
+        for _ in range(self.replan_every - 1):
+            params = self.planner.sampler.shift(params)
+        return params
 
     def _append(self, action: np.ndarray | None, frames: np.ndarray) -> None:
         """Adds the frames one step produced; each was produced by ``action`` (None: unknown)."""

@@ -75,6 +75,7 @@ class Planner(Protocol):
     """A sampling-based planner (CEM, MPPI): one call plans from one root state."""
 
     horizon: int
+    sampler: ActionSampler
 
     def plan(
         self,

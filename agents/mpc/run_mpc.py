@@ -53,6 +53,7 @@ class Args:
     noise_std: float = arg(0.3, help="MPPI: exploration std of Box actions, fraction of the half range")
     discount: float = arg(0.99, help="discount of the imagined rewards")
     context_frames: int = arg(4, help="newest real frames re-encoded as context every step")
+    replan_every: int = arg(1, help="actions of each plan executed before planning again (K: 1/K of the cost)")
     noise: Literal["shared", "independent"] = arg("shared", help="denoising noise of the candidates (shared = CRN)")
     num_denoise_steps: int | None = arg(None, help="Euler steps per imagined chunk; none = the checkpoint's")
     episodes: int = arg(1, help="real episodes to run")
@@ -93,7 +94,9 @@ def make_controller(args: Args) -> MPCController:
     engine = load_engine(checkpoint, spec.scenario, args.device, num_denoise_steps=args.num_denoise_steps)
     dynamics = WorldModelDynamics(engine, spec.scenario, noise=args.noise)
     planner = make_planner(args, action_space(spec.scenario))
-    return MPCController(dynamics, planner, context_frames=args.context_frames, seed=args.seed)
+    return MPCController(
+        dynamics, planner, context_frames=args.context_frames, seed=args.seed, replan_every=args.replan_every
+    )
 
 
 def run(args: Args) -> dict:

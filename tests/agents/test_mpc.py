@@ -164,3 +164,20 @@ def test_controller_reencodes_real_frames(debug_engine):
         assert action_space("drive").contains(action)
     assert len(controller._frames) == 3 and controller._actions[0] is not None  # the reset frame left the window
     assert controller.imagined_steps == 4 * 4 * 2
+
+
+def test_controller_replans_every_k_steps_and_executes_the_plan(debug_engine):
+    planner = CEMPlanner(action_space("drive"), CEMConfig(horizon=3, num_candidates=4, num_elites=2, iterations=1))
+    controller = MPCController(WorldModelDynamics(debug_engine, "drive"), planner, seed=0, replan_every=3)
+    frame = np.zeros((64, 64, 3), np.uint8)
+    controller.reset(frame, {"frames": frame[None]})
+    actions, plans = [], []
+    for step in range(6):
+        actions.append(controller.act(frame, {"frames": np.full((1, 64, 64, 3), step, np.uint8)}))
+        if step % 3 == 0:
+            plans.append(controller.last_result.plan)
+    assert controller.imagined_steps == 2 * 4 * 3  # planned twice in 6 steps
+    np.testing.assert_array_equal(np.stack(actions), np.concatenate(plans))  # each plan executed in full
+    assert len(controller._actions) == 4 and controller._actions[-1] is not None
+    with pytest.raises(ValueError, match="replan_every=4 must be in 1..3"):
+        MPCController(WorldModelDynamics(debug_engine, "drive"), planner, replan_every=4)
