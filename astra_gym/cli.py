@@ -174,6 +174,14 @@ def _add_env_arguments(parser: argparse.ArgumentParser) -> None:
         help="action-free guidance scale, 1 = off (default: the env's)",
     )
     model.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N (default: %(default)s)")
+    model.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="torch CPU threads; the 64x64 models gain little from more, and threads that compete with "
+        "other processes run 4-20x slower (default: %(default)s)",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -200,6 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     command = _cmd_rollout if args.command == "rollout" else _cmd_play
     try:
         return command(args)

@@ -223,8 +223,18 @@ def test_play_without_display_is_a_clean_error(monkeypatch, capsys):
 
 
 def test_rollout_on_astra_debug(tmp_path, capsys):
+    import torch
+
     out = tmp_path / "debug.mp4"
-    assert _run("rollout", "--env", "Astra-Debug-v0", "--steps", 2, "--device", "cpu", "--out", out) == 0
+    before = torch.get_num_threads()
+    try:
+        assert (
+            _run("rollout", "--env", "Astra-Debug-v0", "--steps", 2, "--device", "cpu", "--out", out, "--threads", 2)
+            == 0
+        )
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
     video = read_video(out)
     assert video.shape[0] >= 3 and video.shape[1:] == (256 + 60, 256, 3)  # context frame(s) + 2 steps
     assert "frames/s" in capsys.readouterr().out
@@ -232,8 +242,14 @@ def test_rollout_on_astra_debug(tmp_path, capsys):
 
 def test_missing_bundled_model_says_to_use_debug(tmp_path, capsys):
     err = _error(
-        capsys, "rollout", "--env", "Astra-Manipulation-v0", "--checkpoint", "no-such-model",
-        "--out", tmp_path / "x.mp4",
+        capsys,
+        "rollout",
+        "--env",
+        "Astra-Manipulation-v0",
+        "--checkpoint",
+        "no-such-model",
+        "--out",
+        tmp_path / "x.mp4",
     )
     assert "cannot load the world model" in err and "--checkpoint debug" in err
     assert list(tmp_path.iterdir()) == []
