@@ -80,7 +80,9 @@ class Args:
     clip_range: float = arg(0.1, help="PPO clipping range")
     ent_coef: float = arg(0.01, help="entropy bonus coefficient")
     log_std_init: float = arg(
-        0.0, help="Box actions: initial log std of the Gaussian policy (-1: std 0.37, so the mode acts like samples)"
+        -1.0,
+        help="Box actions: initial log std of the Gaussian policy (SB3's 0 = std 1 makes the mode useless "
+        "on clipped pedals; agents/README.md)",
     )
     # ---- evaluation, checkpoints, logging
     seed: int = arg(0, help="seeds the envs (env i: seed + i), the policy and the evaluation episodes")

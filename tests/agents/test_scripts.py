@@ -34,11 +34,11 @@ def test_log_std_init_sets_the_gaussian_policy_spread(tmp_path):
 
     train_sb3.main(
         "--env Astra-Debug-v0 --total-timesteps 32 --imagined-horizon 5 --eval-freq 0 --eval-episodes 0 "
-        "--save-freq 0 --run-name run --log-std-init -1 --learning-rate 0".split()
+        "--save-freq 0 --run-name run --log-std-init -0.5 --learning-rate 0".split()
         + ["--out", str(tmp_path), *TINY_PPO]
     )
     log_std = PPO.load(tmp_path / "run" / "final_model.zip", device="cpu").policy.log_std.detach()
-    assert log_std.shape == (3,) and np.allclose(log_std.numpy(), -1.0)  # learning rate 0: the initial value
+    assert log_std.shape == (3,) and np.allclose(log_std.numpy(), -0.5)  # learning rate 0: the initial value
 
 
 @pytest.mark.sims
