@@ -51,7 +51,7 @@ from astra_gym.training import train_reward, train_world_model
 from astra_gym.training.bundle import make_bundle, read_bundle
 from astra_gym.training.cli_args import add_config_arguments, apply_overrides, arg
 from astra_gym.training.data import DatasetSpec
-from astra_gym.utils.atomic import atomic_write_text
+from astra_gym.utils.atomic import atomic_write, atomic_write_text
 
 __all__ = ["DynaConfig", "PRESETS", "AgentPolicy", "run", "main"]
 
@@ -299,10 +299,8 @@ def _plot(curve: list[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def run(cfg: DynaConfig) -> list[dict]:

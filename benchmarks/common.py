@@ -11,12 +11,13 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from astra_gym.utils.atomic import atomic_write_text
 
 __all__ = ["time_call", "count_flops", "matmul_peak_tflops", "environment_info", "write_results"]
 
@@ -84,12 +85,5 @@ def environment_info(device: torch.device) -> dict:
 
 def write_results(path: str | Path, benchmark: str, config: dict, rows: list[dict], device: torch.device) -> Path:
     """Writes ``{"benchmark", "config", "environment", "results"}`` as JSON, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": benchmark, "config": config, "environment": environment_info(device), "results": rows}
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        json.dump(payload, tmp, indent=2)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)
-    return path
+    return atomic_write_text(path, json.dumps(payload, indent=2))

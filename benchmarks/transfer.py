@@ -33,6 +33,7 @@ from astra_gym.agents.evaluation import RandomPolicy, SB3Policy, evaluate
 from astra_gym.agents.real_env import make_real_env
 from astra_gym.agents.train_sb3 import EVAL_SEED_OFFSET
 from astra_gym.envs.variants import variant
+from astra_gym.utils.atomic import atomic_write
 from benchmarks.common import write_results
 from benchmarks.imagined_vs_real import ConstantPolicy
 
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", required=True, help="JSON results path")
+    parser.add_argument("--plot", default=None, help="also draw the returns as a bar chart (PNG path)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     scenario = variant(args.env).scenario
@@ -78,7 +80,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for row in rows:
             row["share_of_reference_above_random"] = (row["mean_return"] - by_name["random"]) / span if span else None
     write_results(args.out, "transfer", {**vars(args), "seeds": seeds}, rows, torch.device("cpu"))
+    if args.plot:
+        plot_returns(rows, args.plot, f"{args.env}: real returns over {len(seeds)} unseen episodes")
     return rows
+
+
+def plot_returns(rows: list[dict], path: str, title: str) -> None:
+    """Mean real return +- std per policy as horizontal bars, random's mean as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [row["policy"] for row in rows]
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 1.5))
+    ax.barh(names, [r["mean_return"] for r in rows], xerr=[r["std_return"] for r in rows], color="tab:blue")
+    ax.axvline(rows[0]["mean_return"], color="grey", linestyle="--", label=f"{rows[0]['policy']}")
+    ax.invert_yaxis()
+    ax.set_xlabel("real return (mean +- std)")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
 
 
 if __name__ == "__main__":

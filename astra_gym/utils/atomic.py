@@ -11,9 +11,18 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["TEMP_TAG", "BACKUP_TAG", "fsync_path", "swap_in", "remove_stale_temps", "atomic_write_text"]
+__all__ = [
+    "TEMP_TAG",
+    "BACKUP_TAG",
+    "fsync_path",
+    "swap_in",
+    "remove_stale_temps",
+    "atomic_write",
+    "atomic_write_text",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,22 +69,35 @@ def remove_stale_temps(folder: Path, log: logging.Logger = logger) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Writes ``text`` (UTF-8) to ``path`` atomically: a temporary sibling, fsynced, renamed into place.
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Writes a file atomically: ``write(tmp)`` fills a temporary sibling, which is fsynced and renamed.
 
-    Readers see the old file or the new one, never a partial write.
+    Readers see the old file or the new one, never a partial write; a failed ``write`` leaves the
+    old file and no temporary behind.
+
+    Args:
+        path: The file to (re)place; its folder is created.
+        write: Writes the whole content to the path it is given (e.g. ``lambda p: fig.savefig(p, format="png")``).
+
+    Returns:
+        ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_TAG}", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_TAG}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     fsync_path(path.parent)
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Writes ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

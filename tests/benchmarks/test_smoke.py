@@ -73,7 +73,8 @@ def test_transfer_and_vae_details_run(tmp_path):
     from benchmarks import transfer, vae_details
 
     rows = transfer.main(["--env", "Astra-Drive-v0", "--episodes", "1", "--max-steps", "5", "--out",
-                          str(tmp_path / "t.json")])  # fmt: skip
+                          str(tmp_path / "t.json"), "--plot", str(tmp_path / "t.png")])  # fmt: skip
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     assert [r["policy"] for r in rows] == ["random", "constant"] and all(r["lengths"] == [5] for r in rows)
     generate(GenerateConfig("drive", episodes=1, steps=4, out=str(tmp_path / "eps")))
     rows = vae_details.main(["--vae", "drive-v1", "--episodes", f"drive={tmp_path / 'eps'}", "--frames", "5",
