@@ -37,7 +37,6 @@ import math
 import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +66,7 @@ from astra_gym.evaluation.rollouts import (
     run_rollouts,
 )
 from astra_gym.rollout.engine import DEFAULT_LAYOUT, RolloutConfig, WorldModelRollout
+from astra_gym.utils.atomic import atomic_write_text
 from astra_gym.utils.device import resolve_device
 from benchmarks.common import environment_info
 
@@ -425,15 +425,7 @@ def _jsonable(value: Any) -> Any:
 
 def write_json(path: str | os.PathLike, payload: dict) -> Path:
     """Strict JSON (no NaN/Infinity tokens), written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_jsonable(payload), indent=2, allow_nan=False)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as tmp:
-        tmp.write(text)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)
-    return path
+    return atomic_write_text(path, json.dumps(_jsonable(payload), indent=2, allow_nan=False))
 
 
 def _log(message: str) -> None:

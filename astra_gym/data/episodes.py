@@ -50,13 +50,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
+
+from astra_gym.utils.atomic import atomic_write
 
 __all__ = ["Episode", "save_episode", "load_episode", "iter_episodes", "episode_paths", "episode_filename"]
 
@@ -148,19 +149,12 @@ def save_episode(ep: Episode, path: str | os.PathLike) -> Path:
         The final path.
     """
     ep.validate()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             _write(f, ep)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+
+    return atomic_write(path, write)
 
 
 def load_episode(path: str | os.PathLike) -> Episode:
@@ -240,23 +234,3 @@ def _to_json(value: Any) -> str:
         raise TypeError(f"episode attrs must be JSON-able; {type(obj).__name__} is not ({obj!r})")
 
     return json.dumps(value, default=default, sort_keys=True)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Makes the rename durable (no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import multiprocessing as mp
-import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from astra_gym.data.episodes import episode_filename, episode_paths, save_episod
 from astra_gym.data.policies import POLICY_NAMES, make_policy
 from astra_gym.data.recorder import Recorder
 from astra_gym.data.sims import SCENARIOS, make_simulator
+from astra_gym.utils.atomic import atomic_write_text
 
 __all__ = ["GenerateConfig", "episode_seeds", "generate", "main"]
 
@@ -181,9 +181,7 @@ def _frame_count(path: Path) -> int:
 
 
 def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def _parse(argv: Sequence[str] | None) -> GenerateConfig:

@@ -72,6 +72,7 @@ from astra_gym.data.action_codecs import (
     episode_rows,
     latent_step_ranges,
 )
+from astra_gym.utils.atomic import atomic_write
 
 __all__ = [
     "FORMAT_NAME",
@@ -390,28 +391,8 @@ def encode_episodes(
 # ---------------------------------------------------------------------------------------------
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Writes via ``write(tmp)`` to a temporary sibling, then renames it to ``path``; no partial file on error."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync(path.parent)
-
-
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, sort_keys=True)))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, sort_keys=True)))
 
 
 def _write_shard(path: Path, episodes: Sequence[CachedEpisode]) -> None:
@@ -424,7 +405,7 @@ def _write_shard(path: Path, episodes: Sequence[CachedEpisode]) -> None:
         for name, rows in ep.rows.items():
             tensors[f"{j}/rows/{name}"] = rows.float().contiguous()
     meta = {_META_KEY: json.dumps({"format": FORMAT_NAME, "episodes": [ep.meta for ep in episodes]})}
-    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 @dataclass

@@ -67,7 +67,6 @@ import dataclasses
 import json
 import math
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +80,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from astra_gym.data.episodes import Episode
+from astra_gym.utils.atomic import atomic_write
 
 __all__ = [
     "LabelThresholds",
@@ -630,7 +630,7 @@ def train_idm(
 
 
 def save_idm(idm: InverseDynamicsModel, path: str | os.PathLike, metrics: dict[str, Any] | None = None) -> Path:
-    """Writes the IDM to one safetensors file, atomically (temporary file, fsync, ``os.replace``).
+    """Writes the IDM to one safetensors file, atomically (:func:`~astra_gym.utils.atomic.atomic_write`).
 
     Args:
         idm: The model.
@@ -640,8 +640,6 @@ def save_idm(idm: InverseDynamicsModel, path: str | os.PathLike, metrics: dict[s
     Returns:
         The absolute path.
     """
-    path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in idm.state_dict().items()}
     meta = {
         "format": IDM_FORMAT,
@@ -649,15 +647,7 @@ def save_idm(idm: InverseDynamicsModel, path: str | os.PathLike, metrics: dict[s
         "config": json.dumps(idm.config.to_dict(), sort_keys=True),
         "metrics": json.dumps(metrics or {}, sort_keys=True, allow_nan=False),
     }
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        save_file(state, str(tmp), metadata=meta)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(Path(path).absolute(), lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
 def load_idm(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[InverseDynamicsModel, dict]:

@@ -38,7 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from astra_gym.utils.atomic import fsync_path, remove_stale_temps, swap_in
+from astra_gym.utils.atomic import atomic_write_text, fsync_path, remove_stale_temps, swap_in
 from astra_gym.world_model.checkpoints import save_pretrained
 
 __all__ = [
@@ -178,18 +178,8 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Writes ``data`` as indented JSON via a temp file + fsync + rename."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True, allow_nan=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_path(path.parent)
+    """Writes ``data`` as indented JSON (no NaN), atomically."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False))
 
 
 # ---------------------------------------------------------------------------------------------
