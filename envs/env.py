@@ -163,7 +163,7 @@ class AstraEnv(gym.Env):
         reject_unknown_kwargs("AstraEnv", unknown, _KWARGS)
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode={render_mode!r} must be None or one of {self.metadata['render_modes']}")
-        self.core = EnvCore(
+        core_args = (
             scenario,
             checkpoint,
             frame_bank,
@@ -172,8 +172,10 @@ class AstraEnv(gym.Env):
             frames_per_step,
             device,
             dtype,
-            rollout,
         )
+        self.core = EnvCore(*core_args, rollout)
+        # Pickled by reference (see __getstate__) unless built around a caller's engine.
+        self._core_args = core_args if rollout is None else None
         self.metadata = {**type(self).metadata, "render_fps": render_fps}
         self.render_mode = render_mode
         self.action_space = self.core.action_space
@@ -244,6 +246,22 @@ class AstraEnv(gym.Env):
             from astra_gym.envs.render import close_window
 
             close_window()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles the constructor arguments instead of the weights (a few KB instead of ~60 MB).
+
+        The unpickled env loads its model again (from the bundle, or this process's model cache)
+        and continues the same episode: its rollout state, generator and counters travel.
+        """
+        state = self.__dict__.copy()
+        if self._core_args is not None:
+            state["core"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.core is None:
+            self.core = EnvCore(*self._core_args, None)
 
     def get_state(self) -> EnvSnapshot:
         """A deep copy of everything needed to continue this episode (see the class docstring)."""
