@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from astra_gym.agents import train_sb3
+from astra_gym.agents.plots import save_curves
 from astra_gym.data.episodes import episode_filename, episode_paths, load_episode, save_episode
 from astra_gym.data.generate import episode_seeds
 from astra_gym.data.latent_cache import build_latent_cache
@@ -51,7 +52,7 @@ from astra_gym.training import train_reward, train_world_model
 from astra_gym.training.bundle import make_bundle, read_bundle
 from astra_gym.training.cli_args import add_config_arguments, apply_overrides, arg
 from astra_gym.training.data import DatasetSpec
-from astra_gym.utils.atomic import atomic_write, atomic_write_text
+from astra_gym.utils.atomic import atomic_write_text
 
 __all__ = ["DynaConfig", "PRESETS", "AgentPolicy", "run", "main"]
 
@@ -282,25 +283,16 @@ def _sampler_flags(saved: dict) -> dict:
 
 
 def _plot(curve: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
     steps = [row["real_steps"] for row in curve]
-    mean = np.array([row["real_return_mean"] for row in curve])
-    std = np.array([row["real_return_std"] for row in curve])
-    ax.plot(steps, mean, marker="o", label="agent trained inside, real return")
-    ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-    ax.set_xlabel("real simulator steps used (collection)")
-    ax.set_ylabel("real return")
-    ax.set_title("dyna loop: agent trained inside the world model")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
+    mean = [row["real_return_mean"] for row in curve]
+    std = [row["real_return_std"] for row in curve]
+    save_curves(
+        {"agent trained inside, real return": (steps, mean, std)},
+        path,
+        "real simulator steps used (collection)",
+        "real return",
+        "dyna loop: agent trained inside the world model",
+    )
 
 
 def run(cfg: DynaConfig) -> list[dict]:

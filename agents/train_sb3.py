@@ -45,9 +45,11 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor, Ve
 
 import astra_gym  # noqa: F401  (registers the ids)
 from astra_gym.agents.evaluation import SB3Policy, evaluate
+from astra_gym.agents.plots import plot_progress
 from astra_gym.agents.real_env import make_real_env
 from astra_gym.agents.sb3_vec_env import AstraSB3VecEnv
 from astra_gym.training.cli_args import arg, parse_config
+from astra_gym.utils.atomic import atomic_write_text
 
 __all__ = ["Args", "ALGOS", "make_train_env", "make_eval_env", "make_model", "train", "main"]
 
@@ -195,7 +197,7 @@ def train(args: Args) -> tuple[BaseAlgorithm, dict]:
     """
     run_dir = run_dir_of(args)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
+    atomic_write_text(run_dir / "args.json", json.dumps(dataclasses.asdict(args), indent=2))
     env = make_train_env(args)
     steps_per_action = frames_per_step(env)
     eval_env = make_eval_env(args, steps_per_action) if args.eval_freq > 0 and args.eval_episodes > 0 else None
@@ -216,7 +218,8 @@ def train(args: Args) -> tuple[BaseAlgorithm, dict]:
         "train_seconds": train_seconds,
         "final_eval": final_evaluation(args, model, steps_per_action),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    plot_progress(run_dir / "progress.csv", run_dir / "learning_curve.png", inside=not args.env_real)
     return model, summary
 
 

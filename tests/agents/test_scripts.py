@@ -26,6 +26,7 @@ def test_train_inside_writes_the_run_folder(tmp_path):
     assert (run / "final_model.zip").is_file() and (run / "progress.csv").is_file()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["ppo_16_steps.zip", "ppo_32_steps.zip"]
     assert list(run.glob("events.out.tfevents.*"))  # TensorBoard
+    assert (run / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((run / "args.json").read_text())["imagined_horizon"] == 5
 
 

@@ -1,0 +1,75 @@
+"""Learning curves as PNG files (matplotlib, headless), written atomically.
+
+:func:`save_curves` draws named series of (x, mean[, std]) on one axis; :func:`plot_progress`
+turns an SB3 run's ``progress.csv`` into its learning curve (imagined or real return per step,
+and the periodic real evaluations when there are any).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from astra_gym.utils.atomic import atomic_write
+
+__all__ = ["save_curves", "plot_progress"]
+
+Series = tuple[Sequence[float], Sequence[float], Sequence[float] | None]
+
+
+def save_curves(series: Mapping[str, Series], path: str | os.PathLike, xlabel: str, ylabel: str, title: str) -> Path:
+    """Draws each ``name: (x, mean, std or None)`` as a line (with a +-std band) and saves a PNG.
+
+    Returns:
+        ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, (x, mean, std) in series.items():
+        if not len(x):
+            continue
+        ax.plot(x, mean, marker="o" if len(x) < 30 else None, label=name)
+        if std is not None:
+            mean, std = np.asarray(mean, float), np.asarray(std, float)
+            ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+    return Path(path)
+
+
+def _column(rows: list[dict], x: str, y: str) -> tuple[list[float], list[float]]:
+    pairs = [(float(r[x]), float(r[y])) for r in rows if r.get(x) and r.get(y)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def plot_progress(progress_csv: str | os.PathLike, path: str | os.PathLike, inside: bool) -> Path:
+    """The learning curve of an SB3 run from its ``progress.csv``.
+
+    Args:
+        progress_csv: SB3's CSV log (``time/total_timesteps``, ``rollout/ep_rew_mean``, ``eval/mean_reward``).
+        path: PNG to write.
+        inside: The run trained inside the world model (its episode returns are imagined).
+    """
+    with open(progress_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    train_label = "imagined episode return (reward model)" if inside else "real episode return"
+    series: dict[str, Series] = {train_label: (*_column(rows, "time/total_timesteps", "rollout/ep_rew_mean"), None)}
+    eval_x, eval_y = _column(rows, "time/total_timesteps", "eval/mean_reward")
+    if eval_x:
+        series["real evaluation return"] = (eval_x, eval_y, None)
+    where = "inside the world model" if inside else "in the real simulator"
+    return save_curves(series, path, "env steps", "return", f"PPO trained {where}")
