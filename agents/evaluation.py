@@ -13,7 +13,7 @@ episode per seed, so every agent is judged on the same episodes::
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -139,8 +139,16 @@ def run_episode(env: gym.Env, policy: Policy, seed: int) -> tuple[float, int]:
     return total, steps
 
 
-def evaluate(env: gym.Env, policy: Policy, seeds: Sequence[int]) -> EvalResult:
-    """One episode of ``policy`` per seed in ``env`` (e.g. :func:`~astra_gym.agents.real_env.make_real_env`)."""
+def evaluate(
+    env: gym.Env,
+    policy: Policy,
+    seeds: Sequence[int],
+    on_episode: Callable[[EvalResult], object] | None = None,
+) -> EvalResult:
+    """One episode of ``policy`` per seed in ``env`` (e.g. :func:`~astra_gym.agents.real_env.make_real_env`).
+
+    ``on_episode`` is called with the result so far after every episode (progress, partial saves).
+    """
     result = EvalResult()
     start = time.perf_counter()
     for seed in seeds:
@@ -148,5 +156,8 @@ def evaluate(env: gym.Env, policy: Policy, seeds: Sequence[int]) -> EvalResult:
         result.seeds.append(int(seed))
         result.returns.append(total)
         result.lengths.append(steps)
+        if on_episode is not None:
+            result.seconds = time.perf_counter() - start
+            on_episode(result)
     result.seconds = time.perf_counter() - start
     return result

@@ -9,7 +9,8 @@ first action of the plan in the real simulator (:mod:`astra_gym.agents.mpc.contr
     python -m astra_gym.agents.mpc.run_mpc --checkpoint debug --max-steps 5 --candidates 8 --horizon 3
 
 Episodes use the seeds ``--seed``, ``--seed + 1``, ...; the planner's randomness comes from one
-generator seeded with ``--seed``. Prints one line per episode; ``--out`` writes a JSON summary.
+generator seeded with ``--seed``. Prints one line per episode as it ends; ``--out`` holds the JSON
+summary of the episodes so far (rewritten atomically after each).
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
 
-from astra_gym.agents.evaluation import evaluate
+from astra_gym.agents.evaluation import EvalResult, evaluate
 from astra_gym.agents.mpc.cem import CEMConfig, CEMPlanner
 from astra_gym.agents.mpc.controller import MPCController
 from astra_gym.agents.mpc.mppi import MPPIConfig, MPPIPlanner
@@ -33,6 +33,7 @@ from astra_gym.agents.real_env import make_real_env
 from astra_gym.envs.spaces import action_space
 from astra_gym.envs.variants import variant
 from astra_gym.training.cli_args import arg, parse_config
+from astra_gym.utils.atomic import atomic_write_text
 
 __all__ = ["Args", "make_planner", "make_controller", "run", "main"]
 
@@ -108,17 +109,30 @@ def run(args: Args) -> dict:
     start = time.perf_counter()
     controller = make_controller(args)
     env = make_real_env(args.env, args.max_steps, frames_per_step=controller.dynamics.engine.frames_per_step)
+
+    def summary(result: EvalResult) -> dict:
+        return {
+            **result.to_dict(),
+            "imagined_steps": controller.imagined_steps,
+            "plan_seconds": controller.plan_seconds,
+            "total_seconds": time.perf_counter() - start,
+            "args": dataclasses.asdict(args),
+        }
+
+    def progress(result: EvalResult) -> None:  # one line and the summary so far, after every episode
+        print(
+            f"episode {len(result.seeds)}/{args.episodes} seed={result.seeds[-1]}: return {result.returns[-1]:.3f} "
+            f"over {result.lengths[-1]} steps ({time.perf_counter() - start:.0f}s)",
+            flush=True,
+        )
+        if args.out:
+            atomic_write_text(args.out, json.dumps(summary(result), indent=2))
+
     try:
-        result = evaluate(env, controller, [args.seed + k for k in range(args.episodes)])
+        result = evaluate(env, controller, [args.seed + k for k in range(args.episodes)], progress)
     finally:
         env.close()
-    return {
-        **result.to_dict(),
-        "imagined_steps": controller.imagined_steps,
-        "plan_seconds": controller.plan_seconds,
-        "total_seconds": time.perf_counter() - start,
-        "args": dataclasses.asdict(args),
-    }
+    return summary(result)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -126,15 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_config(Args, argv, __doc__)
     torch.set_num_threads(args.threads)
     summary = run(args)
-    for seed, ret, length in zip(summary["seeds"], summary["returns"], summary["lengths"], strict=True):
-        print(f"episode seed={seed}: return {ret:.3f} over {length} steps")
     print(
         f"mean return {summary['mean_return']:.3f} | {summary['imagined_steps']} imagined steps | "
         f"planning {summary['plan_seconds']:.1f}s of {summary['total_seconds']:.1f}s"
     )
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(summary, indent=2))
     return summary
 
 
