@@ -1,8 +1,9 @@
-"""Learning curves as PNG files (matplotlib, headless), written atomically.
+"""Learning curves and return charts as PNG files (matplotlib, headless), written atomically.
 
 :func:`save_curves` draws named series of (x, mean[, std]) on one axis; :func:`plot_progress`
 turns an SB3 run's ``progress.csv`` into its learning curve (imagined or real return per step,
-and the periodic real evaluations when there are any).
+and the periodic real evaluations when there are any); :func:`save_bars` draws one mean +- std
+bar per policy.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from astra_gym.utils.atomic import atomic_write
 
-__all__ = ["save_curves", "plot_progress"]
+__all__ = ["save_curves", "save_bars", "plot_progress"]
 
 Series = tuple[Sequence[float], Sequence[float], Sequence[float] | None]
 
@@ -27,11 +28,7 @@ def save_curves(series: Mapping[str, Series], path: str | os.PathLike, xlabel: s
     Returns:
         ``path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, (x, mean, std) in series.items():
         if not len(x):
@@ -45,6 +42,49 @@ def save_curves(series: Mapping[str, Series], path: str | os.PathLike, xlabel: s
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(plt, fig, path)
+
+
+def save_bars(
+    names: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    path: str | os.PathLike,
+    xlabel: str,
+    title: str,
+    reference: float | None = None,
+    reference_label: str = "",
+) -> Path:
+    """One horizontal mean +- std bar per name (top to bottom), an optional dashed reference line.
+
+    Returns:
+        ``path``.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(names) + 1.5))
+    ax.barh(list(names), mean, xerr=std, color="tab:blue")
+    if reference is not None:
+        ax.axvline(reference, color="grey", linestyle="--", label=reference_label)
+        ax.legend(loc="lower right")
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(plt, fig, path)
+
+
+def _pyplot():
+    """``matplotlib.pyplot`` on the headless Agg backend (imported on first use)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, path: str | os.PathLike) -> Path:
+    """Lays out, writes ``fig`` as a PNG atomically and closes it."""
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)

@@ -30,10 +30,10 @@ from stable_baselines3 import PPO
 
 import astra_gym  # noqa: F401 - registers the ids
 from astra_gym.agents.evaluation import RandomPolicy, SB3Policy, evaluate
+from astra_gym.agents.plots import save_bars
 from astra_gym.agents.real_env import make_real_env
 from astra_gym.agents.train_sb3 import EVAL_SEED_OFFSET
 from astra_gym.envs.variants import variant
-from astra_gym.utils.atomic import atomic_write
 from benchmarks.common import write_results
 from benchmarks.imagined_vs_real import ConstantPolicy
 
@@ -81,29 +81,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row["share_of_reference_above_random"] = (row["mean_return"] - by_name["random"]) / span if span else None
     write_results(args.out, "transfer", {**vars(args), "seeds": seeds}, rows, torch.device("cpu"))
     if args.plot:
-        plot_returns(rows, args.plot, f"{args.env}: real returns over {len(seeds)} unseen episodes")
+        save_bars(
+            [r["policy"] for r in rows],
+            [r["mean_return"] for r in rows],
+            [r["std_return"] for r in rows],
+            args.plot,
+            "real return (mean +- std)",
+            f"{args.env}: real returns over {len(seeds)} unseen episodes",
+            reference=by_name["random"],
+            reference_label="random",
+        )
     return rows
-
-
-def plot_returns(rows: list[dict], path: str, title: str) -> None:
-    """Mean real return +- std per policy as horizontal bars, random's mean as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [row["policy"] for row in rows]
-    fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 1.5))
-    ax.barh(names, [r["mean_return"] for r in rows], xerr=[r["std_return"] for r in rows], color="tab:blue")
-    ax.axvline(rows[0]["mean_return"], color="grey", linestyle="--", label=f"{rows[0]['policy']}")
-    ax.invert_yaxis()
-    ax.set_xlabel("real return (mean +- std)")
-    ax.set_title(title)
-    ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
 
 
 if __name__ == "__main__":

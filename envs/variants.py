@@ -74,13 +74,18 @@ def variant(env_id: str) -> VariantSpec:
         raise ValueError(f"unknown astra-gym variant {env_id!r}; registered: {sorted(VARIANTS)}") from None
 
 
-def bundled_model_path(name: str) -> Path:
-    """``astra_gym/assets/models/<name>/`` inside the installed package."""
+def _models_root() -> Path:
+    """``astra_gym/assets/models/`` inside the installed package."""
     import astra_gym
 
-    return Path(astra_gym.__file__).resolve().parent / "assets" / "models" / name
+    return Path(astra_gym.__file__).resolve().parent / "assets" / "models"
+
+
+def bundled_model_path(name: str) -> Path:
+    """``astra_gym/assets/models/<name>/`` inside the installed package."""
+    return _models_root() / name
 
 
 def installed_bundles() -> list[str]:
     """Names of the bundled models installed in ``astra_gym/assets/models`` (folders with a bundle.json)."""
-    return sorted(p.parent.name for p in bundled_model_path("x").parent.glob("*/bundle.json"))
+    return sorted(p.parent.name for p in _models_root().glob("*/bundle.json"))

@@ -72,7 +72,7 @@ from astra_gym.data.action_codecs import (
     episode_rows,
     latent_step_ranges,
 )
-from astra_gym.utils.atomic import atomic_write
+from astra_gym.utils.atomic import atomic_write, atomic_write_text
 
 __all__ = [
     "FORMAT_NAME",
@@ -392,7 +392,7 @@ def encode_episodes(
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, sort_keys=True)))
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def _write_shard(path: Path, episodes: Sequence[CachedEpisode]) -> None:

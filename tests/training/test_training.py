@@ -371,6 +371,24 @@ def test_reward_trainer_writes_a_loadable_model_with_metrics(episode_dirs, tmp_p
 # --------------------------------------------------------------------------------------- the whole pipeline
 
 
+def _check_float16_bundle(half, world_model, reward_folder) -> None:
+    """float16 storage: half the bytes, the same config and metadata, weights within fp16 rounding."""
+    with safe_open(half / "world_model" / "model.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    assert read_pretrained_config(half / "world_model") == read_pretrained_config(world_model)
+    full_state = load_pretrained(world_model).state_dict()
+    for key, value in load_pretrained(half / "world_model", dtype=torch.float32).state_dict().items():
+        torch.testing.assert_close(value, full_state[key], rtol=1e-3, atol=1e-4)
+    with safe_open(half / "reward" / "drive" / "reward.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys() if f.get_tensor(k).is_floating_point()} == {torch.float16}
+    half_reward, half_meta = load_reward_model(half / "reward" / "drive")
+    full_reward, full_meta = load_reward_model(reward_folder)
+    assert half_meta == full_meta
+    for (key, value), full in zip(half_reward.state_dict().items(), full_reward.state_dict().values(), strict=True):
+        assert value.dtype == full.dtype, key  # stored in float16, loaded back at the model's dtype
+        torch.testing.assert_close(value, full, rtol=1e-3, atol=1e-4)
+
+
 def test_pipeline_vae_cache_world_model_reward_bundle(episode_dirs, tmp_path):
     """The README recipe at debug size: every hand-off (VAE -> caches -> world model -> reward -> bundle)."""
     scenarios = ("drive", "manipulation", "explore")
@@ -426,24 +444,10 @@ def test_pipeline_vae_cache_world_model_reward_bundle(episode_dirs, tmp_path):
     )
     assert load_vae(manifest["vae"]).latent_channels == load_pretrained(manifest["world_model"]).config.in_channels
     assert "drive" in (out / "MODEL_CARD.md").read_text()
-    # float16 storage: half the bytes, the same config and metadata, weights within fp16 rounding.
     half = bundle.make_bundle(
         "half", wm.final, vae_folder, [reward_folder], tmp_path / "half", weights_dtype="float16"
     )
-    with safe_open(half / "world_model" / "model.safetensors", "pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
-    assert read_pretrained_config(half / "world_model") == read_pretrained_config(wm.final)
-    full_state = load_pretrained(wm.final).state_dict()
-    for key, value in load_pretrained(half / "world_model", dtype=torch.float32).state_dict().items():
-        torch.testing.assert_close(value, full_state[key], rtol=1e-3, atol=1e-4)
-    with safe_open(half / "reward" / "drive" / "reward.safetensors", "pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys() if f.get_tensor(k).is_floating_point()} == {torch.float16}
-    half_reward, half_meta = load_reward_model(half / "reward" / "drive")
-    full_reward, full_meta = load_reward_model(reward_folder)
-    assert half_meta == full_meta
-    for (key, value), full in zip(half_reward.state_dict().items(), full_reward.state_dict().values(), strict=True):
-        assert value.dtype == full.dtype, key  # stored in float16, loaded back at the model's dtype
-        torch.testing.assert_close(value, full, rtol=1e-3, atol=1e-4)
+    _check_float16_bundle(half, wm.final, reward_folder)
     with pytest.raises(ValueError, match="choose one of"):
         bundle.make_bundle("x", wm.final, vae_folder, [], tmp_path / "x", weights_dtype="int8")
     with pytest.raises(ValueError, match="VAE"):  # a VAE other than the caches' is refused
