@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 
 from astra_gym.agents.mpc.planner import Dynamics, PlanResult, refine
-from astra_gym.agents.mpc.sampling import SequenceParams, make_sampler
+from astra_gym.agents.mpc.sampling import ActionPrior, SequenceParams, make_sampler
 
 __all__ = ["CEMConfig", "CEMPlanner"]
 
@@ -63,11 +63,16 @@ class CEMPlanner:
     Args:
         action_space: Box or MultiBinary space of the env.
         config: CEM settings.
+        prior: Where the search starts (and each new plan step with it); None: the space's centre
+            with ``config.init_std``.
     """
 
-    def __init__(self, action_space: gym.Space, config: CEMConfig | None = None) -> None:
+    def __init__(
+        self, action_space: gym.Space, config: CEMConfig | None = None, prior: ActionPrior | None = None
+    ) -> None:
         self.config = config or CEMConfig()
-        self.sampler = make_sampler(action_space, self.config.init_std, self.config.min_std, self.config.min_prob)
+        cfg = self.config
+        self.sampler = make_sampler(action_space, cfg.init_std, cfg.min_std, cfg.min_prob, prior)
         self.horizon = self.config.horizon
 
     def plan(

@@ -23,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 
 from astra_gym.agents.mpc.planner import Dynamics, PlanResult, refine
-from astra_gym.agents.mpc.sampling import SequenceParams, make_sampler, with_scale
+from astra_gym.agents.mpc.sampling import ActionPrior, SequenceParams, make_sampler, with_scale
 
 __all__ = ["MPPIConfig", "MPPIPlanner", "softmax_weights"]
 
@@ -70,12 +70,18 @@ class MPPIPlanner:
     Args:
         action_space: Box or MultiBinary space of the env.
         config: MPPI settings.
+        prior: Where the search starts (its means; the exploration noise stays ``noise_std``);
+            None: the space's centre.
     """
 
-    def __init__(self, action_space: gym.Space, config: MPPIConfig | None = None) -> None:
+    def __init__(
+        self, action_space: gym.Space, config: MPPIConfig | None = None, prior: ActionPrior | None = None
+    ) -> None:
         self.config = config or MPPIConfig()
-        self.sampler = make_sampler(action_space, init_std=self.config.noise_std, min_prob=self.config.min_prob)
-        self.horizon = self.config.horizon
+        cfg = self.config
+        self.sampler = make_sampler(action_space, init_std=cfg.noise_std, min_prob=cfg.min_prob, prior=prior)
+        self._noise = make_sampler(action_space, init_std=cfg.noise_std, min_prob=cfg.min_prob).initial(1).scale
+        self.horizon = cfg.horizon
 
     def plan(
         self,
@@ -86,7 +92,7 @@ class MPPIPlanner:
     ) -> PlanResult:
         """Plans from the batch-1 ``state`` (see :class:`~astra_gym.agents.mpc.planner.Planner`)."""
         cfg = self.config
-        noise = self.sampler.initial(cfg.horizon).scale  # fixed exploration noise
+        noise = np.repeat(self._noise, cfg.horizon, axis=0)  # fixed exploration noise
         params = warm_start if warm_start is not None else self.sampler.initial(cfg.horizon)
         params = with_scale(params, noise)
 

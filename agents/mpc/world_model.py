@@ -14,14 +14,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from astra_gym.agents.mpc.sampling import ActionPrior
 from astra_gym.data.action_codecs import align_to_latents
 from astra_gym.envs.core import load_world_model
-from astra_gym.envs.spaces import action_rows
+from astra_gym.envs.spaces import action_rows, action_space
 from astra_gym.rollout.engine import WorldModelRollout
 from astra_gym.rollout.state import RolloutState
 from astra_gym.utils.device import resolve_device, resolve_dtype
 
-__all__ = ["WorldModelDynamics", "load_engine"]
+__all__ = ["WorldModelDynamics", "behaviour_prior", "load_engine"]
 
 
 def load_engine(
@@ -44,6 +45,46 @@ def load_engine(
     compute = resolve_dtype(dtype, resolve_device(where))
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return bundle.engine(**overrides, device=where, dtype=compute)
+
+
+def behaviour_prior(scenario: str, stats: tuple[Sequence[float], Sequence[float]], width: int) -> ActionPrior:
+    """The actions of a world model's training data as a planner's starting distribution.
+
+    A planner that starts at the centre of the action space searches where the model may never have
+    seen data (CarRacing: half gas and half brake at once, so the car never moves). This maps the
+    per-column mean and std of the training data's action rows (``WorldModelBundle.action_stats``)
+    back to native components, each found by probing which row column it moves (and by how much).
+
+    Args:
+        scenario: Fixes the action space and how native actions become rows.
+        stats: (mean [width], std [width]) of the training data's action rows.
+        width: The model's action width.
+
+    Returns:
+        Native means and stds (Box), or press frequencies as ``loc`` (MultiBinary buttons).
+
+    Raises:
+        ValueError: A native component moves no or several row columns (no per-component prior).
+    """
+    space = action_space(scenario)
+    mean, std = (np.asarray(values, np.float64) for values in stats)
+    zero = np.zeros((1, *space.shape), np.float64)
+    base = action_rows(scenario, zero, width)[0]
+    loc, scale = np.zeros(space.shape), np.zeros(space.shape)
+    for index in np.ndindex(*space.shape):
+        unit = zero.copy()
+        unit[(0, *index)] = 1.0
+        gain = action_rows(scenario, unit, width)[0] - base
+        (columns,) = np.nonzero(np.abs(gain) > 1e-9)
+        if len(columns) != 1:
+            raise ValueError(
+                f"{scenario} action component {index} moves row columns {columns.tolist()}: behaviour_prior needs "
+                "exactly one column per component; plan from the space's centre instead (prior=None)"
+            )
+        column = columns[0]
+        loc[index] = (mean[column] - base[column]) / gain[column]
+        scale[index] = std[column] / abs(gain[column])
+    return ActionPrior(loc, scale)
 
 
 class WorldModelDynamics:

@@ -82,6 +82,9 @@ class WorldModelBundle:
         text_context: [1, L, text_dim] features of the prompt every rollout row gets, or None.
         action_scale: Per-column divisor of the scenario's action rows (the model's action
             normalisation), or None for raw rows.
+        action_stats: (mean, std) per column of the action rows of the model's training data, or
+            None when unknown: where in the action space the model has seen data (planners start
+            their search there, :func:`~astra_gym.agents.mpc.world_model.behaviour_prior`).
     """
 
     transformer: nn.Module
@@ -92,6 +95,7 @@ class WorldModelBundle:
     frame_size: tuple[int, int] = DEFAULT_FRAME_SIZE
     text_context: Tensor | None = None
     action_scale: tuple[float, ...] | None = None
+    action_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def engine(self, **overrides: Any) -> WorldModelRollout:
         """A :class:`WorldModelRollout` over these modules with rollout settings ``overrides``."""
@@ -200,6 +204,7 @@ def load_bundle(
             rollout=rollout,
             scenario=scenario,
             action_scale=tuple(entry["action_normalization"]["scale"]),
+            action_stats=_action_stats(entry["action_normalization"]),
         )
     except BundleError:
         raise
@@ -208,6 +213,13 @@ def load_bundle(
             f"could not load the {scenario!r} world model from the bundle {folder}: {err}. Rebuild the bundle with "
             "`python -m astra_gym.training.bundle`."
         ) from err
+
+
+def _action_stats(normalization: dict) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(mean, std) of the action rows from a manifest's ``action_normalization``, when it has both."""
+    if "mean" not in normalization or "std" not in normalization:
+        return None
+    return tuple(map(float, normalization["mean"])), tuple(map(float, normalization["std"]))
 
 
 # ------------------------------------------------------------------------------------------------

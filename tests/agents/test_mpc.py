@@ -10,9 +10,9 @@ from astra_gym.agents.mpc.cem import CEMConfig, CEMPlanner
 from astra_gym.agents.mpc.controller import MPCController
 from astra_gym.agents.mpc.mppi import MPPIConfig, MPPIPlanner
 from astra_gym.agents.mpc.planner import imagine_returns
-from astra_gym.agents.mpc.sampling import make_sampler
-from astra_gym.agents.mpc.world_model import WorldModelDynamics
-from astra_gym.envs.spaces import action_space
+from astra_gym.agents.mpc.sampling import ActionPrior, make_sampler
+from astra_gym.agents.mpc.world_model import WorldModelDynamics, behaviour_prior
+from astra_gym.envs.spaces import action_rows, action_space
 
 # ------------------------------------------------------------------------------------------------
 # Toy dynamics with a known optimum
@@ -137,6 +137,64 @@ def test_samples_respect_the_action_space(scenario):
     else:
         assert np.any(samples == space.low) and np.any(samples == space.high)  # clipped, not rejected
         assert len(np.unique(samples)) > 100
+
+
+@pytest.mark.parametrize("scenario", ["drive", "manipulation", "explore"])
+def test_behaviour_prior_recovers_the_native_action_statistics(scenario):
+    # Rows of known native actions: the prior must map their row statistics back to native units.
+    space, width = action_space(scenario), 16
+    rng = np.random.default_rng(0)
+    if scenario == "explore":
+        native = (rng.random((4000, *space.shape)) < np.linspace(0.1, 0.9, space.shape[0])).astype(np.int8)
+    else:
+        centre = np.linspace(-0.4, 0.4, space.shape[0]) * (space.high - space.low) / 2 + (space.high + space.low) / 2
+        native = np.clip(rng.normal(centre, 0.1, (4000, *space.shape)), space.low, space.high).astype(space.dtype)
+    rows = action_rows(scenario, native, width)
+    prior = behaviour_prior(scenario, (rows.mean(axis=0), rows.std(axis=0)), width)
+    assert prior.loc == pytest.approx(native.mean(axis=0), abs=1e-4)
+    assert prior.scale == pytest.approx(native.std(axis=0), abs=1e-4)
+
+
+def test_prior_sets_where_the_search_starts():
+    space = action_space("drive")  # steer [-1, 1], gas [0, 1], brake [0, 1]
+    prior = ActionPrior(np.array([0.0, 0.4, 1.5]), np.array([0.7, 0.4, 0.0]))
+    initial = make_sampler(space, min_std=0.05, prior=prior).initial(3)
+    assert initial.loc == pytest.approx(np.tile([0.0, 0.4, 1.0], (3, 1)))  # clipped to the box
+    assert initial.scale == pytest.approx(np.tile([0.7, 0.4, 0.025], (3, 1)))  # floored at min_std
+    # The box's centre (no prior) presses gas and brake by half each: the car would not move.
+    assert make_sampler(space).initial(1).loc[0] == pytest.approx([0.0, 0.5, 0.5])
+    buttons = make_sampler(action_space("explore"), prior=ActionPrior(np.array([1.0, 0, 0.5, 0, 0, 0]), np.zeros(6)))
+    probs = 1 / (1 + np.exp(-buttons.initial(1).loc[0]))
+    assert probs == pytest.approx([0.95, 0.05, 0.5, 0.05, 0.05, 0.05])  # kept in [min_prob, 1 - min_prob]
+    with pytest.raises(ValueError, match="action shape"):
+        make_sampler(space, prior=ActionPrior(np.zeros(2), np.zeros(2)))
+
+
+def test_prior_steers_a_one_iteration_planner_and_the_receding_horizon():
+    # A reward that only rewards pressing gas without brake; from the box centre one CEM iteration
+    # of few candidates keeps braking, from a no-brake prior it does not.
+    class Pedals:
+        def fork(self, state, n):
+            return np.repeat(state, n, axis=0)
+
+        def step(self, state, actions):
+            return state
+
+        def score(self, state, actions):
+            actions = np.asarray(actions, np.float64)
+            return actions[:, 1] - 2 * actions[:, 2], np.full(len(state), -np.inf)
+
+    space, config = action_space("drive"), CEMConfig(horizon=4, num_candidates=8, num_elites=2, iterations=1)
+    prior = ActionPrior(np.array([0.0, 0.4, 0.05]), np.array([0.7, 0.4, 0.2]))
+    state, rng = np.zeros((1, 1)), np.random.default_rng(0)
+    centre = CEMPlanner(space, config).plan(Pedals(), state, rng)
+    informed = CEMPlanner(space, config, prior).plan(Pedals(), state, np.random.default_rng(0))
+    assert informed.plan[:, 2].mean() < 0.1 < centre.plan[:, 2].mean()
+    assert informed.warm_start.loc[-1] == pytest.approx(np.clip(prior.loc, space.low, space.high))
+    mppi = MPPIPlanner(space, MPPIConfig(horizon=4, num_candidates=8, noise_std=0.3), prior)
+    result = mppi.plan(Pedals(), state, np.random.default_rng(0))
+    assert result.params.scale == pytest.approx(np.tile(0.3 * (space.high - space.low) / 2, (4, 1)))
+    assert result.warm_start.loc[-1] == pytest.approx(prior.loc)
 
 
 # ------------------------------------------------------------------------------------------------
