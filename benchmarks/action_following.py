@@ -45,7 +45,7 @@ from astra_gym.envs.spaces import EXPLORE_BUTTONS, action_rows
 from astra_gym.envs.variants import variant
 from astra_gym.evaluation.details import car_present
 from astra_gym.evaluation.metrics import PSNR_CAP_DB, psnr, ssim
-from benchmarks.common import write_results
+from benchmarks.common import spearman, write_results
 
 # K = 4 distinct constant actions per scenario, in the simulator's own action space.
 ACTIONS: dict[str, dict[str, list[float]]] = {
@@ -169,13 +169,6 @@ def identification(imagined: np.ndarray, real: np.ndarray) -> np.ndarray:
     return distance.argmin(axis=1) == np.arange(len(imagined))
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
 def summarise(scenario: str, kind: str, runs: list[dict], horizon: int, long: int) -> dict:
     """One result row from the per-start runs of one kind."""
     ident = np.concatenate([r["identified"] for r in runs])
@@ -204,9 +197,9 @@ def summarise(scenario: str, kind: str, runs: list[dict], horizon: int, long: in
     row["imagined_return"] = dict(zip(ACTIONS[scenario], imag_ret.mean(0).tolist(), strict=True))
     rm_ret = np.stack([r["reward_model_real_return"] for r in runs])
     row["reward_model_on_real_return"] = dict(zip(ACTIONS[scenario], rm_ret.mean(0).tolist(), strict=True))
-    rhos = [_spearman(a, b) for a, b in zip(real_ret, imag_ret, strict=True)]
+    rhos = [spearman(a, b) for a, b in zip(real_ret, imag_ret, strict=True)]
     row["return_rank_rho"] = float(np.nanmean(rhos)) if not np.all(np.isnan(rhos)) else None
-    rhos = [_spearman(a, b) for a, b in zip(real_ret, rm_ret, strict=True)]
+    rhos = [spearman(a, b) for a, b in zip(real_ret, rm_ret, strict=True)]
     row["return_rank_rho_reward_model_on_real"] = float(np.nanmean(rhos)) if not np.all(np.isnan(rhos)) else None
     row["reward_mae_real_frames"] = float(np.mean([r["reward_mae_real_frames"] for r in runs]))
     row["reward_mae_imagined_frames"] = float(np.mean([r["reward_mae_imagined_frames"] for r in runs]))

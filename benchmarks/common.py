@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from astra_gym.utils.atomic import atomic_write_text
 
-__all__ = ["time_call", "count_flops", "matmul_peak_tflops", "environment_info", "write_results"]
+__all__ = ["time_call", "count_flops", "matmul_peak_tflops", "environment_info", "spearman", "write_results"]
 
 
 def _sync(device: torch.device) -> None:
@@ -87,3 +88,21 @@ def write_results(path: str | Path, benchmark: str, config: dict, rows: list[dic
     """Writes ``{"benchmark", "config", "environment", "results"}`` as JSON, atomically."""
     payload = {"benchmark": benchmark, "config": config, "environment": environment_info(device), "results": rows}
     return atomic_write_text(path, json.dumps(payload, indent=2))
+
+
+def _ranks(values: list[float]) -> np.ndarray:
+    """Ranks 0..n-1, tied values sharing their average rank."""
+    x = np.asarray(values, dtype=float)
+    ranks = np.empty(len(x))
+    ranks[np.argsort(x, kind="stable")] = np.arange(len(x))
+    for value in np.unique(x):
+        ranks[x == value] = ranks[x == value].mean()
+    return ranks
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Rank correlation of two equally long lists (average ranks for ties; NaN if one is constant)."""
+    ranks = [_ranks(a), _ranks(b)]
+    if ranks[0].std() == 0 or ranks[1].std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ranks[0], ranks[1])[0, 1])

@@ -26,7 +26,7 @@ from astra_gym.agents.evaluation import evaluate
 from astra_gym.agents.real_env import make_real_env
 from astra_gym.agents.train_sb3 import EVAL_SEED_OFFSET
 from astra_gym.envs.variants import variant
-from benchmarks.common import write_results
+from benchmarks.common import spearman, write_results
 
 # Constant actions per scenario, in each simulator's own action space.
 ACTIONS: dict[str, dict[str, list[float]]] = {
@@ -74,24 +74,6 @@ def real_returns(env_id: str, action: np.ndarray, episodes: int, steps: int) -> 
     finally:
         env.close()
     return np.asarray(result.returns)
-
-
-def _ranks(values: list[float]) -> np.ndarray:
-    """Ranks 0..n-1, tied values sharing their average rank."""
-    x = np.asarray(values, dtype=float)
-    ranks = np.empty(len(x))
-    ranks[np.argsort(x, kind="stable")] = np.arange(len(x))
-    for value in np.unique(x):
-        ranks[x == value] = ranks[x == value].mean()
-    return ranks
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    """Rank correlation of two equally long lists (average ranks for ties; NaN if one is constant)."""
-    ranks = [_ranks(a), _ranks(b)]
-    if ranks[0].std() == 0 or ranks[1].std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ranks[0], ranks[1])[0, 1])
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -111,7 +111,7 @@ def test_merge_joins_methods_run_in_separate_processes(tmp_path):
 
 
 def test_spearman_rank_agreement():
-    from benchmarks.imagined_vs_real import spearman
+    from benchmarks.common import spearman
 
     assert spearman([1.0, 2.0, 3.0], [10.0, 20.0, 30.0]) == pytest.approx(1.0)
     assert spearman([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)

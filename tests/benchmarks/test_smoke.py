@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from benchmarks import env_throughput, model_speed
 
@@ -80,3 +81,30 @@ def test_transfer_and_vae_details_run(tmp_path):
     rows = vae_details.main(["--vae", "drive-v1", "--episodes", f"drive={tmp_path / 'eps'}", "--frames", "5",
                              "--out", str(tmp_path / "v.json")])  # fmt: skip
     assert rows[0]["car_real"] == 1.0 and rows[0]["car_kept"] == 1.0 and rows[0]["psnr"] > 25
+
+
+def test_planning_signal_replays_candidates_in_the_real_simulator(tmp_path):
+    from benchmarks import planning_signal
+
+    out = tmp_path / "ps.json"
+    rows = planning_signal.main(
+        ["--env", "Astra-Debug-v0", "--checkpoint", "debug", "--starts", "1", "--kinds", "reset", "--candidates",
+         "3", "--horizon", "2", "--priors", "centre", "--out", str(out)]
+    )  # fmt: skip
+    assert [(r["kind"], r["prior"], r["h"]) for r in rows] == [("reset", "centre", 1), ("reset", "centre", 2)]
+    (run,) = json.loads(out.read_text())["results"][-1]["runs"]
+    real = np.asarray(run["real"])
+    assert real.shape == (3, 2) and np.isfinite(np.asarray(run["imagined"])).all()
+    # CarRacing's first steps from a reset: no tile yet, -0.1 per physics step (2 per env step) whatever the action.
+    assert np.allclose(real, -0.2) and rows[1]["real_mean"] == rows[1]["real_max"] == rows[1]["real_of_best"]
+
+
+def test_planning_signal_scores_the_imagined_best_by_its_real_return():
+    from benchmarks.planning_signal import summarise
+
+    imagined = [[0.0, 0.0], [5.0, 0.0], [1.0, 1.0]]  # returns 0, 5, 2: candidate 1 looks best
+    real = [[3.0, 3.0], [1.0, 0.0], [2.0, 0.0]]  # returns 6, 1, 2: candidate 0 is best
+    runs = [{"kind": "mid", "prior": "data", "imagined": imagined, "real": real}]
+    (row,) = summarise(runs, (2,))
+    assert row["real_of_best"] == 1.0 and row["real_max"] == 6.0 and row["real_mean"] == 3.0
+    assert row["imagined_mean"] == np.mean([0, 5, 2]) and row["spearman"] == pytest.approx(-1.0)
