@@ -15,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import resource
 import time
 
@@ -56,6 +57,7 @@ def measure_throughput(env_id: str, num_envs: int, denoise_steps: int, steps: in
         "num_envs": num_envs,
         "checkpoint": kwargs.get("checkpoint"),
         "dtype": kwargs.get("dtype", "default"),
+        "batch_invariant": None if engine is None else engine.config.batch_invariant,
         "device": kwargs.get("device", "default"),
         "denoise_steps": denoise_steps,
         "effective_denoise_steps": None if engine is None else engine.config.num_denoise_steps,
@@ -84,9 +86,14 @@ def measure_memory(env_id: str, steps: int, denoise_steps: int, kwargs: dict) ->
     return {"env": env_id, "steps": steps, "denoise_steps": denoise_steps, "probes": probes, "rss_growth_mib": growth}
 
 
-def _env_kwargs(checkpoint: str | None, dtype: str | None, device: str | None) -> dict:
+def _env_kwargs(
+    checkpoint: str | None, dtype: str | None, device: str | None, batch_invariant: str | None = None
+) -> dict:
     """The env kwargs of one measured configuration (none given = the variant's defaults)."""
-    return {k: v for k, v in (("checkpoint", checkpoint), ("dtype", dtype), ("device", device)) if v}
+    kwargs = {k: v for k, v in (("checkpoint", checkpoint), ("dtype", dtype), ("device", device)) if v}
+    if batch_invariant is not None:
+        kwargs["batch_invariant"] = batch_invariant == "true"
+    return kwargs
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -104,7 +111,17 @@ def main(argv: list[str] | None = None) -> dict:
         "--denoise-steps", nargs="+", type=int, default=[1, 2, 4, 8], help="0 = the checkpoint's own sampler"
     )
     parser.add_argument(
-        "--dtype", default=None, help="env compute dtype (float32, bfloat16, float16); none = the env's default"
+        "--dtype",
+        nargs="+",
+        default=[None],
+        help="env compute dtypes (float32, bfloat16, float16), measured in turn; none = the env's default",
+    )
+    parser.add_argument(
+        "--batch-invariant",
+        nargs="+",
+        choices=["true", "false"],
+        default=[None],
+        help="CPU kernels whose rows equal batch-1 envs bit for bit (true, the default) or faster ones (false)",
     )
     parser.add_argument("--device", default=None, help="env device (cpu, cuda); none = the env's default")
     parser.add_argument("--steps", type=int, default=10, help="timed vector steps per configuration")
@@ -116,19 +133,18 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
-    for checkpoint in args.checkpoint:
-        kwargs = _env_kwargs(checkpoint, args.dtype, args.device)
-        for denoise_steps in args.denoise_steps:
-            for num_envs in args.num_envs:
-                row = measure_throughput(args.env, num_envs, denoise_steps, args.steps, args.warmup, kwargs)
-                rows.append(row)
-                print(
-                    f"{args.env} {checkpoint or 'default'} N={num_envs:<3} K={row['effective_denoise_steps']} "
-                    f"g={row['guidance_scale']} {row['env_steps_per_s']:8.1f} env steps/s "
-                    f"{row['env_frames_per_s']:8.1f} env frames/s",
-                    flush=True,
-                )
-    kwargs = _env_kwargs(args.checkpoint[0], args.dtype, args.device)
+    variants = itertools.product(args.checkpoint, args.dtype, args.batch_invariant, args.denoise_steps, args.num_envs)
+    for checkpoint, dtype, batch_invariant, denoise_steps, num_envs in variants:
+        kwargs = _env_kwargs(checkpoint, dtype, args.device, batch_invariant)
+        row = measure_throughput(args.env, num_envs, denoise_steps, args.steps, args.warmup, kwargs)
+        rows.append(row)
+        print(
+            f"{args.env} {checkpoint or 'default'} {dtype or 'default'} batch_invariant={row['batch_invariant']} "
+            f"N={num_envs:<3} K={row['effective_denoise_steps']} g={row['guidance_scale']} "
+            f"{row['env_steps_per_s']:8.1f} env steps/s {row['env_frames_per_s']:8.1f} env frames/s",
+            flush=True,
+        )
+    kwargs = _env_kwargs(args.checkpoint[0], args.dtype[0], args.device)
     memory = None
     if args.memory_steps:
         memory = measure_memory(args.env, args.memory_steps, min(args.denoise_steps) or 1, kwargs)

@@ -70,6 +70,7 @@ ENV_KWARGS = (
     "frames_per_step",
     "device",
     "dtype",
+    "batch_invariant",
     "render_mode",
     "render_fps",
     "rollout",
@@ -279,6 +280,7 @@ class EnvCore:
         device: str | torch.device,
         dtype: str | torch.dtype | None,
         rollout: WorldModelRollout | None,
+        batch_invariant: bool | None = None,
     ) -> None:
         self.scenario = scenario
         self.action_space = action_space(scenario)
@@ -288,6 +290,7 @@ class EnvCore:
         if rollout is None:
             bundle = load_world_model(checkpoint, scenario, device, dtype)
             overrides = {"num_denoise_steps": num_denoise_steps, "guidance_scale": guidance_scale}
+            overrides["batch_invariant"] = batch_invariant
             overrides["chunk_latents"] = frames_per_step
             overrides = {k: v for k, v in overrides.items() if v is not None}
             compute_dtype = resolve_dtype(dtype, resolve_device(bundle.rollout.device))

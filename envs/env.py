@@ -126,6 +126,9 @@ class AstraEnv(gym.Env):
     | ``frames_per_step`` | the checkpoint's     | latents generated per step (chunk size)                          |
     | ``device``          | ``"auto"``           | ``"cpu"``, ``"cuda[:N]"`` or ``"auto"``                          |
     | ``dtype``           | ``None`` (auto)      | compute dtype: float32 on CPU, bf16 on capable GPUs              |
+    | ``batch_invariant`` | ``None`` (True)      | CPU: a batch of N rows equals N batch-1 envs bit for bit; False  |
+    |                     |                      | is faster (about 1.5x at 16 envs) with rows that differ in the   |
+    |                     |                      | last bits from batch-1 ones (still deterministic for a given N)  |
     | ``render_mode``     | ``None``             | ``"rgb_array"`` (the last frame) or ``"human"``                  |
     | ``render_fps``      | variant              | playback rate of the frames                                      |
     | ``rollout``         | ``None``             | a ``WorldModelRollout`` to share (replaces the model kwargs)     |
@@ -155,6 +158,7 @@ class AstraEnv(gym.Env):
         frames_per_step: int | None = None,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype | None = None,
+        batch_invariant: bool | None = None,
         render_mode: str | None = None,
         render_fps: float = 25.0,
         rollout: WorldModelRollout | None = None,
@@ -173,9 +177,9 @@ class AstraEnv(gym.Env):
             device,
             dtype,
         )
-        self.core = EnvCore(*core_args, rollout)
+        self.core = EnvCore(*core_args, rollout, batch_invariant)
         # Pickled by reference (see __getstate__) unless built around a caller's engine.
-        self._core_args = core_args if rollout is None else None
+        self._core_args = (*core_args, None, batch_invariant) if rollout is None else None
         self.metadata = {**type(self).metadata, "render_fps": render_fps}
         self.render_mode = render_mode
         self.action_space = self.core.action_space
@@ -261,7 +265,7 @@ class AstraEnv(gym.Env):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if self.core is None:
-            self.core = EnvCore(*self._core_args, None)
+            self.core = EnvCore(*self._core_args)
 
     def get_state(self) -> EnvSnapshot:
         """A deep copy of everything needed to continue this episode (see the class docstring)."""

@@ -83,6 +83,7 @@ class AstraVectorEnv(gym.vector.VectorEnv):
         frames_per_step: int | None = None,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype | None = None,
+        batch_invariant: bool | None = None,
         render_mode: str | None = None,
         render_fps: float = 25.0,
         rollout: WorldModelRollout | None = None,
@@ -110,6 +111,7 @@ class AstraVectorEnv(gym.vector.VectorEnv):
             device,
             dtype,
             rollout,
+            batch_invariant,
         )
         self.num_envs = num_envs
         self.max_episode_steps = max_episode_steps

@@ -36,10 +36,12 @@ def test_env_throughput_runs(tmp_path):
 def test_env_throughput_compares_checkpoints_with_their_own_samplers(tmp_path):
     result = env_throughput.main(
         ["--env", "Astra-Debug-v0", "--checkpoint", "debug", "debug", "--num-envs", "2", "--denoise-steps", "0", "3",
-         "--steps", "1", "--warmup", "0", "--dtype", "bfloat16", "--out", str(tmp_path / "env.json")]
+         "--steps", "1", "--warmup", "0", "--dtype", "bfloat16", "--batch-invariant", "true", "false",
+         "--out", str(tmp_path / "env.json")]
     )  # fmt: skip
     rows = result["throughput"]
-    assert [(r["checkpoint"], r["denoise_steps"]) for r in rows] == [("debug", 0), ("debug", 3)] * 2
+    assert [(r["checkpoint"], r["denoise_steps"]) for r in rows] == [("debug", 0), ("debug", 3)] * 4
+    assert [r["batch_invariant"] for r in rows] == [True, True, False, False] * 2
     assert rows[1]["effective_denoise_steps"] == 3 and rows[0]["effective_denoise_steps"] >= 1
     assert all(r["guidance_scale"] is not None and r["dtype"] == "bfloat16" for r in rows)
 
