@@ -48,8 +48,9 @@ from astra_gym.data.recorder import Recorder
 from astra_gym.data.sims import make_simulator
 from astra_gym.envs.spaces import EXPLORE_BUTTONS
 from astra_gym.envs.variants import bundled_model_path, variant
+from astra_gym.rollout.bundle import read_bundle
 from astra_gym.training import train_reward, train_world_model
-from astra_gym.training.bundle import make_bundle, read_bundle
+from astra_gym.training.bundle import make_bundle
 from astra_gym.training.cli_args import add_config_arguments, apply_overrides, arg
 from astra_gym.training.data import DatasetSpec
 from astra_gym.utils.atomic import atomic_write_text

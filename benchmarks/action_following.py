@@ -242,6 +242,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed-offset", type=int, default=20000, help="simulator seeds are offset + s")
     parser.add_argument("--denoise-steps", type=int, default=None, help="override the bundle's sampler steps")
     parser.add_argument("--guidance", type=float, default=None, help="override the bundle's guidance scale")
+    parser.add_argument("--dtype", default=None, help="env compute dtype (e.g. bfloat16); default: the env's")
+    parser.add_argument(
+        "--batch-invariant", choices=["true", "false"], default=None, help="env kernels (false: the fast ones)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", required=True, help="JSON results path")
     args = parser.parse_args(argv)
@@ -253,6 +257,10 @@ def main(argv: list[str] | None = None) -> dict:
         kwargs["num_denoise_steps"] = args.denoise_steps
     if args.guidance is not None:
         kwargs["guidance_scale"] = args.guidance
+    if args.dtype is not None:
+        kwargs["dtype"] = args.dtype
+    if args.batch_invariant is not None:
+        kwargs["batch_invariant"] = args.batch_invariant == "true"
     envs = gym.make_vec(args.env, num_envs=len(ACTIONS[scenario]), max_episode_steps=args.long + 1, **kwargs)
     context = envs.unwrapped.core.bank.context_length
     rows = []

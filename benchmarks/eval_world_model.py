@@ -140,7 +140,7 @@ def _debug_model(args: argparse.Namespace, device: torch.device) -> tuple[WorldM
 
 
 def _bundle_model(folder: Path, args: argparse.Namespace, device: torch.device) -> tuple[WorldModelRollout, dict]:
-    from astra_gym.training.bundle import read_bundle
+    from astra_gym.rollout.bundle import read_bundle
 
     manifest = read_bundle(folder)
     entry = _scenario_entry(manifest, args.scenario, folder)
@@ -174,9 +174,9 @@ def _scenario_entry(meta: dict, scenario: str, folder: Path) -> dict:
 
 def _assemble(world_model, vae_folder, reward_folder, entry: dict, meta: dict, args, device) -> tuple:
     """Loads the parts of a folder or bundle into one engine."""
-    from astra_gym.training.reward_io import load_reward_model
-    from astra_gym.training.vae_io import load_vae
     from astra_gym.world_model.checkpoints import load_pretrained, read_pretrained_config
+    from astra_gym.world_model.reward_io import load_reward_model
+    from astra_gym.world_model.vae_io import load_vae
 
     model = load_pretrained(world_model, device=device, dtype=torch.float32).eval()
     vae = load_vae(vae_folder, device)

@@ -97,7 +97,7 @@ def variants(args: argparse.Namespace) -> list[Variant]:
 def _load(checkpoint: str, device: torch.device) -> AstraTransformer:
     """A trained transformer from a bundle name, a bundle folder or a save_pretrained folder."""
     from astra_gym.envs.variants import bundled_model_path
-    from astra_gym.training.bundle import read_bundle
+    from astra_gym.rollout.bundle import read_bundle
     from astra_gym.world_model.checkpoints import load_pretrained
 
     folder = Path(checkpoint) if Path(checkpoint).exists() else bundled_model_path(checkpoint)

@@ -25,7 +25,7 @@ from astra_gym.data.episodes import episode_paths, load_episode
 from astra_gym.envs.variants import bundled_model_path
 from astra_gym.evaluation.details import detail_report
 from astra_gym.evaluation.metrics import psnr
-from astra_gym.training.vae_io import load_vae, reconstruct_frames
+from astra_gym.world_model.vae_io import load_vae, reconstruct_frames
 from benchmarks.common import write_results
 
 

@@ -72,3 +72,16 @@ def test_tracked_tree_travels_to_the_gpu_machine():
         f"{largest}: store weights in float16 (`--weights-dtype float16`), share files between bundles, "
         "or drop a bundle"
     )
+
+
+def test_the_inference_layer_does_not_import_training():
+    """Making and stepping an env of the bundled model loads no training code (a clean process)."""
+    code = (
+        "import sys, gymnasium as gym, astra_gym\n"
+        "env = gym.make('Astra-Drive-v0', device='cpu')\n"
+        "env.reset(seed=0); env.step(env.action_space.sample())\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('astra_gym.training'))\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

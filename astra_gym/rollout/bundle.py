@@ -14,6 +14,7 @@ scenario, and three loaders build it:
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,15 @@ from astra_gym.world_model.framepack import FramePackLayout
 from astra_gym.world_model.reward_model import RewardModel, get_reward_model_preset
 from astra_gym.world_model.vae import SmallVAE, VideoVAE, get_small_vae_preset
 
+#: The bundle format (``bundle.json``), written by :func:`astra_gym.training.bundle.make_bundle`.
+BUNDLE_FORMAT = "astra-gym-model-bundle"
+BUNDLE_VERSION = 1
+MANIFEST = "bundle.json"
+
 __all__ = [
+    "BUNDLE_FORMAT",
+    "MANIFEST",
+    "read_bundle",
     "BundleError",
     "WorldModelBundle",
     "scenario_modality",
@@ -160,6 +169,23 @@ def _scenario_entry(manifest: dict, scenario: str, folder: Path) -> dict:
     return entries[scenario]
 
 
+def read_bundle(folder: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a bundle with every relative path resolved against ``folder``."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"no {MANIFEST} in {folder}; build one with `python -m astra_gym.training.bundle`")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != BUNDLE_FORMAT or int(manifest.get("format_version", 0)) > BUNDLE_VERSION:
+        raise ValueError(f"{path} is not a model bundle of this astra-gym version")
+    manifest["world_model"] = folder / manifest["world_model"]
+    manifest["vae"] = folder / manifest["vae"]
+    for entry in manifest["scenarios"].values():
+        if entry["reward_model"] is not None:
+            entry["reward_model"] = folder / entry["reward_model"]
+    return manifest
+
+
 def load_bundle(
     folder: str | os.PathLike,
     scenario: str,
@@ -174,10 +200,9 @@ def load_bundle(
         BundleError: The folder is not a bundle, lacks the scenario, or a part does not load (every
             message names the file and the fix).
     """
-    from astra_gym.training.bundle import read_bundle
-    from astra_gym.training.reward_io import load_reward_model
-    from astra_gym.training.vae_io import load_vae
     from astra_gym.world_model.checkpoints import load_pretrained
+    from astra_gym.world_model.reward_io import load_reward_model
+    from astra_gym.world_model.vae_io import load_vae
 
     folder = Path(folder)
     try:

@@ -33,18 +33,16 @@ from typing import Any
 
 import torch
 
-from astra_gym.training.checkpointing import atomic_folder
-from astra_gym.training.reward_io import copy_reward_model, read_reward_config
-from astra_gym.training.vae_io import read_vae_config
+from astra_gym.rollout.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST
+from astra_gym.utils.atomic import atomic_folder
 from astra_gym.world_model.checkpoints import load_pretrained, read_pretrained_config, save_pretrained
+from astra_gym.world_model.reward_io import copy_reward_model, read_reward_config
+from astra_gym.world_model.vae_io import read_vae_config
 
-__all__ = ["BUNDLE_FORMAT", "make_bundle", "read_bundle", "main"]
+__all__ = ["make_bundle", "main"]
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_FORMAT = "astra-gym-model-bundle"
-BUNDLE_VERSION = 1
-MANIFEST = "bundle.json"
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -184,23 +182,6 @@ def make_bundle(
         (tmp / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     logger.info("wrote bundle %s to %s", name, out)
     return Path(out).absolute()
-
-
-def read_bundle(folder: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of a bundle with every relative path resolved against ``folder``."""
-    folder = Path(folder)
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"no {MANIFEST} in {folder}; build one with `python -m astra_gym.training.bundle`")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != BUNDLE_FORMAT or int(manifest.get("format_version", 0)) > BUNDLE_VERSION:
-        raise ValueError(f"{path} is not a model bundle of this astra-gym version")
-    manifest["world_model"] = folder / manifest["world_model"]
-    manifest["vae"] = folder / manifest["vae"]
-    for entry in manifest["scenarios"].values():
-        if entry["reward_model"] is not None:
-            entry["reward_model"] = folder / entry["reward_model"]
-    return manifest
 
 
 def main(argv: Sequence[str] | None = None) -> None:

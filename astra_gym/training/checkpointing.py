@@ -20,15 +20,13 @@ The global torch RNG states are saved and restored as well, for any third-party 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
 import shutil
 import time
-import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,14 +36,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from astra_gym.utils.atomic import atomic_write_text, fsync_path, remove_stale_temps, swap_in
+from astra_gym.utils.atomic import atomic_folder, atomic_write_text
 from astra_gym.world_model.checkpoints import save_pretrained
 
 __all__ = [
     "STREAMS",
     "step_generator",
     "ExponentialMovingAverage",
-    "atomic_folder",
     "write_json_atomic",
     "TrainingState",
     "checkpoint_folder",
@@ -147,34 +144,6 @@ class ExponentialMovingAverage:
 # ---------------------------------------------------------------------------------------------
 # Atomic writes
 # ---------------------------------------------------------------------------------------------
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*")):
-        fsync_path(path)
-    fsync_path(root)
-
-
-@contextlib.contextmanager
-def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
-    """Yields a hidden temp folder next to ``folder``; on success it replaces ``folder`` as a whole.
-
-    Everything written into the temp folder is fsynced before the rename. An existing ``folder`` is
-    moved aside first and deleted only after the new one is in place; on any error the temp folder
-    is removed and the old ``folder`` is untouched. Stale temp folders of earlier crashed writes of
-    the same target are removed first.
-    """
-    folder = Path(folder).absolute()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(folder, logger)
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-        swap_in(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:

@@ -15,7 +15,7 @@ positive class by ``(negatives / positives) ** termination_balance`` (1 = fully 
 Held-out episodes (``--holdout-fraction``) give ``eval/reward_mae`` (and the MAE of always predicting
 the training mean, for reference) and termination accuracy, balanced accuracy, precision and
 recall at the env's decision threshold (logit > 0). The model is saved atomically to
-``<out>/final`` (:mod:`astra_gym.training.reward_io`) with those numbers in its metadata.
+``<out>/final`` (:mod:`astra_gym.world_model.reward_io`) with those numbers in its metadata.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from astra_gym.training.loop import config_dict, preset_main, preset_parser, run
 from astra_gym.training.metrics import MetricWriter
 from astra_gym.training.normalization import ActionNormalizer
 from astra_gym.training.optim import cosine_schedule, make_adamw, optimizer_step
-from astra_gym.training.reward_io import save_reward_model
 from astra_gym.utils.device import resolve_device
+from astra_gym.world_model.reward_io import save_reward_model
 from astra_gym.world_model.reward_model import RewardModel, get_reward_model_preset
 
 __all__ = ["RewardTrainConfig", "PRESETS", "TransitionPool", "train_reward", "main"]
@@ -237,7 +237,7 @@ _TRAIN_KEYS = ["train/loss", "train/reward_loss", "train/termination_loss", "tra
 
 def _reconstructed(episodes: Sequence[Episode], vae_folder: str, device: torch.device) -> list:
     """The episodes with every frame replaced by the VAE's reconstruction (uint8, same shapes)."""
-    from astra_gym.training.vae_io import load_vae, reconstruct_frames
+    from astra_gym.world_model.vae_io import load_vae, reconstruct_frames
 
     vae = load_vae(vae_folder, device)
     return [dataclasses.replace(ep, frames=reconstruct_frames(vae, ep.frames)) for ep in episodes]

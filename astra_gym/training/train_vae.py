@@ -11,7 +11,7 @@ loss is the VAE's own reconstruction + KL (:meth:`SmallVAE.loss`). At the end th
 normalisation (per-channel mean/std of the posterior means) is set from ``--stats-frames``
 training frames, the reconstruction PSNR is measured on frames of held-out episodes (also
 logged every ``--eval-every`` steps as ``eval/psnr``), and the VAE is saved atomically to
-``<out>/final`` (:mod:`astra_gym.training.vae_io`). Metrics go to ``<out>/metrics.csv`` and
+``<out>/final`` (:mod:`astra_gym.world_model.vae_io`). Metrics go to ``<out>/metrics.csv`` and
 TensorBoard. The run is short on purpose and not resumable; a failed run is simply restarted.
 """
 
@@ -33,9 +33,9 @@ from astra_gym.training.episode_data import load_split, uint8_to_pixels
 from astra_gym.training.loop import config_dict, preset_main, preset_parser, run_steps
 from astra_gym.training.metrics import MetricWriter
 from astra_gym.training.optim import cosine_schedule, make_adamw, optimizer_step
-from astra_gym.training.vae_io import save_vae
 from astra_gym.utils.device import resolve_device
 from astra_gym.world_model.vae import SmallVAE, get_small_vae_preset
+from astra_gym.world_model.vae_io import save_vae
 
 __all__ = ["VaeTrainConfig", "PRESETS", "FramePool", "psnr", "train_vae", "main"]
 

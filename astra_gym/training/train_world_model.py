@@ -373,7 +373,7 @@ def _export_model(model: nn.Module, ema: ExponentialMovingAverage | None) -> nn.
 def _load_preview_vae(cfg: TrainConfig, device: torch.device):
     if cfg.vae is None or cfg.preview_every == 0:
         return None
-    from astra_gym.training.vae_io import load_vae
+    from astra_gym.world_model.vae_io import load_vae
 
     return load_vae(cfg.vae, device)
 

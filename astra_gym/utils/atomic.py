@@ -1,4 +1,4 @@
-"""Atomic folder replacement, shared by the model checkpoints and the training checkpoints.
+"""Atomic writes: every file (:func:`atomic_write`) and folder (:func:`atomic_folder`) astra-gym writes.
 
 A folder is written into a hidden ``.{name}.tmp-*`` sibling, fsynced, and renamed into place by
 :func:`swap_in`; an existing folder is first moved aside to ``.{name}.old-*`` and deleted only once
@@ -7,11 +7,13 @@ the new one is in place. :func:`remove_stale_temps` deletes the temp folders of 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "remove_stale_temps",
     "atomic_write",
     "atomic_write_text",
+    "atomic_folder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -101,3 +104,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Writes ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write`)."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        fsync_path(path)
+    fsync_path(root)
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yields a hidden temp folder next to ``folder``; on success it replaces ``folder`` as a whole.
+
+    Everything written into the temp folder is fsynced before the rename. An existing ``folder`` is
+    moved aside first and deleted only after the new one is in place; on any error the temp folder
+    is removed and the old ``folder`` is untouched. Stale temp folders of earlier crashed writes of
+    the same target are removed first.
+    """
+    folder = Path(folder).absolute()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(folder, logger)
+    tmp = folder.parent / f".{folder.name}{TEMP_TAG}{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        swap_in(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -8,7 +8,7 @@ import astra_gym  # noqa: F401
 from astra_gym.envs.frame_bank import load_frame_bank
 from astra_gym.envs.variants import BUNDLED_MODEL, DRIVE_MODEL, bundled_model_path
 from astra_gym.evaluation.details import car_present
-from astra_gym.training.bundle import read_bundle
+from astra_gym.rollout.bundle import read_bundle
 
 REAL_VARIANTS = ["Astra-Drive-v0", "Astra-Manipulation-v0", "Astra-Explore-v0"]
 SHIPPED = [BUNDLED_MODEL, DRIVE_MODEL]

@@ -161,13 +161,13 @@ def saved_checkpoint(tmp_path, training_roots=()):
 
     from astra_gym.rollout.engine import DEFAULT_LAYOUT
     from astra_gym.training.normalization import ActionNormalizer
-    from astra_gym.training.reward_io import save_reward_model
-    from astra_gym.training.vae_io import save_vae
     from astra_gym.world_model.checkpoints import save_pretrained
     from astra_gym.world_model.config import get_preset
+    from astra_gym.world_model.reward_io import save_reward_model
     from astra_gym.world_model.reward_model import RewardModel, get_reward_model_preset
     from astra_gym.world_model.transformer import AstraTransformer
     from astra_gym.world_model.vae import SmallVAE
+    from astra_gym.world_model.vae_io import save_vae
 
     torch.manual_seed(0)
     norm = ActionNormalizer("keyboard", (2.0,) * 16)

@@ -10,9 +10,9 @@ from astra_gym.rollout.bundle import BundleError, debug_bundle, load_bundle
 from astra_gym.rollout.engine import WorldModelRollout
 from astra_gym.training.bundle import make_bundle
 from astra_gym.training.normalization import ActionNormalizer
-from astra_gym.training.reward_io import save_reward_model
-from astra_gym.training.vae_io import save_vae
 from astra_gym.world_model.checkpoints import save_pretrained
+from astra_gym.world_model.reward_io import save_reward_model
+from astra_gym.world_model.vae_io import save_vae
 from tests.rollout.inputs import action_rows, contexts
 
 SCALE = (0.5, 0.7, 0.3, 1.0, 1.0, 1.0, 1.0)

@@ -18,19 +18,21 @@ from safetensors import safe_open
 from astra_gym.data import latent_cache
 from astra_gym.data.episodes import episode_filename, save_episode
 from astra_gym.data.synthetic import drive_episode, explore_episode, manipulation_episode
+from astra_gym.rollout.bundle import read_bundle
 from astra_gym.training import bundle, train_reward, train_vae, train_world_model
-from astra_gym.training.checkpointing import atomic_folder, latest_checkpoint, step_generator
+from astra_gym.training.checkpointing import latest_checkpoint, step_generator
 from astra_gym.training.data import DatasetSpec, JointLatentData, WindowDraw, map_tensors
 from astra_gym.training.normalization import ActionNormalizer
-from astra_gym.training.reward_io import load_reward_model
 from astra_gym.training.steps import StepConfig, draw_share, prepare_inputs, train_step
-from astra_gym.training.vae_io import load_vae
+from astra_gym.utils.atomic import atomic_folder
 from astra_gym.world_model.action_encoders import flag_columns
 from astra_gym.world_model.checkpoints import load_pretrained, read_pretrained_config
 from astra_gym.world_model.config import get_preset
 from astra_gym.world_model.framepack import FramePackLayout
+from astra_gym.world_model.reward_io import load_reward_model
 from astra_gym.world_model.transformer import AstraTransformer
 from astra_gym.world_model.vae import SmallVAE
+from astra_gym.world_model.vae_io import load_vae
 
 SIZE = 32  # pixels -> 4x4 latents with the debug VAE (spatial factor 8)
 LAYOUT = FramePackLayout(mode="exact", max_start_distance=20)
@@ -434,7 +436,7 @@ def test_pipeline_vae_cache_world_model_reward_bundle(episode_dirs, tmp_path):
     )
     reward_folder = train_reward.train_reward(reward_cfg)
     out = bundle.make_bundle("test", wm.final, vae_folder, [reward_folder], tmp_path / "bundle")
-    manifest = bundle.read_bundle(out)
+    manifest = read_bundle(out)
     assert sorted(manifest["scenarios"]) == sorted(scenarios)
     assert manifest["scenarios"]["drive"]["reward_model"] == out / "reward" / "drive"
     assert manifest["scenarios"]["explore"]["reward_model"] is None

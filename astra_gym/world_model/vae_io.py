@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from astra_gym.data.latent_cache import vae_identity
-from astra_gym.training.checkpointing import atomic_folder
+from astra_gym.utils.atomic import atomic_folder
 from astra_gym.world_model.vae import SmallVAE, SmallVAEConfig
 
 __all__ = ["VAE_FORMAT", "VAE_WEIGHTS", "save_vae", "load_vae", "read_vae_config", "reconstruct_frames"]

@@ -17,14 +17,16 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from astra_gym.training.checkpointing import atomic_folder
-from astra_gym.training.normalization import ActionNormalizer
+from astra_gym.utils.atomic import atomic_folder
 from astra_gym.world_model.reward_model import RewardModel, RewardModelConfig
+
+if TYPE_CHECKING:  # the trainer's normaliser; only its to_dict() is written
+    from astra_gym.training.normalization import ActionNormalizer
 
 __all__ = ["REWARD_FORMAT", "save_reward_model", "load_reward_model", "read_reward_config", "copy_reward_model"]
 
