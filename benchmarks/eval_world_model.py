@@ -43,8 +43,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from astra_gym.data.action_codecs import FEATURES, INFERENCE_FEATURE
+from astra_gym.data.action_codecs import INFERENCE_FEATURE
 from astra_gym.data.episodes import Episode, episode_paths, load_episode
+from astra_gym.envs.variants import bundled_model_path, installed_bundles
 from astra_gym.evaluation.idm import (
     IDMTrainConfig,
     InverseDynamicsModel,
@@ -65,13 +66,12 @@ from astra_gym.evaluation.rollouts import (
     replay_continuations,
     run_rollouts,
 )
-from astra_gym.rollout.engine import DEFAULT_LAYOUT, RolloutConfig, WorldModelRollout
+from astra_gym.rollout.bundle import BundleError, debug_bundle, load_bundle, read_manifest
+from astra_gym.rollout.engine import RolloutConfig, WorldModelRollout
 from astra_gym.utils.atomic import atomic_write_text
 from astra_gym.utils.device import resolve_device
+from astra_gym.world_model.checkpoints import read_pretrained_config
 from benchmarks.common import environment_info
-
-MODELS_DIR = Path(__file__).resolve().parents[1] / "astra_gym" / "assets" / "models"
-
 
 # ------------------------------------------------------------------------------------------------
 # Loading the world model
@@ -80,122 +80,46 @@ MODELS_DIR = Path(__file__).resolve().parents[1] / "astra_gym" / "assets" / "mod
 
 def load_world_model(args: argparse.Namespace, device: torch.device) -> tuple[WorldModelRollout, dict]:
     """(engine with the checkpoint's action normalisation, JSON description of what was loaded)."""
+    overrides = {"num_denoise_steps": args.denoise_steps or None, "guidance_scale": args.guidance}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.checkpoint == "debug":
-        return _debug_model(args, device)
+        engine = debug_bundle(args.scenario, seed=args.seed, device=device).engine(**overrides)
+        info = {"kind": "debug (random weights)", "feature": INFERENCE_FEATURE[args.scenario]}
+        return engine, {**info, "modality": engine.config.modality, "sampler": _sampler_info(engine.config)}
     folder = Path(args.checkpoint)
-    if not folder.exists() and (MODELS_DIR / args.checkpoint).is_dir():
-        folder = MODELS_DIR / args.checkpoint
-    if (folder / "bundle.json").is_file():
-        return _bundle_model(folder, args, device)
-    if (folder / "config.json").is_file():
-        return _folder_model(folder, args, device)
-    known = sorted(p.name for p in MODELS_DIR.iterdir()) if MODELS_DIR.is_dir() else []
-    raise SystemExit(
-        f"--checkpoint {args.checkpoint!r}: no bundle.json or config.json there and no bundled model of that name "
-        f"(bundled: {known or 'none'}); pass a bundle or save_pretrained folder, or 'debug'"
-    )
-
-
-def _engine_config(args: argparse.Namespace, modality: str, meta: dict, device: torch.device) -> RolloutConfig:
-    """Rollout settings from the checkpoint metadata, with the command-line overrides."""
-    sampler = meta.get("sampler") or {}
-    layout = DEFAULT_LAYOUT
-    if meta.get("layout"):
-        from astra_gym.world_model.framepack import FramePackLayout
-
-        stored = dict(meta["layout"], patch_hw=tuple(meta["layout"]["patch_hw"]))
-        layout = FramePackLayout(**stored)
-    return RolloutConfig(
-        modality=modality,
-        chunk_latents=int(meta.get("chunk_latents") or 1),
-        num_denoise_steps=args.denoise_steps or int(sampler.get("num_denoise_steps", 4)),
-        guidance_scale=args.guidance if args.guidance is not None else float(sampler.get("guidance_scale", 1.0)),
-        shift=float(sampler.get("shift", 5.0)),
-        layout=layout,
-        device=device,
-    )
-
-
-def _debug_model(args: argparse.Namespace, device: torch.device) -> tuple[WorldModelRollout, dict]:
-    """The debug transformer, debug SmallVAE and debug reward model with seeded random weights."""
-    from astra_gym.world_model.config import get_preset
-    from astra_gym.world_model.reward_model import RewardModel, get_reward_model_preset
-    from astra_gym.world_model.transformer import AstraTransformer
-    from astra_gym.world_model.vae import SmallVAE
-
-    feature = FEATURES[INFERENCE_FEATURE[args.scenario]]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
-        model = AstraTransformer(get_preset("debug")).to(device).eval()
-        vae = SmallVAE.from_preset("debug").to(device).eval()
-        reward = RewardModel(get_reward_model_preset("debug", feature.dim)).to(device).eval()
-    config = _engine_config(args, feature.modality, {}, device)
-    info = {
-        "kind": "debug (random weights)",
-        "feature": feature.name,
-        "modality": feature.modality,
-        "sampler": _sampler_info(config),
-    }
-    return WorldModelRollout(model, vae, config, reward_model=reward), info
-
-
-def _bundle_model(folder: Path, args: argparse.Namespace, device: torch.device) -> tuple[WorldModelRollout, dict]:
-    from astra_gym.rollout.bundle import read_bundle
-
-    manifest = read_bundle(folder)
-    entry = _scenario_entry(manifest, args.scenario, folder)
-    reward = args.reward_model or entry.get("reward_model")
-    return _assemble(manifest["world_model"], args.vae or manifest["vae"], reward, entry, manifest, args, device)
-
-
-def _folder_model(folder: Path, args: argparse.Namespace, device: torch.device) -> tuple[WorldModelRollout, dict]:
-    from astra_gym.world_model.checkpoints import read_pretrained_config
-
-    _, extra = read_pretrained_config(folder)
-    entry = _scenario_entry(extra, args.scenario, folder)
-    vae = args.vae or (extra.get("vae") or {}).get("folder")
-    if vae is None:
-        raise SystemExit(f"{folder} does not name its VAE folder; pass --vae FOLDER (train_vae output)")
-    return _assemble(folder, vae, args.reward_model, entry, extra, args, device)
-
-
-def _scenario_entry(meta: dict, scenario: str, folder: Path) -> dict:
-    scenarios = meta.get("scenarios") or {}
-    if scenario not in scenarios:
-        raise SystemExit(f"{folder} was not trained on {scenario!r} (it has {sorted(scenarios)}); pick one of those")
-    entry = scenarios[scenario]
-    if entry["feature"] != INFERENCE_FEATURE[scenario]:
+    if not folder.exists() and args.checkpoint in installed_bundles():
+        folder = bundled_model_path(args.checkpoint)
+    if not folder.is_dir():
         raise SystemExit(
-            f"{folder} conditions {scenario} on {entry['feature']!r}; this evaluation drives the model with the "
-            f"commanded actions ({INFERENCE_FEATURE[scenario]!r}) and cannot evaluate pose-conditioned models"
+            f"--checkpoint {args.checkpoint!r}: no such folder and no bundled model of that name (bundled: "
+            f"{installed_bundles() or 'none'}); pass a bundle or save_pretrained folder, or 'debug'"
         )
-    return entry
-
-
-def _assemble(world_model, vae_folder, reward_folder, entry: dict, meta: dict, args, device) -> tuple:
-    """Loads the parts of a folder or bundle into one engine."""
-    from astra_gym.world_model.checkpoints import load_pretrained, read_pretrained_config
-    from astra_gym.world_model.reward_io import load_reward_model
-    from astra_gym.world_model.vae_io import load_vae
-
-    model = load_pretrained(world_model, device=device, dtype=torch.float32).eval()
-    vae = load_vae(vae_folder, device)
-    reward = load_reward_model(reward_folder, device)[0] if reward_folder else None
-    scale = [float(v) for v in entry["action_normalization"]["scale"]]
-    config = _engine_config(args, entry["modality"], meta, device)
-    _, extra = read_pretrained_config(world_model)
+    manifest = read_manifest(folder)
+    entry = manifest["scenarios"].get(args.scenario)
+    if entry is not None and entry["feature"] != INFERENCE_FEATURE[args.scenario]:
+        raise SystemExit(
+            f"{folder} conditions {args.scenario} on {entry['feature']!r}; this evaluation drives the model with "
+            f"the commanded actions ({INFERENCE_FEATURE[args.scenario]!r}) and cannot evaluate pose-conditioned models"
+        )
+    try:
+        bundle = load_bundle(folder, args.scenario, device, vae=args.vae, reward_model=args.reward_model)
+    except BundleError as err:
+        raise SystemExit(str(err)) from err
+    engine = bundle.engine(**overrides)
+    training = read_pretrained_config(manifest["world_model"])[1].get("training") or {}
+    reward = args.reward_model or entry.get("reward_model")
     info = {
         "kind": "checkpoint",
-        "world_model": str(world_model),
-        "vae": str(vae_folder),
-        "reward_model": None if reward_folder is None else str(reward_folder),
+        "world_model": str(manifest["world_model"]),
+        "vae": str(args.vae or manifest["vae"]),
+        "reward_model": None if reward is None else str(reward),
         "feature": entry["feature"],
         "modality": entry["modality"],
-        "training": {k: v for k, v in (extra.get("training") or {}).items() if k != "config"},
-        "training_datasets": ((extra.get("training") or {}).get("config") or {}).get("datasets", []),
-        "sampler": _sampler_info(config),
+        "training": {k: v for k, v in training.items() if k != "config"},
+        "training_datasets": (training.get("config") or {}).get("datasets", []),
+        "sampler": _sampler_info(engine.config),
     }
-    return WorldModelRollout(model, vae, config, reward_model=reward, action_scale=scale), info
+    return engine, info
 
 
 def _sampler_info(config: RolloutConfig) -> dict:

@@ -41,6 +41,8 @@ __all__ = [
     "BUNDLE_FORMAT",
     "MANIFEST",
     "read_bundle",
+    "read_run_folder",
+    "read_manifest",
     "BundleError",
     "WorldModelBundle",
     "scenario_modality",
@@ -186,15 +188,53 @@ def read_bundle(folder: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+def read_run_folder(folder: str | os.PathLike) -> dict[str, Any]:
+    """A bundle-style manifest of a trainer's world-model folder (``save_pretrained`` output).
+
+    Its ``extra`` config names the scenarios (modality, feature, action normalisation), the sampler,
+    the layout and the VAE folder it was trained with; it holds no reward model (give one to
+    :func:`load_bundle`).
+    """
+    from astra_gym.world_model.checkpoints import read_pretrained_config
+
+    folder = Path(folder)
+    _, extra = read_pretrained_config(folder)
+    vae = (extra.get("vae") or {}).get("folder")
+    return {
+        "world_model": folder,
+        "vae": None if vae is None else Path(vae),
+        "scenarios": {name: {**entry, "reward_model": None} for name, entry in (extra.get("scenarios") or {}).items()},
+        "chunk_latents": extra.get("chunk_latents"),
+        "layout": extra.get("layout"),
+        "sampler": extra.get("sampler"),
+    }
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """:func:`read_bundle` for a bundle folder, else :func:`read_run_folder` for a world-model folder."""
+    return read_bundle(folder) if (Path(folder) / MANIFEST).is_file() else read_run_folder(folder)
+
+
 def load_bundle(
     folder: str | os.PathLike,
     scenario: str,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "float32",
+    *,
+    vae: str | os.PathLike | None = None,
+    reward_model: str | os.PathLike | None = None,
 ) -> WorldModelBundle:
-    """Loads the ``scenario`` part of a trained bundle (``python -m astra_gym.training.bundle``).
+    """Loads the ``scenario`` part of a trained bundle (``python -m astra_gym.training.bundle``) or of a
+    trainer's world-model folder (:func:`read_run_folder`).
 
     Weights stay as stored (float32); ``dtype`` is the compute dtype of the rollouts.
+
+    Args:
+        folder: The bundle or world-model folder.
+        scenario: The scenario to load.
+        device, dtype: Where and in which compute dtype to run.
+        vae: A VAE folder to use instead of the one the manifest names.
+        reward_model: A reward-model folder to use instead of the manifest's (if any).
 
     Raises:
         BundleError: The folder is not a bundle, lacks the scenario, or a part does not load (every
@@ -206,8 +246,12 @@ def load_bundle(
 
     folder = Path(folder)
     try:
-        manifest = read_bundle(folder)
+        manifest = read_manifest(folder)
         entry = _scenario_entry(manifest, scenario, folder)
+        vae = vae if vae is not None else manifest["vae"]
+        if vae is None:
+            raise BundleError(f"{folder} does not name its VAE folder; pass the train_vae output as vae=")
+        reward_model = reward_model if reward_model is not None else entry.get("reward_model")
         sampler = manifest.get("sampler") or {}
         rollout = RolloutConfig(
             modality=entry["modality"],
@@ -219,13 +263,10 @@ def load_bundle(
             device=device,
             dtype=dtype,
         )
-        reward_model = None
-        if entry.get("reward_model") is not None:
-            reward_model = load_reward_model(entry["reward_model"], device=device)[0]
         return WorldModelBundle(
             transformer=load_pretrained(manifest["world_model"], device=device, dtype=torch.float32),
-            vae=load_vae(manifest["vae"], device=device),
-            reward_model=reward_model,
+            vae=load_vae(vae, device=device),
+            reward_model=None if reward_model is None else load_reward_model(reward_model, device=device)[0],
             rollout=rollout,
             scenario=scenario,
             action_scale=tuple(entry["action_normalization"]["scale"]),
@@ -235,14 +276,14 @@ def load_bundle(
         raise
     except (OSError, KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as err:
         raise BundleError(
-            f"could not load the {scenario!r} world model from the bundle {folder}: {err}. Rebuild the bundle with "
-            "`python -m astra_gym.training.bundle`."
+            f"could not load the {scenario!r} world model from {folder}: {err}. Rebuild the bundle with "
+            "`python -m astra_gym.training.bundle`, or pass a trainer's world-model folder."
         ) from err
 
 
 def _action_stats(normalization: dict) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """(mean, std) of the action rows from a manifest's ``action_normalization``, when it has both."""
-    if "mean" not in normalization or "std" not in normalization:
+    """(mean, std) of the action rows from a manifest's ``action_normalization``, when it records both."""
+    if not normalization.get("mean") or not normalization.get("std"):
         return None
     return tuple(map(float, normalization["mean"])), tuple(map(float, normalization["std"]))
 

@@ -85,3 +85,21 @@ def test_bundle_errors_name_the_folder_and_the_fix(tmp_path, bundle):
     (folder / "vae" / "vae.safetensors").write_bytes(b"not weights")
     with pytest.raises(BundleError, match="Rebuild the bundle"):
         load_bundle(folder, "drive")
+
+
+def test_a_trainer_folder_loads_like_its_bundle(tmp_path, bundle):
+    """The trainer's world-model folder (plus its VAE and a reward model) gives the bundle's engine."""
+    folder = _write_bundle(tmp_path, bundle)
+    with pytest.raises(BundleError, match="vae="):  # this folder does not name its VAE
+        load_bundle(tmp_path / "wm", "drive")
+    direct = load_bundle(tmp_path / "wm", "drive", vae=tmp_path / "vae", reward_model=tmp_path / "reward")
+    packed = load_bundle(folder, "drive")
+    assert direct.rollout == packed.rollout and direct.action_stats == packed.action_stats
+    assert direct.action_stats is None  # a normaliser built without data records no statistics
+    outputs = []
+    for loaded in (direct, packed):
+        engine = loaded.engine()
+        state, frames = engine.step(engine.reset(contexts(1), [0]), action_rows(1, 1)[0])
+        outputs.append((frames, engine.score(state, action_rows(1, 1)[0])[0]))
+    assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
+    assert load_bundle(tmp_path / "wm", "drive", vae=tmp_path / "vae").reward_model is None
