@@ -13,7 +13,9 @@ model in the tests), it forks the state once per candidate and imagines all cand
         alive *= 1 - sigmoid(logit)                       # soft termination
 
 ``alive`` is the predicted probability that the episode is still running, so rewards imagined
-after a likely termination count less; with a termination logit of -inf it stays 1.
+after a likely termination count less; with a termination logit of -inf it stays 1. Dynamics with
+a ``terminal_value(state) -> [B]`` method (optional) add ``alive * discount**H * value`` at the
+horizon (:mod:`astra_gym.agents.mpc.value`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class Dynamics(Protocol[State]):
 
     def score(self, state: State, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(reward [B], termination logit [B]) of the step that led to ``state``."""
+
+    # Optional: ``terminal_value(state) -> [B]``, the value of each row's state at the horizon.
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,9 @@ def imagine_returns(dynamics: Dynamics, state: Any, actions: np.ndarray, discoun
         reward, logit = dynamics.score(children, actions[:, t])
         returns += alive * discount**t * np.asarray(reward, np.float64)
         alive *= 1.0 - _sigmoid(np.asarray(logit, np.float64))
+    terminal_value = getattr(dynamics, "terminal_value", None)
+    if terminal_value is not None:
+        returns += alive * discount**horizon * np.asarray(terminal_value(children), np.float64)
     return returns
 
 

@@ -30,6 +30,7 @@ from astra_gym.agents.mpc.controller import MPCController
 from astra_gym.agents.mpc.mppi import MPPIConfig, MPPIPlanner
 from astra_gym.agents.mpc.planner import Planner
 from astra_gym.agents.mpc.sampling import ActionPrior
+from astra_gym.agents.mpc.value import SB3Value
 from astra_gym.agents.mpc.world_model import WorldModelDynamics, behaviour_prior, load_engine
 from astra_gym.agents.real_env import make_real_env
 from astra_gym.envs.core import load_world_model
@@ -59,8 +60,15 @@ class Args:
     temperature: float = arg(1.0, help="MPPI: softmax temperature of the returns")
     noise_std: float = arg(0.3, help="MPPI: exploration std of Box actions, fraction of the half range")
     discount: float = arg(0.99, help="discount of the imagined rewards")
+    value: str | None = arg(
+        None, help="SB3 model zip (train_sb3, inside the model) whose critic values the horizon's last frame"
+    )
     context_frames: int = arg(4, help="newest real frames re-encoded as context every step")
-    replan_every: int = arg(1, help="actions of each plan executed before planning again (K: 1/K of the cost)")
+    replan_every: int = arg(
+        1,
+        help="actions of each plan executed before planning again (K: 1/K of the cost); keep it below --horizon "
+        "so that the rest of each plan warm-starts the next",
+    )
     noise: Literal["shared", "independent"] = arg("shared", help="denoising noise of the candidates (shared = CRN)")
     num_denoise_steps: int | None = arg(None, help="Euler steps per imagined chunk; none = the checkpoint's")
     episodes: int = arg(1, help="real episodes to run")
@@ -103,7 +111,8 @@ def make_controller(args: Args) -> MPCController:
     engine = load_engine(
         checkpoint, spec.scenario, args.device, num_denoise_steps=args.num_denoise_steps, batch_invariant=False
     )
-    dynamics = WorldModelDynamics(engine, spec.scenario, noise=args.noise)
+    value = SB3Value(args.value) if args.value else None
+    dynamics = WorldModelDynamics(engine, spec.scenario, noise=args.noise, value=value)
     prior = None
     if args.prior == "data":
         stats = load_world_model(checkpoint, spec.scenario, args.device).action_stats

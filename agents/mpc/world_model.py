@@ -8,7 +8,7 @@ and builds the context rows of real frames for :meth:`WorldModelRollout.reset`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -96,10 +96,16 @@ class WorldModelDynamics:
         noise: How forked candidates draw their denoising noise: ``"shared"`` (common random
             numbers: candidates differ only by their actions, the better comparison) or
             ``"independent"`` (see :meth:`WorldModelRollout.fork`).
+        value: ``frames uint8 [B, H, W, 3] -> values [B]`` of the newest imagined frame, added at the
+            planning horizon (e.g. :class:`~astra_gym.agents.mpc.value.SB3Value`); None: no value.
     """
 
     def __init__(
-        self, engine: WorldModelRollout, scenario: str, noise: Literal["shared", "independent"] = "shared"
+        self,
+        engine: WorldModelRollout,
+        scenario: str,
+        noise: Literal["shared", "independent"] = "shared",
+        value: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         if engine.reward_model is None:
             raise ValueError(
@@ -109,6 +115,7 @@ class WorldModelDynamics:
         self.engine = engine
         self.scenario = scenario
         self.noise = noise
+        self.value = value
 
     def rows(self, actions: np.ndarray) -> np.ndarray:
         """Native actions [B, *shape] -> held model rows [B, F, d] (F = chunk latents)."""
@@ -127,6 +134,12 @@ class WorldModelDynamics:
         """(reward [B], termination logit [B]) as float64 numpy."""
         reward, logit = self.engine.score(state, self.rows(actions))
         return reward.double().cpu().numpy(), logit.double().cpu().numpy()
+
+    def terminal_value(self, state: RolloutState) -> np.ndarray:
+        """float64 [B] ``value`` of each row's newest frame (zeros without a value)."""
+        if self.value is None:
+            return np.zeros(state.recent_frames.shape[0])
+        return np.asarray(self.value(state.recent_frames[:, -1].cpu().numpy()), np.float64)
 
     def encode(self, frames: np.ndarray, actions: Sequence[np.ndarray | None], seed: int) -> RolloutState:
         """A batch-1 state from real frames (the newest context the VAE can encode whole).

@@ -125,6 +125,26 @@ def test_soft_termination_discounts_later_rewards():
     assert returns == pytest.approx([1 + 0.5 * 0.5 + 0.25 * 0.25] * 2)
 
 
+def test_terminal_value_is_added_at_the_horizon_discounted_and_survival_weighted():
+    class Valued:
+        def fork(self, state, n):
+            return np.repeat(state, n, axis=0)
+
+        def step(self, state, actions):
+            return state + np.asarray(actions, np.float64)  # position
+
+        def score(self, state, actions):
+            return np.ones(len(state)), np.zeros(len(state))  # reward 1, termination probability 1/2
+
+        def terminal_value(self, state):
+            return 10.0 * state[:, 0]
+
+    actions = np.array([[[1.0], [1.0]], [[0.0], [2.0]], [[0.0], [0.0]]])  # end at 2, 2 and 0
+    returns = imagine_returns(Valued(), np.zeros((1, 1)), actions, discount=0.5)
+    rewards = 1 + 0.5 * 0.5  # two steps, the second after surviving with probability 1/2
+    assert returns == pytest.approx([rewards + 0.25 * 0.25 * 20, rewards + 0.25 * 0.25 * 20, rewards])
+
+
 @pytest.mark.parametrize("scenario", ["drive", "manipulation", "explore"])
 def test_samples_respect_the_action_space(scenario):
     space = action_space(scenario)
@@ -210,6 +230,33 @@ def test_world_model_candidates_share_noise(debug_engine):
     plan = np.array([[[0.5, 1.0, 0.0]] * 2, [[0.5, 1.0, 0.0]] * 2, [[-1.0, 0.0, 1.0]] * 2], np.float32)
     returns = imagine_returns(dynamics, state, plan)
     assert returns[0] == returns[1] and returns[0] != returns[2]
+
+
+def test_world_model_value_reads_the_newest_imagined_frame(debug_engine):
+    seen = []
+
+    def brightness(frames: np.ndarray) -> np.ndarray:
+        seen.append(frames)
+        return frames.mean(axis=(1, 2, 3))
+
+    valued = WorldModelDynamics(debug_engine, "drive", value=brightness)
+    plain = WorldModelDynamics(debug_engine, "drive")
+    frames = np.random.default_rng(1).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    state = valued.encode(frames, [None] * 4, seed=0)
+    plan = np.array([[[0.5, 1.0, 0.0]] * 2, [[-1.0, 0.0, 1.0]] * 2], np.float32)
+    with_value, without = imagine_returns(valued, state, plan, 0.9), imagine_returns(plain, state, plan, 0.9)
+    (last,) = seen
+    assert last.shape == (2, 64, 64, 3) and last.dtype == np.uint8
+    children = valued.fork(state, 2)
+    for t in range(2):
+        children = valued.step(children, plan[:, t])
+    np.testing.assert_array_equal(last, children.recent_frames[:, -1].numpy())  # the horizon's frame
+    survival = np.ones(2)  # the debug reward model's termination logits, as imagine_returns weighs them
+    children = plain.fork(state, 2)
+    for t in range(2):
+        children = plain.step(children, plan[:, t])
+        survival *= 1 - 1 / (1 + np.exp(-plain.score(children, plan[:, t])[1]))
+    np.testing.assert_allclose(with_value - without, survival * 0.81 * last.mean(axis=(1, 2, 3)), rtol=1e-5)
 
 
 def test_controller_reencodes_real_frames(debug_engine):

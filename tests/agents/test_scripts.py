@@ -69,6 +69,36 @@ def test_mpc_runs_against_car_racing(tmp_path, planner):
 
 
 @pytest.mark.sims
+def test_mpc_values_the_horizon_with_a_critic_trained_inside(tmp_path):
+    from stable_baselines3 import PPO
+
+    from astra_gym.agents.mpc.value import SB3Value
+
+    require_sim("drive")
+    train_sb3.main(
+        "--env Astra-Debug-v0 --total-timesteps 32 --imagined-horizon 5 --eval-freq 0 --eval-episodes 0 "
+        "--save-freq 0 --run-name run".split()
+        + ["--out", str(tmp_path), *TINY_PPO]
+    )
+    path = tmp_path / "run" / "final_model.zip"
+    value = SB3Value(path)
+    frames = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    model = PPO.load(str(path), device="cpu")
+    obs, _ = model.policy.obs_to_tensor(frames.transpose(0, 3, 1, 2))
+    expected = model.policy.predict_values(obs).flatten().detach().double().numpy()
+    np.testing.assert_allclose(value(frames), expected, rtol=1e-6)
+    assert value(frames).shape == (3,) and value.gamma == 0.99
+    summary = run_mpc.main(
+        "--env Astra-Drive-v0 --checkpoint debug --device cpu --max-steps 2 --candidates 3 --horizon 2 "
+        "--iterations 1 --elites 1 --num-denoise-steps 1".split()
+        + ["--value", str(path)]
+    )
+    assert summary["lengths"] == [2]
+    with pytest.raises(ValueError, match="not a PPO or A2C model"):
+        SB3Value(tmp_path / "run" / "args.json")
+
+
+@pytest.mark.sims
 def test_agent_returns_quick(tmp_path):
     require_sim("drive")
     out = tmp_path / "agents.json"
