@@ -50,8 +50,8 @@ def _rollout(env_id: str, device: str, steps: int = 3, **kwargs) -> tuple[np.nda
 
 @pytest.mark.parametrize("env_id", VARIANTS)
 def test_variant_on_the_device_matches_the_cpu(env_id):
-    frames, rewards = _rollout(env_id, DEVICE)
-    cpu_frames, cpu_rewards = _rollout(env_id, "cpu")
+    frames, rewards = _rollout(env_id, DEVICE, dtype="float32")
+    cpu_frames, cpu_rewards = _rollout(env_id, "cpu", dtype="float32")
     per_step = np.abs(frames - cpu_frames).mean(axis=(1, 2, 3))
     assert per_step.max() <= 2.0, f"{env_id}: mean |device - cpu| per step {per_step.round(2).tolist()}"
     np.testing.assert_allclose(rewards, cpu_rewards, atol=0.05)
@@ -60,7 +60,7 @@ def test_variant_on_the_device_matches_the_cpu(env_id):
 @pytest.mark.parametrize("env_id", VARIANTS)
 def test_variant_in_bf16_stays_close_to_float32(env_id):
     frames, _ = _rollout(env_id, DEVICE, dtype="bfloat16")
-    reference, _ = _rollout(env_id, DEVICE)
+    reference, _ = _rollout(env_id, DEVICE, dtype="float32")
     per_step = np.abs(frames - reference).mean(axis=(1, 2, 3))
     assert per_step.max() <= 8.0, f"{env_id}: mean |bf16 - float32| per step {per_step.round(2).tolist()}"
 
