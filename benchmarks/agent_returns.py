@@ -48,7 +48,7 @@ from astra_gym.agents.mpc import run_mpc
 from astra_gym.agents.real_env import make_real_env
 from astra_gym.envs.spaces import action_space
 from astra_gym.envs.variants import variant
-from astra_gym.training.cli_args import apply_overrides, arg, config_parser
+from astra_gym.training.cli_args import apply_overrides, arg, config_parser, exit_if_printing
 from astra_gym.utils.device import resolve_device
 from benchmarks.common import write_results
 
@@ -266,7 +266,7 @@ def parse_args(argv: list[str] | None) -> Args:
     """Flags over the defaults, or over the ``--quick`` preset when it is given."""
     namespace = config_parser(Args, __doc__).parse_args(argv)
     base = dataclasses.replace(Args(), **QUICK) if getattr(namespace, "quick", False) else Args()
-    return apply_overrides(base, namespace)
+    return exit_if_printing(apply_overrides(base, namespace), namespace)
 
 
 def main_merge(argv: list[str]) -> dict:

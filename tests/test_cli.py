@@ -1,5 +1,6 @@
 """The astra-gym command line, run in-process (``main([...])``) on small envs."""
 
+import json
 from types import SimpleNamespace
 
 import gymnasium as gym
@@ -286,3 +287,15 @@ def test_real_twin_starts_in_the_env_start_state():
         assert twin.step(np.float32([0.0, 1.0, 0.0]), 2)[-1].shape == info["frames"][-1].shape
     finally:
         twin.close()
+
+
+def test_dataclass_entry_points_print_their_resolved_config(capsys):
+    """``--print-config`` shows the flags applied to the defaults, then exits without running."""
+    from astra_gym.agents.mpc import run_mpc
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_mpc.main(["--horizon", "12", "--prior", "centre", "--value", "none", "--print-config"])
+    assert exit_info.value.code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["horizon"] == 12 and printed["prior"] == "centre" and printed["value"] is None
+    assert printed["candidates"] == run_mpc.Args().candidates

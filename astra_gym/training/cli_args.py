@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-__all__ = ["arg", "add_config_arguments", "apply_overrides", "config_parser", "parse_config"]
+__all__ = ["arg", "add_config_arguments", "apply_overrides", "config_parser", "exit_if_printing", "parse_config"]
 
 _NESTED = "__"
 
@@ -125,12 +126,24 @@ def apply_overrides(config: Any, args: argparse.Namespace, prefix: str = "") -> 
 
 
 def config_parser(cls: type, description: str | None) -> argparse.ArgumentParser:
-    """A parser with ``description`` shown as written (a module docstring) and one flag per field of ``cls``."""
+    """A parser with ``description`` shown as written (a module docstring), one flag per field of
+    ``cls``, and ``--print-config``."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser, cls)
+    parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     return parser
 
 
+def exit_if_printing(config: Any, args: argparse.Namespace) -> Any:
+    """With ``--print-config``: prints ``config`` as JSON and exits (status 0); else returns it."""
+    if getattr(args, "print_config", False):
+        print(json.dumps(dataclasses.asdict(config), indent=2, default=str))
+        raise SystemExit(0)
+    return config
+
+
 def parse_config(cls: type, argv: Sequence[str] | None, description: str | None) -> Any:
-    """``cls()`` with the flags of ``argv`` (None = ``sys.argv``) applied (see :func:`config_parser`)."""
-    return apply_overrides(cls(), config_parser(cls, description).parse_args(argv))
+    """``cls()`` with the flags of ``argv`` (None = ``sys.argv``) applied (see :func:`config_parser`);
+    ``--print-config`` prints it and exits."""
+    args = config_parser(cls, description).parse_args(argv)
+    return exit_if_printing(apply_overrides(cls(), args), args)
