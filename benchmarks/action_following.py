@@ -29,7 +29,7 @@ for training data (the recorder derives its seeds from (dataset seed, episode)).
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
 from dataclasses import dataclass
 
@@ -45,6 +45,7 @@ from astra_gym.envs.spaces import EXPLORE_BUTTONS, action_rows
 from astra_gym.envs.variants import variant
 from astra_gym.evaluation.details import car_present
 from astra_gym.evaluation.metrics import PSNR_CAP_DB, psnr, ssim
+from astra_gym.training.cli_args import arg, parse_config
 from benchmarks.common import spearman, write_results
 
 # K = 4 distinct constant actions per scenario, in the simulator's own action space.
@@ -229,26 +230,31 @@ def run_start(envs, scenario: str, start: Start, long: int, horizon: int, seed: 
     return out
 
 
+@dataclass(frozen=True)
+class Args:
+    """Flags of ``action_following`` (each field's help is its ``--help`` text)."""
+
+    env: str = arg("Astra-Drive-v0", help="an Astra id (its scenario picks the simulator)")
+    checkpoint: str | None = arg(None, help="model bundle; none = the variant's")
+    starts: int = arg(8, help="real starts per kind")
+    kinds: tuple[str, ...] = arg(("reset", "mid"), help="start kinds: reset and/or mid")
+    horizon: int = arg(8, help="step of the identification test")
+    long: int = arg(64, help="steps rolled out (PSNR/SSIM/car up to here)")
+    warm: int = arg(40, help="expert-policy steps before a mid start")
+    seed_offset: int = arg(20000, help="simulator seeds are offset + s")
+    denoise_steps: int | None = arg(None, help="override the bundle's sampler steps")
+    guidance: float | None = arg(None, help="override the bundle's guidance scale")
+    dtype: str | None = arg(None, help="env compute dtype (e.g. bfloat16, float32); none = the env's")
+    batch_invariant: bool | None = arg(None, help="env kernels (false: the fast ones); none = the env's")
+    threads: int = arg(1, help="torch threads")
+    out: str = arg("results/action_following.json", help="JSON results path")
+
+
 def main(argv: list[str] | None = None) -> dict:
     """CLI (see the module docstring); returns the written payload's rows."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.action_following", description=__doc__)
-    parser.add_argument("--env", default="Astra-Drive-v0", help="an Astra id (its scenario picks the simulator)")
-    parser.add_argument("--checkpoint", default=None, help="model bundle (default: the variant's)")
-    parser.add_argument("--starts", type=int, default=8, help="real starts per kind")
-    parser.add_argument("--kinds", nargs="+", default=["reset", "mid"], choices=["reset", "mid"])
-    parser.add_argument("--horizon", type=int, default=8, help="step of the identification test")
-    parser.add_argument("--long", type=int, default=64, help="steps rolled out (PSNR/SSIM/car up to here)")
-    parser.add_argument("--warm", type=int, default=40, help="expert-policy steps before a mid start")
-    parser.add_argument("--seed-offset", type=int, default=20000, help="simulator seeds are offset + s")
-    parser.add_argument("--denoise-steps", type=int, default=None, help="override the bundle's sampler steps")
-    parser.add_argument("--guidance", type=float, default=None, help="override the bundle's guidance scale")
-    parser.add_argument("--dtype", default=None, help="env compute dtype (e.g. bfloat16); default: the env's")
-    parser.add_argument(
-        "--batch-invariant", choices=["true", "false"], default=None, help="env kernels (false: the fast ones)"
-    )
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--out", required=True, help="JSON results path")
-    args = parser.parse_args(argv)
+    args = parse_config(Args, argv, __doc__)
+    if not set(args.kinds) <= {"reset", "mid"}:
+        raise SystemExit(f"--kinds {' '.join(args.kinds)}: choose from reset and mid")
     torch.set_num_threads(args.threads)
     spec = variant(args.env)
     scenario = spec.scenario
@@ -260,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.dtype is not None:
         kwargs["dtype"] = args.dtype
     if args.batch_invariant is not None:
-        kwargs["batch_invariant"] = args.batch_invariant == "true"
+        kwargs["batch_invariant"] = args.batch_invariant
     envs = gym.make_vec(args.env, num_envs=len(ACTIONS[scenario]), max_episode_steps=args.long + 1, **kwargs)
     context = envs.unwrapped.core.bank.context_length
     rows = []
@@ -270,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
             start = make_start(scenario, args.seed_offset + s, kind, context, args.warm)
             runs.append(run_start(envs, scenario, start, args.long, args.horizon, seed=s))
         rows.append(summarise(scenario, kind, runs, args.horizon, args.long))
-    config = {**vars(args), "checkpoint": kwargs["checkpoint"], "context_frames": context}
+    config = {**dataclasses.asdict(args), "checkpoint": kwargs["checkpoint"], "context_frames": context}
     write_results(args.out, "action_following", config, rows, torch.device("cpu"))
     print(markdown(rows, kwargs["checkpoint"]))
     return {"rows": rows}

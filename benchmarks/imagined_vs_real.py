@@ -14,8 +14,9 @@ Writes ``--out`` (JSON) and prints a markdown table.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
+from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
@@ -26,6 +27,7 @@ from astra_gym.agents.evaluation import evaluate
 from astra_gym.agents.real_env import make_real_env
 from astra_gym.agents.train_sb3 import EVAL_SEED_OFFSET
 from astra_gym.envs.variants import variant
+from astra_gym.training.cli_args import arg, parse_config
 from benchmarks.common import spearman, write_results
 
 # Constant actions per scenario, in each simulator's own action space.
@@ -76,16 +78,22 @@ def real_returns(env_id: str, action: np.ndarray, episodes: int, steps: int) -> 
     return np.asarray(result.returns)
 
 
+@dataclass(frozen=True)
+class Args:
+    """Flags of ``imagined_vs_real`` (each field's help is its ``--help`` text)."""
+
+    env: str = arg("Astra-Drive-v0", help="Astra id (its real simulator is the reference)")
+    checkpoint: str | None = arg(None, help="world model; none = the variant's bundle")
+    steps: int = arg(50, help="steps per episode (imagined and real)")
+    envs: int = arg(8, help="imagined episodes per action (one batched rollout)")
+    real_episodes: int = arg(3, help="real episodes per action")
+    threads: int = arg(1, help="torch CPU threads")
+    out: str = arg("results/imagined_vs_real.json", help="JSON results file")
+
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", default="Astra-Drive-v0", help="Astra id (its real simulator is the reference)")
-    parser.add_argument("--checkpoint", default=None, help="world model; none = the variant's bundle")
-    parser.add_argument("--steps", type=int, default=50, help="steps per episode (imagined and real)")
-    parser.add_argument("--envs", type=int, default=8, help="imagined episodes per action (one batched rollout)")
-    parser.add_argument("--real-episodes", type=int, default=3, help="real episodes per action")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--out", default="results/imagined_vs_real.json", help="JSON results file")
-    args = parser.parse_args(argv)
+    """CLI entry point (see the module docstring)."""
+    args = parse_config(Args, argv, __doc__)
     torch.set_num_threads(args.threads)
     scenario = variant(args.env).scenario
     kwargs = {"checkpoint": args.checkpoint} if args.checkpoint else {}
@@ -105,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"| {r['action']} | {imagined} | {r['real_mean']:.2f} ± {r['real_std']:.2f} |")
     print(f"rank agreement (Spearman rho): {rho:.2f}")
     command = "python -m benchmarks.imagined_vs_real " + " ".join(sys.argv[1:] if argv is None else argv)
-    config = vars(args) | {"command": command, "spearman_rho": rho}
+    config = dataclasses.asdict(args) | {"command": command, "spearman_rho": rho}
     write_results(args.out, "imagined_vs_real", config, rows, torch.device("cpu"))
     return {"rows": rows, "spearman_rho": rho}
 

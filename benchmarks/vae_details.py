@@ -14,8 +14,9 @@ have it, how often the reconstruction keeps it, and the IoU of the two colour ma
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from astra_gym.data.episodes import episode_paths, load_episode
 from astra_gym.envs.variants import bundled_model_path
 from astra_gym.evaluation.details import detail_report
 from astra_gym.evaluation.metrics import psnr
+from astra_gym.training.cli_args import arg, parse_config
 from astra_gym.world_model.vae_io import load_vae, reconstruct_frames
 from benchmarks.common import write_results
 
@@ -47,17 +49,24 @@ def vae_folder(name_or_path: str) -> Path:
     return path / "vae" if (path / "vae").is_dir() else path
 
 
+@dataclass(frozen=True)
+class Args:
+    """Flags of ``vae_details`` (each field's help is its ``--help`` text)."""
+
+    vae: tuple[str, ...] = arg((), help="bundle name or VAE folder; repeat (required)", parse=str, append=True)
+    episodes: tuple[str, ...] = arg(
+        (), help="SCENARIO=FOLDER of held-out episodes; repeat (required)", parse=str, append=True
+    )
+    frames: int = arg(1000, help="frames per scenario")
+    threads: int = arg(1, help="torch threads")
+    out: str = arg("results/vae_details.json", help="JSON results path")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """CLI (see the module docstring); returns the result rows."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.vae_details", description=__doc__)
-    parser.add_argument("--vae", action="append", required=True, help="bundle name or VAE folder; repeat")
-    parser.add_argument(
-        "--episodes", action="append", required=True, help="SCENARIO=FOLDER of held-out episodes; repeat"
-    )
-    parser.add_argument("--frames", type=int, default=1000, help="frames per scenario")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--out", required=True, help="JSON results path")
-    args = parser.parse_args(argv)
+    args = parse_config(Args, argv, __doc__)
+    if not args.vae or not args.episodes:
+        raise SystemExit("give at least one --vae and one --episodes SCENARIO=FOLDER (see --help)")
     torch.set_num_threads(args.threads)
     rows = []
     for spec in args.episodes:
@@ -71,7 +80,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row.update(detail_report(frames, recon, scenario))
             rows.append(row)
             print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
-    write_results(args.out, "vae_details", vars(args), rows, torch.device("cpu"))
+    write_results(args.out, "vae_details", dataclasses.asdict(args), rows, torch.device("cpu"))
     return rows
 
 
