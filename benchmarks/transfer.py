@@ -21,8 +21,9 @@ issue's transfer ratio: (inside - random) / (real - random)).
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,28 +35,32 @@ from astra_gym.agents.plots import save_bars
 from astra_gym.agents.real_env import make_real_env
 from astra_gym.agents.train_sb3 import EVAL_SEED_OFFSET
 from astra_gym.envs.variants import variant
+from astra_gym.training.cli_args import arg, parse_config
 from benchmarks.common import write_results
 from benchmarks.imagined_vs_real import ConstantPolicy
 
 DEFAULT_CONSTANT = {"drive": [0.0, 1.0, 0.0], "manipulation": [0.0, 0.0, 0.0, 0.0], "explore": [1, 0, 0, 0, 0, 0]}
 
 
+@dataclass(frozen=True)
+class Args:
+    """Flags of ``transfer`` (each field's help is its ``--help`` text)."""
+
+    env: str = arg("Astra-Drive-v0", help="an Astra id (its scenario's simulator is used)")
+    agent: tuple[str, ...] = arg((), help="NAME=PATH of a saved SB3 PPO model; repeat", parse=str, append=True)
+    reference: str | None = arg(None, help="agent NAME whose return above random is 100 %")
+    episodes: int = arg(10, help="real episodes per policy")
+    max_steps: int | None = arg(None, help="episode cap (none = the variant's)")
+    constant: tuple[float, ...] | None = arg(None, help="the constant policy's action (none = the scenario's)")
+    sampled: bool = arg(False, help="also play every agent with sampled actions (NAME-sampled)")
+    threads: int = arg(1, help="torch threads")
+    out: str = arg("results/transfer.json", help="JSON results path")
+    plot: str | None = arg(None, help="also draw the returns as a bar chart (PNG path)")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """CLI (see the module docstring); returns the result rows."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.transfer", description=__doc__)
-    parser.add_argument("--env", default="Astra-Drive-v0", help="an Astra id (its scenario's simulator is used)")
-    parser.add_argument("--agent", action="append", default=[], help="NAME=PATH of a saved SB3 PPO model; repeat")
-    parser.add_argument("--reference", default=None, help="agent NAME whose return above random is 100 %%")
-    parser.add_argument("--episodes", type=int, default=10, help="real episodes per policy")
-    parser.add_argument("--max-steps", type=int, default=None, help="episode cap (none = the variant's)")
-    parser.add_argument("--constant", type=float, nargs="+", default=None, help="the constant policy's action")
-    parser.add_argument(
-        "--sampled", action="store_true", help="also play every agent with sampled actions (NAME-sampled)"
-    )
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--out", required=True, help="JSON results path")
-    parser.add_argument("--plot", default=None, help="also draw the returns as a bar chart (PNG path)")
-    args = parser.parse_args(argv)
+    args = parse_config(Args, argv, __doc__)
     torch.set_num_threads(args.threads)
     scenario = variant(args.env).scenario
     env = make_real_env(args.env, args.max_steps)
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         span = by_name[args.reference] - by_name["random"]
         for row in rows:
             row["share_of_reference_above_random"] = (row["mean_return"] - by_name["random"]) / span if span else None
-    write_results(args.out, "transfer", {**vars(args), "seeds": seeds}, rows, torch.device("cpu"))
+    write_results(args.out, "transfer", {**dataclasses.asdict(args), "seeds": seeds}, rows, torch.device("cpu"))
     if args.plot:
         save_bars(
             [r["policy"] for r in rows],

@@ -299,3 +299,24 @@ def test_dataclass_entry_points_print_their_resolved_config(capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["horizon"] == 12 and printed["prior"] == "centre" and printed["value"] is None
     assert printed["candidates"] == run_mpc.Args().candidates
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "astra_gym.agents.mpc.run_mpc",
+        "astra_gym.agents.train_sb3",
+        "benchmarks.action_following",
+        "benchmarks.imagined_vs_real",
+        "benchmarks.planning_signal",
+        "benchmarks.transfer",
+        "benchmarks.vae_details",
+    ],
+)
+def test_dataclass_entry_points_show_their_help(module, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(module).main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--print-config" in capsys.readouterr().out

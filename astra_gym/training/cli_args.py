@@ -95,7 +95,7 @@ def add_config_arguments(
         if "help" not in f.metadata:
             raise ValueError(f"{cls.__name__}.{f.name} has no help text; declare it with arg(..., help=...)")
         default = f.default if f.default is not dataclasses.MISSING else "required"
-        text = f"{f.metadata['help']} (default: {_show(default)})"
+        text = f"{f.metadata['help'].replace('%', '%%')} (default: {_show(default)})"
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         kwargs = _kwargs(hint, dict(f.metadata))
         if kwargs.get("action") not in (argparse.BooleanOptionalAction,) and "choices" not in kwargs:
