@@ -27,7 +27,6 @@ its model card says how much it used) and no evaluation step.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -51,7 +50,7 @@ from astra_gym.envs.variants import bundled_model_path, variant
 from astra_gym.rollout.bundle import read_bundle
 from astra_gym.training import train_reward, train_world_model
 from astra_gym.training.bundle import make_bundle
-from astra_gym.training.cli_args import add_config_arguments, apply_overrides, arg
+from astra_gym.training.cli_args import arg, parse_preset_config
 from astra_gym.training.data import DatasetSpec
 from astra_gym.utils.atomic import atomic_write_text
 
@@ -331,27 +330,16 @@ def run(cfg: DynaConfig) -> list[dict]:
     return curve
 
 
-def config_from_args(argv: list[str] | None = None) -> tuple[DynaConfig, bool]:
-    """The ``--preset`` (cpu; gpu sets ``--device cuda``) with every given flag on top; and --print-config."""
-    parser = argparse.ArgumentParser(
-        prog="python -m astra_gym.agents.dyna",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="sizes (default: cpu)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
-    add_config_arguments(parser, DynaConfig)
-    args = parser.parse_args(argv)
-    return apply_overrides(PRESETS[args.preset], args), args.print_config
+def config_from_args(argv: list[str] | None = None) -> DynaConfig:
+    """The ``--preset`` (cpu; gpu sets ``--device cuda``) with every given flag on top; ``--print-config``
+    prints it and exits."""
+    return parse_preset_config(DynaConfig, PRESETS, "cpu", argv, __doc__)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     """CLI entry point (see the module docstring)."""
+    cfg = config_from_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg, print_only = config_from_args(argv)
-    if print_only:
-        print(json.dumps(dataclasses.asdict(cfg), indent=2))
-        return []
     curve = run(cfg)
     for row in curve:
         print(json.dumps(row))

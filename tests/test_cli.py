@@ -304,8 +304,12 @@ def test_dataclass_entry_points_print_their_resolved_config(capsys):
 @pytest.mark.parametrize(
     "module",
     [
+        "astra_gym.agents.dyna",
         "astra_gym.agents.mpc.run_mpc",
         "astra_gym.agents.train_sb3",
+        "astra_gym.training.train_reward",
+        "astra_gym.training.train_vae",
+        "astra_gym.training.train_world_model",
         "benchmarks.action_following",
         "benchmarks.imagined_vs_real",
         "benchmarks.planning_signal",
@@ -313,7 +317,7 @@ def test_dataclass_entry_points_print_their_resolved_config(capsys):
         "benchmarks.vae_details",
     ],
 )
-def test_dataclass_entry_points_show_their_help(module, capsys):
+def test_config_entry_points_show_their_help(module, capsys):
     import importlib
 
     with pytest.raises(SystemExit) as exit_info:

@@ -20,10 +20,19 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-__all__ = ["arg", "add_config_arguments", "apply_overrides", "config_parser", "exit_if_printing", "parse_config"]
+__all__ = [
+    "arg",
+    "add_config_arguments",
+    "apply_overrides",
+    "config_parser",
+    "exit_if_printing",
+    "parse_config",
+    "preset_parser",
+    "parse_preset_config",
+]
 
 _NESTED = "__"
 
@@ -135,11 +144,34 @@ def config_parser(cls: type, description: str | None) -> argparse.ArgumentParser
 
 
 def exit_if_printing(config: Any, args: argparse.Namespace) -> Any:
-    """With ``--print-config``: prints ``config`` as JSON and exits (status 0); else returns it."""
+    """With ``--print-config``: prints ``config`` as JSON (its ``to_dict()`` where it has one) and
+    exits (status 0); else returns it."""
     if getattr(args, "print_config", False):
-        print(json.dumps(dataclasses.asdict(config), indent=2, default=str))
+        payload = config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
+        print(json.dumps(payload, indent=2, default=str))
         raise SystemExit(0)
     return config
+
+
+def preset_parser(
+    cls: type, presets: Mapping[str, Any], default: str, description: str | None
+) -> argparse.ArgumentParser:
+    """:func:`config_parser` with ``--preset`` first: the flags given override the chosen preset."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--preset", choices=sorted(presets), default=default, help=f"base configuration (default: {default})"
+    )
+    add_config_arguments(parser, cls)
+    parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    return parser
+
+
+def parse_preset_config(
+    cls: type, presets: Mapping[str, Any], default: str, argv: Sequence[str] | None, description: str | None
+) -> Any:
+    """The ``--preset`` with the flags of ``argv`` applied; ``--print-config`` prints it and exits."""
+    args = preset_parser(cls, presets, default, description).parse_args(argv)
+    return exit_if_printing(apply_overrides(presets[args.preset], args), args)
 
 
 def parse_config(cls: type, argv: Sequence[str] | None, description: str | None) -> Any:

@@ -7,48 +7,15 @@ evaluation and a tqdm progress bar. The trainers keep their own data, losses and
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from astra_gym.training.cli_args import add_config_arguments, apply_overrides
 from astra_gym.training.metrics import MetricWriter
 
-__all__ = ["preset_parser", "preset_main", "config_dict", "run_steps"]
-
-
-def preset_parser(prog: str, doc: str, presets: Mapping[str, Any], config_cls: type) -> argparse.ArgumentParser:
-    """The CLI: ``--preset`` (default ``small``) then one flag per ``config_cls`` field."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=doc.split("\n\n")[0] + " Flags override the --preset; --print-config shows the result.",
-    )
-    parser.add_argument(
-        "--preset", choices=sorted(presets), default="small", help="base configuration (default: small)"
-    )
-    parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
-    add_config_arguments(parser, config_cls)
-    return parser
-
-
-def preset_main(
-    parser: argparse.ArgumentParser,
-    presets: Mapping[str, Any],
-    train: Callable[[Any], Any],
-    argv: Sequence[str] | None,
-) -> None:
-    """Parses ``argv``, applies the flags to the ``--preset``, then prints the config or runs ``train``."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parser.parse_args(argv)
-    cfg = apply_overrides(presets[args.preset], args)
-    if args.print_config:
-        print(json.dumps(dataclasses.asdict(cfg), indent=2))
-        return
-    train(cfg)
+__all__ = ["config_dict", "run_steps"]
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:

@@ -20,7 +20,6 @@ recall at the env's decision threshold (logit > 0). The model is saved atomicall
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import math
@@ -36,9 +35,9 @@ import torch.nn.functional as F
 from astra_gym.data.action_codecs import INFERENCE_FEATURE, episode_rows
 from astra_gym.data.episodes import Episode
 from astra_gym.training.checkpointing import step_generator
-from astra_gym.training.cli_args import arg
+from astra_gym.training.cli_args import arg, parse_preset_config
 from astra_gym.training.episode_data import load_split, uint8_to_pixels
-from astra_gym.training.loop import config_dict, preset_main, preset_parser, run_steps
+from astra_gym.training.loop import config_dict, run_steps
 from astra_gym.training.metrics import MetricWriter
 from astra_gym.training.normalization import ActionNormalizer
 from astra_gym.training.optim import cosine_schedule, make_adamw, optimizer_step
@@ -306,14 +305,12 @@ def _loop(model, pool, held, reward_mean, pos_weight, cfg: RewardTrainConfig, wr
     run_steps(cfg, writer, step, held_eval, "train reward model")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The CLI: ``--preset`` then one flag per :class:`RewardTrainConfig` field."""
-    return preset_parser("python -m astra_gym.training.train_reward", __doc__, PRESETS, RewardTrainConfig)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point (see the module docstring)."""
-    preset_main(build_parser(), PRESETS, train_reward, argv)
+    """Command-line entry point (see the module docstring): ``--preset`` (default small), then one flag
+    per :class:`RewardTrainConfig` field; ``--print-config`` shows the result."""
+    cfg = parse_preset_config(RewardTrainConfig, PRESETS, "small", argv, __doc__)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    train_reward(cfg)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ TensorBoard. The run is short on purpose and not resumable; a failed run is simp
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 from collections.abc import Sequence
@@ -28,9 +27,9 @@ import numpy as np
 import torch
 
 from astra_gym.training.checkpointing import step_generator
-from astra_gym.training.cli_args import arg
+from astra_gym.training.cli_args import arg, parse_preset_config
 from astra_gym.training.episode_data import load_split, uint8_to_pixels
-from astra_gym.training.loop import config_dict, preset_main, preset_parser, run_steps
+from astra_gym.training.loop import config_dict, run_steps
 from astra_gym.training.metrics import MetricWriter
 from astra_gym.training.optim import cosine_schedule, make_adamw, optimizer_step
 from astra_gym.utils.device import resolve_device
@@ -213,14 +212,12 @@ def _loop(vae, pool, eval_pixels, optimizer, scheduler, cfg: VaeTrainConfig, wri
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The CLI: ``--preset`` then one flag per :class:`VaeTrainConfig` field."""
-    return preset_parser("python -m astra_gym.training.train_vae", __doc__, PRESETS, VaeTrainConfig)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point (see the module docstring)."""
-    preset_main(build_parser(), PRESETS, train_vae, argv)
+    """Command-line entry point (see the module docstring): ``--preset`` (default small), then one flag
+    per :class:`VaeTrainConfig` field; ``--print-config`` shows the result."""
+    cfg = parse_preset_config(VaeTrainConfig, PRESETS, "small", argv, __doc__)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    train_vae(cfg)
 
 
 if __name__ == "__main__":

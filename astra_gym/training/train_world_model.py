@@ -30,7 +30,6 @@ uninterrupted run (counter-based RNG, see :mod:`astra_gym.training.checkpointing
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -54,7 +53,7 @@ from astra_gym.training.checkpointing import (
     save_training_checkpoint,
     step_generator,
 )
-from astra_gym.training.cli_args import add_config_arguments, apply_overrides, arg
+from astra_gym.training.cli_args import arg, parse_preset_config
 from astra_gym.training.data import DatasetSpec, JointLatentData, batch_to
 from astra_gym.training.distill import DistillConfig, distill_step
 from astra_gym.training.metrics import MetricWriter
@@ -67,7 +66,7 @@ from astra_gym.world_model.framepack import FramePackLayout
 from astra_gym.world_model.sampling import SamplerConfig
 from astra_gym.world_model.transformer import AstraTransformer
 
-__all__ = ["TrainConfig", "PRESETS", "TrainResult", "train", "build_parser", "main"]
+__all__ = ["TrainConfig", "PRESETS", "TrainResult", "train", "config_from_args", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -649,33 +648,15 @@ def _finish(run: _Run) -> Path | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The CLI: ``--preset`` then one flag per :class:`TrainConfig` field (overriding the preset)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m astra_gym.training.train_world_model",
-        description=__doc__.split("\n\n")[0] + " Flags override the --preset; --print-config shows the result.",
-    )
-    parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="small-cpu", help="base configuration (default: small-cpu)"
-    )
-    parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
-    add_config_arguments(parser, TrainConfig)
-    return parser
-
-
-def config_from_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
-    """The preset of ``--preset`` with every given flag applied."""
-    args = build_parser().parse_args(argv)
-    return apply_overrides(PRESETS[args.preset], args), args
+def config_from_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    """The ``--preset`` (default small-cpu) with every given flag applied; ``--print-config`` prints it and exits."""
+    return parse_preset_config(TrainConfig, PRESETS, "small-cpu", argv, __doc__)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point (see the module docstring)."""
+    cfg = config_from_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg, args = config_from_args(argv)
-    if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=2))
-        return
     result = train(cfg)
     if result.final is not None:
         logger.info("done: %d steps, model in %s", result.step, result.final)

@@ -37,5 +37,5 @@ def test_dyna_loop_runs_plots_and_resumes(tiny_bundle, tmp_path):
     stamp = (tmp_path / "bundles" / "iter_000" / "bundle.json").stat().st_mtime_ns
     assert dyna.main(args) == curve  # a second run finds everything done
     assert (tmp_path / "bundles" / "iter_000" / "bundle.json").stat().st_mtime_ns == stamp
-    cfg, _ = dyna.config_from_args(["--preset", "gpu"])
+    cfg = dyna.config_from_args(["--preset", "gpu"])
     assert cfg.device == "cuda" and cfg.agent_steps >= 100_000

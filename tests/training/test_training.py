@@ -292,22 +292,26 @@ def test_checkpoint_writes_are_atomic(tmp_path):
 
 
 def test_cli_every_flag_has_help_and_presets_resolve(cache, capsys):
-    parser = train_world_model.build_parser()
+    from astra_gym.training.cli_args import preset_parser
+
+    parser = preset_parser(train_world_model.TrainConfig, train_world_model.PRESETS, "small-cpu", None)
     assert all(action.help for action in parser._actions)
-    train_world_model.main(
-        [
-            "--preset",
-            "debug",
-            "--dataset",
-            f"scenario=drive,path={cache},weight=2",
-            "--history-noise-scales",
-            "1",
-            "2",
-            "--ema-decay",
-            "none",
-            "--print-config",
-        ]
-    )
+    with pytest.raises(SystemExit) as printed_and_exited:
+        train_world_model.main(
+            [
+                "--preset",
+                "debug",
+                "--dataset",
+                f"scenario=drive,path={cache},weight=2",
+                "--history-noise-scales",
+                "1",
+                "2",
+                "--ema-decay",
+                "none",
+                "--print-config",
+            ]
+        )
+    assert printed_and_exited.value.code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["datasets"][0]["weight"] == 2.0 and printed["step"]["history_noise_scales"] == [1, 2]
     assert printed["ema_decay"] is None and printed["model_preset"] == "debug"

@@ -201,9 +201,9 @@ def test_trainer_builds_and_steps_a_causal_model():
     from astra_gym.training.steps import StepConfig, train_step
     from astra_gym.training.train_world_model import _build_model, config_from_args
 
-    cfg, _ = config_from_args(["--preset", "debug", "--history-attention", "causal"])
+    cfg = config_from_args(["--preset", "debug", "--history-attention", "causal"])
     assert cfg.history_attention == "causal"
-    assert config_from_args(["--preset", "debug"])[0].history_attention is None
+    assert config_from_args(["--preset", "debug"]).history_attention is None
     model = _build_model(cfg)
     assert model.config.history_attention == "causal"
     noisy, _, _, frame_pack, actions = _inputs(history=(20, 3))
