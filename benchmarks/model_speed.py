@@ -14,11 +14,12 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
+from astra_gym.training.cli_args import arg, parse_config
 from astra_gym.utils.device import resolve_device, resolve_dtype
 from astra_gym.world_model.conditioning import ActionInput
 from astra_gym.world_model.config import get_preset
@@ -127,19 +128,25 @@ def _count_tokens(model: AstraTransformer, inputs) -> int:
     return total
 
 
+@dataclass(frozen=True)
+class Args:
+    """Flags of ``model_speed`` (each field's help is its ``--help`` text)."""
+
+    presets: tuple[str, ...] = arg(("debug", "small"), help=f"model presets, of {sorted(SCENARIOS)}")
+    batch_sizes: tuple[int, ...] = arg((1, 4, 16), help="batch sizes")
+    device: str = arg("cpu", help="cpu, cuda or auto")
+    dtype: str = arg("float32", help="float32 or bf16")
+    repeats: int = arg(5, help="timed repetitions after 2 warm-ups")
+    peak_size: int = arg(0, help="measure the matmul peak at this size first (0 = skip; GPU: 8192)")
+    out: str = arg("results/model_speed.json", help="where to write the JSON results")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Runs the benchmark and writes JSON; returns the result rows."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["debug", "small"], choices=sorted(SCENARIOS))
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4, 16])
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--dtype", default="float32", help="float32 or bf16")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions after 2 warm-ups")
-    parser.add_argument(
-        "--peak-size", type=int, default=0, help="measure the matmul peak at this size first (0 = skip; GPU: 8192)"
-    )
-    parser.add_argument("--out", default="results/model_speed.json", help="where to write the JSON results")
-    args = parser.parse_args(argv)
+    args = parse_config(Args, argv, __doc__)
+    unknown = sorted(set(args.presets) - set(SCENARIOS))
+    if unknown:
+        raise SystemExit(f"--presets: unknown {unknown}; choose from {sorted(SCENARIOS)}")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     peak = matmul_peak_tflops(device, dtype, args.peak_size) if args.peak_size else None
@@ -158,7 +165,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     f"{row['afg_batched_tflops']:.3f} TFLOP/s",
                     flush=True,
                 )
-    path = write_results(args.out, "model_speed", vars(args), rows, device)
+    path = write_results(args.out, "model_speed", dataclasses.asdict(args), rows, device)
     print(f"wrote {path}")
     return rows
 

@@ -14,16 +14,18 @@ latents at 64x64 px; its latent channels follow each transformer preset, e.g. 16
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from astra_gym.data.latent_cache import CacheConfig, build_latent_cache
 from astra_gym.data.synthetic import drive_episode
 from astra_gym.training import train_world_model
+from astra_gym.training.cli_args import arg, parse_config
 from astra_gym.training.data import DatasetSpec
 from astra_gym.utils.device import resolve_device
 from astra_gym.world_model.checkpoints import load_pretrained
@@ -42,7 +44,7 @@ def build_cache(episodes: int, steps: int, channels: int, out: Path, device: tor
     return out
 
 
-def measure(preset: str, batch: int, cache: Path, args: argparse.Namespace, run_dir: Path) -> dict:
+def measure(preset: str, batch: int, cache: Path, args: Args, run_dir: Path) -> dict:
     """Trains ``preset`` for ``args.steps`` steps; returns its throughput row."""
     log_every = max(args.steps // 4, 1)
     cfg = dataclasses.replace(
@@ -78,21 +80,26 @@ def measure(preset: str, batch: int, cache: Path, args: argparse.Namespace, run_
     }
 
 
+@dataclass(frozen=True)
+class Args:
+    """Flags of ``train_speed`` (each field's help is its ``--help`` text)."""
+
+    presets: tuple[str, ...] = arg(("small-p4",), help="transformer presets to train")
+    batch_size: tuple[int, ...] = arg((8,), help="per preset (one value: all)")
+    steps: int = arg(20, help="training steps per preset")
+    episodes: int = arg(8, help="synthetic episodes")
+    episode_steps: int = arg(64, help="steps per synthetic episode")
+    max_history: int = arg(30, help="the trainer's --max-history")
+    mixed_precision: Literal["no", "bf16"] = arg("no", help="the trainer's autocast")
+    data_workers: int = arg(0, help="the trainer's batch-packing processes")
+    device: str = arg("cpu", help="cpu or cuda (the trainer uses accelerate's device)")
+    work: str | None = arg(None, help="scratch folder (none: a temporary one)")
+    out: str = arg("results/train_speed.json", help="JSON results path")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Builds the data, trains each preset; prints and writes the rows."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_speed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", nargs="+", default=["small-p4"], help="transformer presets to train")
-    parser.add_argument("--batch-size", nargs="+", type=int, default=[8], help="per preset (one value: all)")
-    parser.add_argument("--steps", type=int, default=20, help="training steps per preset")
-    parser.add_argument("--episodes", type=int, default=8, help="synthetic episodes")
-    parser.add_argument("--episode-steps", type=int, default=64, help="steps per synthetic episode")
-    parser.add_argument("--max-history", type=int, default=30, help="the trainer's --max-history")
-    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"], help="the trainer's autocast")
-    parser.add_argument("--data-workers", type=int, default=0, help="the trainer's batch-packing processes")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (the trainer uses accelerate's device)")
-    parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
-    parser.add_argument("--out", required=True, help="JSON results path")
-    args = parser.parse_args(argv)
+    args = parse_config(Args, argv, __doc__)
     batches = args.batch_size * len(args.presets) if len(args.batch_size) == 1 else args.batch_size
     if len(batches) != len(args.presets):
         raise SystemExit("--batch-size takes one value, or one per --presets entry")
@@ -111,7 +118,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"{rows[-1]['samples_per_s']:10.1f} samples/s",
                 flush=True,
             )
-    write_results(args.out, "train_speed", vars(args), rows, device)
+    write_results(args.out, "train_speed", dataclasses.asdict(args), rows, device)
     return rows
 
 
