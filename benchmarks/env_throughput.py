@@ -14,15 +14,17 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import itertools
 import resource
 import time
+from dataclasses import dataclass
 
 import gymnasium as gym
 import torch
 
 import astra_gym  # noqa: F401  (registers the ids)
+from astra_gym.training.cli_args import arg, parse_config
 from benchmarks.common import write_results
 
 
@@ -86,50 +88,48 @@ def measure_memory(env_id: str, steps: int, denoise_steps: int, kwargs: dict) ->
     return {"env": env_id, "steps": steps, "denoise_steps": denoise_steps, "probes": probes, "rss_growth_mib": growth}
 
 
-def _env_kwargs(
-    checkpoint: str | None, dtype: str | None, device: str | None, batch_invariant: str | None = None
-) -> dict:
-    """The env kwargs of one measured configuration (none given = the variant's defaults)."""
-    kwargs = {k: v for k, v in (("checkpoint", checkpoint), ("dtype", dtype), ("device", device)) if v}
-    if batch_invariant is not None:
+DEFAULT = "default"  # the variant's own setting
+
+
+def _env_kwargs(checkpoint: str, dtype: str, device: str | None, batch_invariant: str = DEFAULT) -> dict:
+    """The env kwargs of one measured configuration (``default`` = the variant's)."""
+    kwargs = {k: v for k, v in (("checkpoint", checkpoint), ("dtype", dtype)) if v != DEFAULT}
+    if device:
+        kwargs["device"] = device
+    if batch_invariant != DEFAULT:
         kwargs["batch_invariant"] = batch_invariant == "true"
     return kwargs
 
 
+@dataclass(frozen=True)
+class Args:
+    """Flags of ``env_throughput`` (each field's help is its ``--help`` text)."""
+
+    env: str = arg("Astra-Drive-v0", help="registered Astra env id")
+    checkpoint: tuple[str, ...] = arg(
+        (DEFAULT,), help="checkpoints measured in turn, in one run (e.g. debug; default = the variant's)"
+    )
+    num_envs: tuple[int, ...] = arg((1, 4, 16, 64), help="numbers of envs")
+    denoise_steps: tuple[int, ...] = arg((1, 2, 4, 8), help="Euler steps per step (0 = the checkpoint's own sampler)")
+    dtype: tuple[str, ...] = arg(
+        (DEFAULT,), help="compute dtypes measured in turn (float32, bfloat16, float16; default = the env's)"
+    )
+    batch_invariant: tuple[str, ...] = arg(
+        (DEFAULT,), help="CPU kernels measured in turn: true (rows bit-equal to batch-1 envs), false (faster), default"
+    )
+    device: str | None = arg(None, help="env device (cpu, cuda); none = the env's default")
+    steps: int = arg(10, help="timed vector steps per configuration")
+    warmup: int = arg(2, help="untimed vector steps first")
+    memory_steps: int = arg(0, help="steps of the memory probe (0 = skip)")
+    threads: int | None = arg(None, help="torch threads (none: torch's choice)")
+    out: str = arg("results/env_throughput.json", help="JSON output path")
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Runs the benchmark, prints a table and writes JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", default="Astra-Drive-v0", help="registered Astra env id")
-    parser.add_argument(
-        "--checkpoint",
-        nargs="+",
-        default=[None],
-        help="override the variant's checkpoint (e.g. debug); several are measured in turn, in one run",
-    )
-    parser.add_argument("--num-envs", nargs="+", type=int, default=[1, 4, 16, 64])
-    parser.add_argument(
-        "--denoise-steps", nargs="+", type=int, default=[1, 2, 4, 8], help="0 = the checkpoint's own sampler"
-    )
-    parser.add_argument(
-        "--dtype",
-        nargs="+",
-        default=[None],
-        help="env compute dtypes (float32, bfloat16, float16), measured in turn; none = the env's default",
-    )
-    parser.add_argument(
-        "--batch-invariant",
-        nargs="+",
-        choices=["true", "false"],
-        default=[None],
-        help="CPU kernels whose rows equal batch-1 envs bit for bit (true, the default) or faster ones (false)",
-    )
-    parser.add_argument("--device", default=None, help="env device (cpu, cuda); none = the env's default")
-    parser.add_argument("--steps", type=int, default=10, help="timed vector steps per configuration")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed vector steps first")
-    parser.add_argument("--memory-steps", type=int, default=0, help="steps of the memory probe (0 = skip)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--out", default="results/env_throughput.json", help="JSON output path")
-    args = parser.parse_args(argv)
+    args = parse_config(Args, argv, __doc__)
+    if not set(args.batch_invariant) <= {"true", "false", DEFAULT}:
+        raise SystemExit(f"--batch-invariant takes true, false or {DEFAULT}, got {' '.join(args.batch_invariant)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
         row = measure_throughput(args.env, num_envs, denoise_steps, args.steps, args.warmup, kwargs)
         rows.append(row)
         print(
-            f"{args.env} {checkpoint or 'default'} {dtype or 'default'} batch_invariant={row['batch_invariant']} "
+            f"{args.env} {checkpoint} {dtype} batch_invariant={row['batch_invariant']} "
             f"N={num_envs:<3} K={row['effective_denoise_steps']} g={row['guidance_scale']} "
             f"{row['env_steps_per_s']:8.1f} env steps/s {row['env_frames_per_s']:8.1f} env frames/s",
             flush=True,
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"memory over {args.memory_steps} steps: {memory['probes']} "
             f"(RSS growth {memory['rss_growth_mib']:.1f} MiB)"
         )
-    config = vars(args) | {"torch_threads": torch.get_num_threads()}
+    config = dataclasses.asdict(args) | {"torch_threads": torch.get_num_threads()}
     path = write_results(
         args.out,
         "env_throughput",
