@@ -35,14 +35,16 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
+from astra_gym.training.cli_args import arg, parse_config
 from astra_gym.utils.device import resolve_device
 from astra_gym.world_model.config import get_preset
 from astra_gym.world_model.sampling import SamplerConfig, sample_chunk
@@ -66,7 +68,7 @@ class Variant:
     compiled: bool = False
 
 
-def variants(args: argparse.Namespace) -> list[Variant]:
+def variants(args: Args) -> list[Variant]:
     """The cumulative chain a..f of the module docstring (with ``--dtype bf16`` every variant runs
     under bf16 autocast and f is left out), restricted to ``--only`` if given."""
     bf16 = args.dtype == "bf16"
@@ -108,7 +110,7 @@ def _load(checkpoint: str, device: torch.device) -> AstraTransformer:
     return load_pretrained(folder, device=device, dtype=torch.float32).eval()
 
 
-def _models(args: argparse.Namespace, device: torch.device) -> dict[str, AstraTransformer]:
+def _models(args: Args, device: torch.device) -> dict[str, AstraTransformer]:
     """The full-attention (release path) model, a causal-history model with the same weights and
     the student (if any)."""
     torch.manual_seed(0)
@@ -126,7 +128,7 @@ def _models(args: argparse.Namespace, device: torch.device) -> dict[str, AstraTr
     return models
 
 
-def measure(variant: Variant, models: dict[str, AstraTransformer], args: argparse.Namespace, device) -> dict:
+def measure(variant: Variant, models: dict[str, AstraTransformer], args: Args, device) -> dict:
     """Times one variant; returns its result row."""
     model = models[variant.model]
     if variant.compiled:
@@ -189,46 +191,40 @@ def _print_table(rows: list[dict]) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Args:
+    """Flags of ``rollout_speed`` (each field's help is its ``--help`` text)."""
+
+    preset: str = arg("small", help="transformer preset (debug, small, wan2.1-1.3b)")
+    latent_hw: tuple[int, int] = arg((8, 8), help="latent height and width (8 8 = 64x64 px)", metavar="N")
+    chunk: int = arg(1, help="latents generated per call")
+    device: str = arg("cpu", help="cpu, cuda or auto")
+    steps: int = arg(50, help="Euler steps of the faithful path (release 50)")
+    few_steps: int = arg(4, help="Euler steps of the few-step variant")
+    envs: int = arg(16, help="environments per call of the batched variant")
+    guidance: float = arg(2.0, help="AFG scale (release 2.0)")
+    warmup: int = arg(1, help="untimed calls per variant")
+    repeats: int = arg(3, help="timed calls per variant (median reported)")
+    checkpoint: str | None = arg(
+        None, help="trained weights (bundle name/folder or save_pretrained folder); none = random"
+    )
+    student: str | None = arg(None, help="a distilled few-step student: adds the +distilled variant")
+    student_steps: int = arg(1, help="Euler steps of the student")
+    compile: bool = arg(False, help="add the +torch_compile variant (slow to compile)")
+    dtype: Literal["float32", "bf16"] = arg("float32", help="bf16: every variant under bf16 autocast")
+    only: tuple[str, ...] | None = arg(None, help="measure only these variants (e.g. faithful); none = all")
+    peak_size: int = arg(0, help="measure the matmul peak at this size first (0 = skip; GPU: 8192)")
+    out: str = arg("results/rollout_speed.json", help="where to write the JSON results")
+    peak_tflops: float | None = arg(None, help="the measured matmul peak (set by --peak-size; none = unknown)")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Runs every variant, prints the table, writes JSON; returns the result rows."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="small", help="transformer preset (debug, small, wan2.1-1.3b)")
-    parser.add_argument(
-        "--latent-hw",
-        nargs=2,
-        type=int,
-        default=[8, 8],
-        metavar=("H", "W"),
-        help="latent height and width (8 8 = 64x64 px)",
-    )
-    parser.add_argument("--chunk", type=int, default=1, help="latents generated per call")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--steps", type=int, default=50, help="Euler steps of the faithful path (release 50)")
-    parser.add_argument("--few-steps", type=int, default=4, help="Euler steps of the few-step variant")
-    parser.add_argument("--envs", type=int, default=16, help="environments per call of the batched variant")
-    parser.add_argument("--guidance", type=float, default=2.0, help="AFG scale (release 2.0)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per variant")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per variant (median reported)")
-    parser.add_argument(
-        "--checkpoint",
-        default=None,
-        help="trained weights (bundle name/folder or save_pretrained folder); none = random",
-    )
-    parser.add_argument("--student", default=None, help="a distilled few-step student: adds the +distilled variant")
-    parser.add_argument("--student-steps", type=int, default=1, help="Euler steps of the student")
-    parser.add_argument("--compile", action="store_true", help="add the +torch_compile variant (slow to compile)")
-    parser.add_argument(
-        "--dtype", default="float32", choices=["float32", "bf16"], help="bf16: every variant under bf16 autocast"
-    )
-    parser.add_argument("--only", nargs="+", default=None, help="measure only these variants (e.g. faithful)")
-    parser.add_argument(
-        "--peak-size", type=int, default=0, help="measure the matmul peak at this size first (0 = skip; GPU: 8192)"
-    )
-    parser.add_argument("--out", default="results/rollout_speed.json", help="where to write the JSON results")
-    args = parser.parse_args(argv)
+    args = parse_config(Args, argv, __doc__)
     device = resolve_device(args.device)
     peak_dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    args.peak_tflops = matmul_peak_tflops(device, peak_dtype, args.peak_size) if args.peak_size else None
+    if args.peak_size:
+        args = dataclasses.replace(args, peak_tflops=matmul_peak_tflops(device, peak_dtype, args.peak_size))
     models = _models(args, device)
     rows = []
     with torch.inference_mode():
@@ -247,7 +243,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"bf16 autocast on {device.type} {verdict}: x{bf16['frames_per_s'] / before['frames_per_s']:.2f} "
             "vs the same setting in float32"
         )
-    path = write_results(args.out, "rollout_speed", vars(args), rows, device)
+    path = write_results(args.out, "rollout_speed", dataclasses.asdict(args), rows, device)
     print(f"wrote {path}")
     return rows
 

@@ -313,6 +313,7 @@ def test_dataclass_entry_points_print_their_resolved_config(capsys):
         "benchmarks.action_following",
         "benchmarks.env_throughput",
         "benchmarks.model_speed",
+        "benchmarks.rollout_speed",
         "benchmarks.train_speed",
         "benchmarks.imagined_vs_real",
         "benchmarks.planning_signal",
