@@ -30,13 +30,13 @@ Writes one JSON file (``--out``; the command line is stored in it) and prints a 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import os
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ from astra_gym.evaluation.rollouts import (
 )
 from astra_gym.rollout.bundle import BundleError, debug_bundle, load_bundle, read_manifest
 from astra_gym.rollout.engine import RolloutConfig, WorldModelRollout
+from astra_gym.training.cli_args import arg, parse_config
 from astra_gym.utils.atomic import atomic_write_text
 from astra_gym.utils.device import resolve_device
 from astra_gym.world_model.checkpoints import read_pretrained_config
@@ -78,7 +79,7 @@ from benchmarks.common import environment_info
 # ------------------------------------------------------------------------------------------------
 
 
-def load_world_model(args: argparse.Namespace, device: torch.device) -> tuple[WorldModelRollout, dict]:
+def load_world_model(args: Args, device: torch.device) -> tuple[WorldModelRollout, dict]:
     """(engine with the checkpoint's action normalisation, JSON description of what was loaded)."""
     overrides = {"num_denoise_steps": args.denoise_steps or None, "guidance_scale": args.guidance}
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -136,7 +137,7 @@ def _sampler_info(config: RolloutConfig) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 
-def load_heldout(args: argparse.Namespace) -> list[tuple[str, Episode]]:
+def load_heldout(args: Args) -> list[tuple[str, Episode]]:
     """(path, episode) pairs of ``--episodes`` of the scenario (at most ``--max-episodes``)."""
     paths = episode_paths(args.episodes)
     if not paths:
@@ -170,7 +171,7 @@ def heldout_check(info: dict, episodes: list[tuple[str, Episode]]) -> dict:
 
 
 def get_idm(
-    args: argparse.Namespace,
+    args: Args,
     episodes: list[tuple[str, Episode]],
     device: torch.device,
     engine: WorldModelRollout | None = None,
@@ -224,7 +225,7 @@ def _fingers_move(episodes: list[Episode]) -> bool:
 
 
 def _check_idm(
-    idm: InverseDynamicsModel, args: argparse.Namespace, path: Path, facts: dict, episodes: list[tuple[str, Episode]]
+    idm: InverseDynamicsModel, args: Args, path: Path, facts: dict, episodes: list[tuple[str, Episode]]
 ) -> InverseDynamicsModel:
     """The IDM is for this scenario and was not trained on the held-out episodes."""
     if idm.config.scenario != args.scenario:
@@ -361,48 +362,53 @@ def _log(message: str) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.eval_world_model", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="bundle name or folder, world-model folder, or 'debug'")
-    parser.add_argument("--scenario", required=True, choices=sorted(INFERENCE_FEATURE))
-    parser.add_argument("--episodes", required=True, help="folder of HELD-OUT episodes (never used in training)")
-    parser.add_argument("--chunks", type=int, default=8, help="chunks generated per rollout")
-    parser.add_argument("--context", type=int, default=4, help="real context frames per start")
-    parser.add_argument("--starts-per-episode", type=int, default=4, help="evenly spaced starts per episode")
-    parser.add_argument("--max-episodes", type=int, default=None, help="use only the first N episodes")
-    parser.add_argument("--out", default=None, help="JSON results file (default results/eval_<scenario>.json)")
-    parser.add_argument("--markdown", default=None, help="also write the table to this file")
-    parser.add_argument("--idm", default=None, help="IDM file (.safetensors); trained there if missing (see below)")
-    parser.add_argument(
-        "--idm-train-episodes", default=None, help="training-split episodes to train a missing --idm on"
-    )
-    parser.add_argument("--idm-steps", type=int, default=2000, help="IDM optimizer steps when training")
-    parser.add_argument("--idm-batch-size", type=int, default=64, help="IDM batch size when training")
-    parser.add_argument(
-        "--idm-on-vae",
-        action="store_true",
+@dataclass(frozen=True)
+class Args:
+    """Flags of ``eval_world_model`` (each field's help is its ``--help`` text)."""
+
+    checkpoint: str = arg("", help="bundle name or folder, world-model folder, or 'debug' (required)")
+    scenario: str = arg("", help=f"one of {sorted(INFERENCE_FEATURE)} (required)")
+    episodes: str = arg("", help="folder of HELD-OUT episodes, never used in training (required)")
+    chunks: int = arg(8, help="chunks generated per rollout")
+    context: int = arg(4, help="real context frames per start")
+    starts_per_episode: int = arg(4, help="evenly spaced starts per episode")
+    max_episodes: int | None = arg(None, help="use only the first N episodes")
+    out: str | None = arg(None, help="JSON results file (none: results/eval_<scenario>.json)")
+    markdown: str | None = arg(None, help="also write the table to this file")
+    idm: str | None = arg(None, help="IDM file (.safetensors); trained there if missing (see below)")
+    idm_train_episodes: str | None = arg(None, help="training-split episodes to train a missing --idm on")
+    idm_steps: int = arg(2000, help="IDM optimizer steps when training")
+    idm_batch_size: int = arg(64, help="IDM batch size when training")
+    idm_on_vae: bool = arg(
+        False,
         help="train the IDM on the VAE's reconstructions of the training episodes (a judge of what the VAE can show)",
     )
-    parser.add_argument("--vae", default=None, help="VAE folder (overrides the checkpoint's)")
-    parser.add_argument("--reward-model", default=None, help="reward-model folder (overrides the bundle's)")
-    parser.add_argument("--replay", action="store_true", help="run the simulators: replay check + random-action truth")
-    parser.add_argument(
-        "--denoise-steps", type=int, default=None, help="Euler steps per chunk (default: checkpoint's)"
-    )
-    parser.add_argument(
-        "--guidance", type=float, default=None, help="action-free guidance scale (default: checkpoint's)"
-    )
-    parser.add_argument("--batch-size", type=int, default=8, help="starts per engine call (2 rows each)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of random actions, rollout noise and the IDM")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--allow-train-overlap", action="store_true", help="evaluate even if episodes were trained on")
-    return parser
+    vae: str | None = arg(None, help="VAE folder (overrides the checkpoint's)")
+    reward_model: str | None = arg(None, help="reward-model folder (overrides the bundle's)")
+    replay: bool = arg(False, help="run the simulators: replay check + random-action truth")
+    denoise_steps: int | None = arg(None, help="Euler steps per chunk (none: the checkpoint's)")
+    guidance: float | None = arg(None, help="action-free guidance scale (none: the checkpoint's)")
+    batch_size: int = arg(8, help="starts per engine call (2 rows each)")
+    seed: int = arg(0, help="seed of random actions, rollout noise and the IDM")
+    device: str = arg("cpu", help="cpu, cuda or auto")
+    threads: int | None = arg(None, help="torch CPU threads (none: torch's)")
+    allow_train_overlap: bool = arg(False, help="evaluate even if episodes were trained on")
+
+
+def parse_args(argv: list[str] | None) -> Args:
+    """The flags, with the required ones checked."""
+    args = parse_config(Args, argv, __doc__)
+    missing = [f"--{name}" for name in ("checkpoint", "scenario", "episodes") if not getattr(args, name)]
+    if missing:
+        raise SystemExit(f"eval_world_model needs {', '.join(missing)} (see --help)")
+    if args.scenario not in INFERENCE_FEATURE:
+        raise SystemExit(f"--scenario {args.scenario!r}: choose one of {sorted(INFERENCE_FEATURE)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Runs the evaluation, writes the JSON and prints the table; returns the JSON payload."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -439,7 +445,7 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {
         "benchmark": "eval_world_model",
         "command": "python -m benchmarks.eval_world_model " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "config": vars(args),
+        "config": dataclasses.asdict(args),
         "plan": {**plan.__dict__, "frames_per_chunk": plan.frames_per_chunk, "horizon": plan.horizon},
         "model": model_info,
         "data": {"episodes": args.episodes, "num_episodes": len(episodes), "heldout_check": check},

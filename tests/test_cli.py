@@ -312,6 +312,7 @@ def test_dataclass_entry_points_print_their_resolved_config(capsys):
         "astra_gym.training.train_world_model",
         "benchmarks.action_following",
         "benchmarks.env_throughput",
+        "benchmarks.eval_world_model",
         "benchmarks.model_speed",
         "benchmarks.rollout_speed",
         "benchmarks.train_speed",
