@@ -48,8 +48,8 @@ from astra_gym.agents.evaluation import SB3Policy, evaluate
 from astra_gym.agents.plots import plot_progress
 from astra_gym.agents.real_env import make_real_env
 from astra_gym.agents.sb3_vec_env import AstraSB3VecEnv
-from astra_gym.training.cli_args import arg, parse_config
 from astra_gym.utils.atomic import atomic_write_text
+from astra_gym.utils.cli_args import arg, parse_config
 
 __all__ = ["Args", "ALGOS", "make_train_env", "make_eval_env", "make_model", "train", "main"]
 

@@ -45,7 +45,7 @@ from astra_gym.envs.spaces import EXPLORE_BUTTONS, action_rows
 from astra_gym.envs.variants import variant
 from astra_gym.evaluation.details import car_present
 from astra_gym.evaluation.metrics import PSNR_CAP_DB, psnr, ssim
-from astra_gym.training.cli_args import arg, parse_config
+from astra_gym.utils.cli_args import arg, parse_config
 from benchmarks.common import spearman, write_results
 
 # K = 4 distinct constant actions per scenario, in the simulator's own action space.

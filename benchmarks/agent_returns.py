@@ -48,7 +48,7 @@ from astra_gym.agents.mpc import run_mpc
 from astra_gym.agents.real_env import make_real_env
 from astra_gym.envs.spaces import action_space
 from astra_gym.envs.variants import variant
-from astra_gym.training.cli_args import apply_overrides, arg, config_parser, exit_if_printing
+from astra_gym.utils.cli_args import apply_overrides, arg, config_parser, exit_if_printing
 from astra_gym.utils.device import resolve_device
 from benchmarks.common import write_results
 

@@ -24,7 +24,7 @@ import gymnasium as gym
 import torch
 
 import astra_gym  # noqa: F401  (registers the ids)
-from astra_gym.training.cli_args import arg, parse_config
+from astra_gym.utils.cli_args import arg, parse_config
 from benchmarks.common import write_results
 
 

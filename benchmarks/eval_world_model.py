@@ -68,8 +68,8 @@ from astra_gym.evaluation.rollouts import (
 )
 from astra_gym.rollout.bundle import BundleError, debug_bundle, load_bundle, read_manifest
 from astra_gym.rollout.engine import RolloutConfig, WorldModelRollout
-from astra_gym.training.cli_args import arg, parse_config
 from astra_gym.utils.atomic import atomic_write_text
+from astra_gym.utils.cli_args import arg, parse_config
 from astra_gym.utils.device import resolve_device
 from astra_gym.world_model.checkpoints import read_pretrained_config
 from benchmarks.common import environment_info

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from astra_gym.training.cli_args import arg, parse_config
+from astra_gym.utils.cli_args import arg, parse_config
 from astra_gym.utils.device import resolve_device, resolve_dtype
 from astra_gym.world_model.conditioning import ActionInput
 from astra_gym.world_model.config import get_preset

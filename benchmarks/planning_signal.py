@@ -35,7 +35,7 @@ from astra_gym.data.replay import replay
 from astra_gym.envs.core import load_world_model
 from astra_gym.envs.spaces import action_space
 from astra_gym.envs.variants import variant
-from astra_gym.training.cli_args import arg, parse_config
+from astra_gym.utils.cli_args import arg, parse_config
 from benchmarks.action_following import Start, make_start
 from benchmarks.common import spearman, write_results
 

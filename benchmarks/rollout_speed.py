@@ -44,7 +44,7 @@ from typing import Literal
 
 import torch
 
-from astra_gym.training.cli_args import arg, parse_config
+from astra_gym.utils.cli_args import arg, parse_config
 from astra_gym.utils.device import resolve_device
 from astra_gym.world_model.config import get_preset
 from astra_gym.world_model.sampling import SamplerConfig, sample_chunk

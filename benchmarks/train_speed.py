@@ -25,8 +25,8 @@ import torch
 from astra_gym.data.latent_cache import CacheConfig, build_latent_cache
 from astra_gym.data.synthetic import drive_episode
 from astra_gym.training import train_world_model
-from astra_gym.training.cli_args import arg, parse_config
 from astra_gym.training.data import DatasetSpec
+from astra_gym.utils.cli_args import arg, parse_config
 from astra_gym.utils.device import resolve_device
 from astra_gym.world_model.checkpoints import load_pretrained
 from astra_gym.world_model.config import get_preset

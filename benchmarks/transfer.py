@@ -35,7 +35,7 @@ from astra_gym.agents.plots import save_bars
 from astra_gym.agents.real_env import make_real_env
 from astra_gym.agents.train_sb3 import EVAL_SEED_OFFSET
 from astra_gym.envs.variants import variant
-from astra_gym.training.cli_args import arg, parse_config
+from astra_gym.utils.cli_args import arg, parse_config
 from benchmarks.common import write_results
 from benchmarks.imagined_vs_real import ConstantPolicy
 

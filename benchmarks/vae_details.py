@@ -26,7 +26,7 @@ from astra_gym.data.episodes import episode_paths, load_episode
 from astra_gym.envs.variants import bundled_model_path
 from astra_gym.evaluation.details import detail_report
 from astra_gym.evaluation.metrics import psnr
-from astra_gym.training.cli_args import arg, parse_config
+from astra_gym.utils.cli_args import arg, parse_config
 from astra_gym.world_model.vae_io import load_vae, reconstruct_frames
 from benchmarks.common import write_results
 

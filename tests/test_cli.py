@@ -305,6 +305,7 @@ def test_dataclass_entry_points_print_their_resolved_config(capsys):
     "module",
     [
         "astra_gym.agents.dyna",
+        "astra_gym.data.generate",
         "astra_gym.agents.mpc.run_mpc",
         "astra_gym.agents.train_sb3",
         "astra_gym.training.train_reward",
@@ -329,3 +330,11 @@ def test_config_entry_points_show_their_help(module, capsys):
         importlib.import_module(module).main(["--help"])
     assert exit_info.value.code == 0
     assert "--print-config" in capsys.readouterr().out
+
+
+def test_fields_without_a_default_are_required_flags(capsys):
+    from astra_gym.data import generate
+
+    with pytest.raises(SystemExit) as exit_info:
+        generate.main(["--scenario", "drive", "--episodes", "2"])
+    assert exit_info.value.code == 2 and "required: --steps, --out" in capsys.readouterr().err

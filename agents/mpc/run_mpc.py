@@ -36,8 +36,8 @@ from astra_gym.agents.real_env import make_real_env
 from astra_gym.envs.core import load_world_model
 from astra_gym.envs.spaces import action_space
 from astra_gym.envs.variants import variant
-from astra_gym.training.cli_args import arg, parse_config
 from astra_gym.utils.atomic import atomic_write_text
+from astra_gym.utils.cli_args import arg, parse_config
 
 __all__ = ["Args", "make_planner", "make_controller", "run", "main"]
 

@@ -14,7 +14,6 @@ only. A summary (config, frames, bytes, frames/s) is written to ``DIR/generation
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import multiprocessing as mp
@@ -31,6 +30,7 @@ from astra_gym.data.policies import POLICY_NAMES, make_policy
 from astra_gym.data.recorder import Recorder
 from astra_gym.data.sims import SCENARIOS, make_simulator
 from astra_gym.utils.atomic import atomic_write_text
+from astra_gym.utils.cli_args import arg, parse_config
 
 __all__ = ["GenerateConfig", "episode_seeds", "generate", "main"]
 
@@ -55,17 +55,17 @@ class GenerateConfig:
         overwrite: Re-record episodes whose file exists (default: skip them, i.e. resume).
     """
 
-    scenario: str
-    episodes: int
-    steps: int
-    out: str
-    policy: str = "mix"
-    seed: int = 0
-    size: int | None = 64
-    workers: int = 1
-    frame_skip: int | None = None
-    epsilon: float = 0.25
-    overwrite: bool = False
+    scenario: str = arg(help=f"one of {sorted(SCENARIOS)}")
+    episodes: int = arg(help="number of episodes N")
+    steps: int = arg(help="actions per episode T")
+    out: str = arg(help="output directory")
+    policy: str = arg("mix", help=f"one of {POLICY_NAMES}")
+    seed: int = arg(0, help="dataset seed")
+    size: int | None = arg(64, help="frame side in pixels; 0 or none = native size")
+    workers: int = arg(1, help="parallel recording processes")
+    frame_skip: int | None = arg(None, help="override the scenario's frame skip")
+    epsilon: float = arg(0.25, help="share of random segments in --policy mix")
+    overwrite: bool = arg(False, help="re-record existing episodes instead of resuming")
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -184,26 +184,9 @@ def _write_json(path: Path, value: dict) -> None:
     atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
 
-def _parse(argv: Sequence[str] | None) -> GenerateConfig:
-    parser = argparse.ArgumentParser(prog="python -m astra_gym.data.generate", description=__doc__.split("\n")[0])
-    parser.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
-    parser.add_argument("--episodes", type=int, required=True, help="number of episodes N")
-    parser.add_argument("--steps", type=int, required=True, help="actions per episode T")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--policy", default="mix", choices=POLICY_NAMES)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=64, help="frame side in pixels; 0 = native size")
-    parser.add_argument("--workers", type=int, default=1, help="parallel recording processes")
-    parser.add_argument("--frame-skip", type=int, default=None, help="override the scenario's frame skip")
-    parser.add_argument("--epsilon", type=float, default=0.25, help="share of random segments in --policy mix")
-    parser.add_argument("--overwrite", action="store_true", help="re-record existing episodes instead of resuming")
-    args = parser.parse_args(argv)
-    return GenerateConfig(**{k.replace("-", "_"): v for k, v in vars(args).items()})
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     """CLI entry point; prints the summary."""
-    cfg = _parse(argv)
+    cfg = parse_config(GenerateConfig, argv, __doc__)
     summary = generate(cfg, progress=True)
     tqdm.write(
         f"{cfg.scenario}: recorded {summary['recorded_episodes']} episodes / {summary['recorded_frames']} frames "

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from astra_gym.training.cli_args import arg
 from astra_gym.training.data import WorldModelBatch
 from astra_gym.training.steps import draw_share
+from astra_gym.utils.cli_args import arg
 from astra_gym.world_model.action_encoders import drop_actions
 from astra_gym.world_model.conditioning import ActionInput
 from astra_gym.world_model.sampling import SamplerConfig, euler_step, flow_sigmas, sample_chunk

@@ -31,8 +31,8 @@ from typing import Literal, TypeVar
 import torch
 from torch import Tensor, nn
 
-from astra_gym.training.cli_args import arg
 from astra_gym.training.data import WorldModelBatch, map_tensors
+from astra_gym.utils.cli_args import arg
 from astra_gym.world_model.action_encoders import drop_actions
 from astra_gym.world_model.conditioning import ActionInput, FramePackInputs
 from astra_gym.world_model.flow_matching import (

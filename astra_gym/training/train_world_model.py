@@ -53,13 +53,13 @@ from astra_gym.training.checkpointing import (
     save_training_checkpoint,
     step_generator,
 )
-from astra_gym.training.cli_args import arg, parse_preset_config
 from astra_gym.training.data import DatasetSpec, JointLatentData, batch_to
 from astra_gym.training.distill import DistillConfig, distill_step
 from astra_gym.training.metrics import MetricWriter
 from astra_gym.training.optim import cosine_schedule, make_adamw
 from astra_gym.training.preview import PreviewConfig, write_preview
 from astra_gym.training.steps import StepConfig, per_dataset_mse, train_step
+from astra_gym.utils.cli_args import arg, parse_preset_config
 from astra_gym.world_model.checkpoints import load_pretrained, save_pretrained
 from astra_gym.world_model.config import AstraTransformerConfig, get_preset
 from astra_gym.world_model.framepack import FramePackLayout

@@ -292,7 +292,7 @@ def test_checkpoint_writes_are_atomic(tmp_path):
 
 
 def test_cli_every_flag_has_help_and_presets_resolve(cache, capsys):
-    from astra_gym.training.cli_args import preset_parser
+    from astra_gym.utils.cli_args import preset_parser
 
     parser = preset_parser(train_world_model.TrainConfig, train_world_model.PRESETS, "small-cpu", None)
     assert all(action.help for action in parser._actions)

@@ -82,7 +82,11 @@ def _kwargs(hint: Any, metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 def add_config_arguments(
-    parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), prefix: str = ""
+    parser: argparse.ArgumentParser,
+    cls: type,
+    skip: tuple[str, ...] = (),
+    prefix: str = "",
+    require_missing: bool = False,
 ) -> None:
     """Adds one flag per field of dataclass ``cls`` (recursing into nested dataclass fields).
 
@@ -91,6 +95,7 @@ def add_config_arguments(
         cls: A dataclass whose fields were declared with :func:`arg`.
         skip: Field names to leave out.
         prefix: Internal: destination prefix of nested fields.
+        require_missing: Fields without a default become required flags (no preset fills them).
     """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -103,10 +108,15 @@ def add_config_arguments(
             continue
         if "help" not in f.metadata:
             raise ValueError(f"{cls.__name__}.{f.name} has no help text; declare it with arg(..., help=...)")
-        default = f.default if f.default is not dataclasses.MISSING else "required"
-        text = f"{f.metadata['help'].replace('%', '%%')} (default: {_show(default)})"
+        missing = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        required = missing and require_missing
+        default = f.default if f.default is not dataclasses.MISSING else None
+        shown = "required" if missing else _show(default if f.default_factory is dataclasses.MISSING else "preset")
+        text = f"{f.metadata['help'].replace('%', '%%')} ({shown if missing else f'default: {shown}'})"
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         kwargs = _kwargs(hint, dict(f.metadata))
+        if required:
+            kwargs["required"] = True
         if kwargs.get("action") not in (argparse.BooleanOptionalAction,) and "choices" not in kwargs:
             kwargs["metavar"] = f.metadata.get("metavar", f.name.upper())
         parser.add_argument(flag, dest=prefix + f.name, default=argparse.SUPPRESS, help=text, **kwargs)
@@ -138,7 +148,7 @@ def config_parser(cls: type, description: str | None) -> argparse.ArgumentParser
     """A parser with ``description`` shown as written (a module docstring), one flag per field of
     ``cls``, and ``--print-config``."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(parser, cls)
+    add_config_arguments(parser, cls, require_missing=True)
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
     return parser
 
@@ -175,7 +185,9 @@ def parse_preset_config(
 
 
 def parse_config(cls: type, argv: Sequence[str] | None, description: str | None) -> Any:
-    """``cls()`` with the flags of ``argv`` (None = ``sys.argv``) applied (see :func:`config_parser`);
-    ``--print-config`` prints it and exits."""
+    """``cls(**flags of argv)`` (None = ``sys.argv``; fields without a default are required flags; see
+    :func:`config_parser`); ``--print-config`` prints it and exits."""
     args = config_parser(cls, description).parse_args(argv)
-    return exit_if_printing(apply_overrides(cls(), args), args)
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    config = cls(**{name: tuple(v) if isinstance(v, list) else v for name, v in given.items()})
+    return exit_if_printing(config, args)
