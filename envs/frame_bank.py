@@ -34,7 +34,6 @@ The debug variant uses :func:`synthetic_frame_bank` (procedural frames, no file,
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -42,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from astra_gym.utils.cli_args import arg, parse_config
 
 __all__ = [
     "FrameBank",
@@ -251,25 +252,32 @@ def build_frame_bank(
     )
 
 
+@dataclass(frozen=True)
+class Args:
+    """Flags of ``python -m astra_gym.envs.frame_bank`` (each field's help is its ``--help`` text)."""
+
+    scenario: str = arg(help=f"simulator to record, one of {list(BUNDLED_BANKS)}")
+    out: str = arg(help="output .npz path")
+    count: int = arg(32, help="number of start contexts")
+    context_frames: int = arg(4, help="frames per context")
+    min_start: int = arg(8, help="fewest policy steps before a context ends")
+    max_start: int = arg(60, help="most policy steps before a context ends")
+    policy: str = arg("expert", help="behaviour policy: random, expert or mix")
+    seed: int = arg(0, help="first simulator seed (context i uses seed + i)")
+    at_rest: int = arg(0, help="extra contexts right after a reset, zero action")
+    rest_seed: int = arg(100, help="first seed of the at-rest contexts")
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI: ``python -m astra_gym.envs.frame_bank --scenario drive --out path.npz``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scenario", required=True, choices=BUNDLED_BANKS, help="simulator to record")
-    parser.add_argument("--out", required=True, type=Path, help="output .npz path")
-    parser.add_argument("--count", type=int, default=32, help="number of start contexts")
-    parser.add_argument("--context-frames", type=int, default=4, help="frames per context")
-    parser.add_argument("--min-start", type=int, default=8, help="fewest policy steps before a context ends")
-    parser.add_argument("--max-start", type=int, default=60, help="most policy steps before a context ends")
-    parser.add_argument("--policy", default="expert", help="behaviour policy: random, expert or mix")
-    parser.add_argument("--seed", type=int, default=0, help="first simulator seed (context i uses seed + i)")
-    parser.add_argument("--at-rest", type=int, default=0, help="extra contexts right after a reset, zero action")
-    parser.add_argument("--rest-seed", type=int, default=100, help="first seed of the at-rest contexts")
-    args = parser.parse_args(argv)
+    args = parse_config(Args, argv, __doc__)
+    if args.scenario not in BUNDLED_BANKS:
+        raise SystemExit(f"--scenario {args.scenario!r}: choose one of {list(BUNDLED_BANKS)}")
     bank = build_frame_bank(
         args.scenario, args.count, args.context_frames, (args.min_start, args.max_start), args.policy, args.seed,
         args.at_rest, args.rest_seed,
     )  # fmt: skip
-    path = save_frame_bank(bank, args.out)
+    path = save_frame_bank(bank, Path(args.out))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logger.info(
         "wrote %d contexts of %d frames to %s (%.0f kB)",
