@@ -46,7 +46,6 @@ CLI::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -73,6 +72,7 @@ from astra_gym.data.action_codecs import (
     latent_step_ranges,
 )
 from astra_gym.utils.atomic import atomic_write, atomic_write_text
+from astra_gym.utils.cli_args import arg, parse_config
 
 __all__ = [
     "FORMAT_NAME",
@@ -791,19 +791,20 @@ def _iter_episodes(files: Sequence[Path]) -> Iterator[tuple[str, Any]]:
         yield str(path), load_episode(path)
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m astra_gym.data.latent_cache", description=__doc__.split("\n")[0])
-    parser.add_argument("--episodes", required=True, type=Path, help="folder of recorded episode_*.hdf5 files")
-    parser.add_argument("--vae", required=True, help="'small', 'debug' or a Wan2.1 VAE folder")
-    parser.add_argument("--vae-weights", default=None, help="safetensors weights of a small/debug VAE")
-    parser.add_argument("--out", required=True, type=Path, help="cache folder to write")
-    parser.add_argument("--convention", choices=("exact", "release"), default=CacheConfig.convention)
-    parser.add_argument("--episodes-per-shard", type=int, default=CacheConfig.episodes_per_shard)
-    parser.add_argument("--batch-frames", type=int, default=CacheConfig.batch_frames)
-    parser.add_argument("--features", nargs="*", default=None, help="feature names (default: all available)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--overwrite", action="store_true")
-    return parser.parse_args(argv)
+@dataclass(frozen=True)
+class Args:
+    """Flags of ``python -m astra_gym.data.latent_cache`` (each field's help is its ``--help`` text)."""
+
+    episodes: str = arg(help="folder of recorded episode_*.hdf5 files")
+    vae: str = arg(help="'small', 'debug' or a Wan2.1 VAE folder")
+    out: str = arg(help="cache folder to write")
+    vae_weights: str | None = arg(None, help="safetensors weights of a small/debug VAE")
+    convention: Literal["exact", "release"] = arg(CacheConfig.convention, help="action-row convention")
+    episodes_per_shard: int = arg(CacheConfig.episodes_per_shard, help="episodes per shard file")
+    batch_frames: int = arg(CacheConfig.batch_frames, help="frames per VAE call")
+    features: tuple[str, ...] | None = arg(None, help="feature names (none: all available)")
+    device: str = arg("auto", help="cpu, cuda or auto")
+    overwrite: bool = arg(False, help="replace an existing cache")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -812,7 +813,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from astra_gym.utils.device import resolve_device
 
-    args = _parse_args(argv)
+    args = parse_config(Args, argv, __doc__)
     config = CacheConfig(
         convention=args.convention,
         episodes_per_shard=args.episodes_per_shard,
@@ -820,9 +821,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         features=None if args.features is None else tuple(args.features),
     )
     vae = load_vae(args.vae, args.vae_weights, str(resolve_device(args.device)))
-    files = _episode_files(args.episodes)
+    files = _episode_files(Path(args.episodes))
     with tqdm(total=len(files), desc="encoding episodes", unit="ep") as bar:
-        manifest = build_latent_cache(_iter_episodes(files), vae, args.out, config, args.overwrite, bar.update)
+        manifest = build_latent_cache(_iter_episodes(files), vae, Path(args.out), config, args.overwrite, bar.update)
     tqdm.write(f"wrote {manifest['num_episodes']} episodes in {len(manifest['shards'])} shards to {args.out}")
 
 
