@@ -22,19 +22,20 @@ and its action normalisation equals the world model's (else a warning: the env n
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from astra_gym.rollout.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST
 from astra_gym.utils.atomic import atomic_folder
+from astra_gym.utils.cli_args import arg, parse_config
 from astra_gym.world_model.checkpoints import load_pretrained, read_pretrained_config, save_pretrained
 from astra_gym.world_model.reward_io import copy_reward_model, read_reward_config
 from astra_gym.world_model.vae_io import read_vae_config
@@ -184,25 +185,26 @@ def make_bundle(
     return Path(out).absolute()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point (see the module docstring)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m astra_gym.training.bundle", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--name", required=True, help="bundle name (the folder name under astra_gym/assets/models)")
-    parser.add_argument("--world-model", required=True, help="world-model folder (train_world_model's RUN/final)")
-    parser.add_argument("--vae", required=True, help="VAE folder (train_vae's OUT/final)")
-    parser.add_argument("--reward", action="append", default=[], help="reward-model folder (repeat per scenario)")
-    parser.add_argument("--out", required=True, help="bundle folder to write (replaced as a whole)")
-    parser.add_argument(
-        "--allow-vae-mismatch", action="store_true", help="warn instead of failing on a VAE hash mismatch"
-    )
-    parser.add_argument(
-        "--weights-dtype",
-        default="float32",
-        choices=sorted(STORAGE_DTYPES),
+@dataclass(frozen=True)
+class Args:
+    """Flags of ``python -m astra_gym.training.bundle`` (each field's help is its ``--help`` text)."""
+
+    name: str = arg(help="bundle name (the folder name under astra_gym/assets/models)")
+    world_model: str = arg(help="world-model folder (train_world_model's RUN/final)")
+    vae: str = arg(help="VAE folder (train_vae's OUT/final)")
+    out: str = arg(help="bundle folder to write (replaced as a whole)")
+    reward: tuple[str, ...] = arg((), help="reward-model folder (repeat per scenario)", parse=str, append=True)
+    allow_vae_mismatch: bool = arg(False, help="warn instead of failing on a VAE hash mismatch")
+    weights_dtype: Literal["float32", "float16", "bfloat16"] = arg(
+        "float32",
         help="storage dtype of the world-model and reward weights (float16 halves the size; compute stays float32)",
     )
-    args = parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point (see the module docstring)."""
+    args = parse_config(Args, argv, __doc__)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     make_bundle(
         args.name, args.world_model, args.vae, args.reward, args.out, args.allow_vae_mismatch, args.weights_dtype
     )
