@@ -30,7 +30,6 @@ Writes ``--out`` (JSON, :func:`benchmarks.common.write_results`) and prints a ma
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -48,7 +47,8 @@ from astra_gym.agents.mpc import run_mpc
 from astra_gym.agents.real_env import make_real_env
 from astra_gym.envs.spaces import action_space
 from astra_gym.envs.variants import variant
-from astra_gym.utils.cli_args import apply_overrides, arg, config_parser, exit_if_printing
+from astra_gym.utils.atomic import atomic_write_text
+from astra_gym.utils.cli_args import apply_overrides, arg, config_parser, exit_if_printing, parse_config
 from astra_gym.utils.device import resolve_device
 from benchmarks.common import write_results
 
@@ -269,18 +269,23 @@ def parse_args(argv: list[str] | None) -> Args:
     return exit_if_printing(apply_overrides(base, namespace), namespace)
 
 
+@dataclass(frozen=True)
+class MergeArgs:
+    """Arguments of ``agent_returns --merge`` (each field's help is its ``--help`` text)."""
+
+    files: tuple[str, ...] = arg(help="agent_returns JSON files", positional=True)
+    markdown: str | None = arg(None, help="also write the tables to this file")
+
+
 def main_merge(argv: list[str]) -> dict:
     """``--merge FILE... [--markdown OUT]``: prints (and writes) the tables of the merged files."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.agent_returns --merge")
-    parser.add_argument("files", nargs="+", help="agent_returns JSON files")
-    parser.add_argument("--markdown", default=None, help="also write the tables to this file")
-    args = parser.parse_args(argv)
+    args = parse_config(MergeArgs, argv, "python -m benchmarks.agent_returns --merge FILE [FILE ...]")
     results = merge_results(args.files)
     methods = tuple(m for m in METHODS if all(m in entry["methods"] for entry in results))
     table = markdown_tables(results, methods)
     print(table)
     if args.markdown:
-        Path(args.markdown).write_text(f"Merged from {', '.join(args.files)}\n\n{table}", encoding="utf-8")
+        atomic_write_text(args.markdown, f"Merged from {', '.join(args.files)}\n\n{table}")
     return {"results": results, "markdown": table}
 
 

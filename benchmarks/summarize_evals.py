@@ -12,11 +12,14 @@ Rows keep the order of the arguments.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from astra_gym.utils.atomic import atomic_write_text
+from astra_gym.utils.cli_args import arg, parse_config
 
 HEADER = (
     "| scenario | model | context | steps | guidance | PSNR chunk 1 / last (dB) | SSIM | ΔPSNR last chunk (dB) "
@@ -76,17 +79,21 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Args:
+    """Arguments of ``summarize_evals`` (each field's help is its ``--help`` text)."""
+
+    files: tuple[str, ...] = arg(help="eval_world_model JSON files", positional=True)
+    out: str | None = arg(None, help="also write the rows as JSON here")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("files", nargs="+", help="eval_world_model JSON files")
-    parser.add_argument("--out", default=None, help="also write the rows as JSON here")
-    args = parser.parse_args(argv)
+    """CLI entry point (see the module docstring)."""
+    args = parse_config(Args, argv, __doc__)
     rows = [summarize(f) for f in args.files]
     print(markdown(rows))
     if args.out:
-        Path(args.out).write_text(
-            json.dumps({"benchmark": "summarize_evals", "rows": rows}, indent=2), encoding="utf-8"
-        )
+        atomic_write_text(args.out, json.dumps({"benchmark": "summarize_evals", "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -18,3 +18,19 @@ def test_atomic_write_replaces_and_a_failed_write_keeps_the_old_file(tmp_path):
     assert path.read_text() == "old" and sorted(p.name for p in path.parent.iterdir()) == ["a.json"]
     atomic_write(path, lambda tmp: tmp.write_bytes(b"new"))
     assert path.read_bytes() == b"new" and sorted(p.name for p in path.parent.iterdir()) == ["a.json"]
+
+
+def test_atomic_write_gives_the_permissions_a_plain_open_would(tmp_path):
+    import os
+    import stat
+
+    from astra_gym.utils.atomic import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        (tmp_path / "b.json").write_text("{}")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "a.json").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o644

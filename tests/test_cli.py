@@ -319,6 +319,7 @@ def test_dataclass_entry_points_print_their_resolved_config(capsys):
         "benchmarks.eval_world_model",
         "benchmarks.model_speed",
         "benchmarks.rollout_speed",
+        "benchmarks.summarize_evals",
         "benchmarks.train_speed",
         "benchmarks.imagined_vs_real",
         "benchmarks.planning_signal",

@@ -72,6 +72,13 @@ def remove_stale_temps(folder: Path, log: logging.Logger = logger) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Writes a file atomically: ``write(tmp)`` fills a temporary sibling, which is fsynced and renamed.
 
@@ -92,6 +99,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     tmp = Path(name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets the permissions open() would give
         fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:

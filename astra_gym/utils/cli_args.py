@@ -9,7 +9,8 @@ the namespace (so ``none`` can be given explicitly);
 Type mapping: ``bool`` -> ``--flag/--no-flag``; ``Literal`` -> choices; ``X | None`` -> X or the word
 ``none``; ``tuple[X, ...]`` -> one or more values; ``tuple[X, Y]`` -> exactly two values;
 ``metadata["parse"]`` -> a custom parser, with ``metadata["append"]`` for repeatable flags;
-``metadata["flag"]`` / ``metadata["metavar"]`` rename the flag / its placeholder. The defaults shown
+``metadata["flag"]`` / ``metadata["metavar"]`` rename the flag / its placeholder;
+``metadata["positional"]`` makes a (required) positional argument. The defaults shown
 in ``--help`` are the dataclass defaults; a preset's values take precedence.
 """
 
@@ -115,6 +116,11 @@ def add_config_arguments(
         text = f"{f.metadata['help'].replace('%', '%%')} ({shown if missing else f'default: {shown}'})"
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         kwargs = _kwargs(hint, dict(f.metadata))
+        if f.metadata.get("positional"):  # e.g. input files: ``cmd FILE [FILE ...]``
+            parser.add_argument(
+                prefix + f.name, metavar=f.metadata.get("metavar", f.name.upper()), help=text, **kwargs
+            )
+            continue
         if required:
             kwargs["required"] = True
         if kwargs.get("action") not in (argparse.BooleanOptionalAction,) and "choices" not in kwargs:
