@@ -30,9 +30,8 @@ import torch
 from tqdm import tqdm
 
 from astra_gym.agents.mpc.sampling import make_sampler
-from astra_gym.agents.mpc.world_model import WorldModelDynamics, behaviour_prior, load_engine
+from astra_gym.agents.mpc.world_model import WorldModelDynamics, data_prior, load_engine
 from astra_gym.data.replay import replay
-from astra_gym.envs.core import load_world_model
 from astra_gym.envs.spaces import action_space
 from astra_gym.envs.variants import variant
 from astra_gym.utils.cli_args import arg, parse_config
@@ -108,15 +107,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     spec = variant(args.env)
     checkpoint = args.checkpoint if args.checkpoint is not None else spec.checkpoint
-    engine = load_engine(checkpoint, spec.scenario, args.device, batch_invariant=False)  # as run_mpc plans
-    dynamics = WorldModelDynamics(engine, spec.scenario)
-    stats = load_world_model(checkpoint, spec.scenario, args.device).action_stats
-    samplers = {}
-    for name in args.priors:
-        if name == "data" and stats is None:
-            raise ValueError(f"{checkpoint!r} records no action statistics of its data; use --priors centre")
-        prior = behaviour_prior(spec.scenario, stats, engine.action_dim) if name == "data" else None
-        samplers[name] = make_sampler(action_space(spec.scenario), prior=prior)
+    dynamics = WorldModelDynamics(load_engine(checkpoint, spec.scenario, args.device), spec.scenario)
+    priors = {"centre": None, "data": data_prior(checkpoint, spec.scenario, args.device)}
+    if "data" in args.priors and priors["data"] is None:
+        raise ValueError(f"{checkpoint!r} records no action statistics of its data; use --priors centre")
+    samplers = {name: make_sampler(action_space(spec.scenario), prior=priors[name]) for name in args.priors}
     rng = np.random.default_rng(args.seed)
     runs, begin = [], time.perf_counter()
     jobs = [(seed, kind) for seed in range(20000, 20000 + args.starts) for kind in args.kinds]
@@ -131,7 +126,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             )
     rows = summarise(runs, tuple(sorted({max(1, args.horizon // 2), args.horizon})))
     config = {**dataclasses.asdict(args), "checkpoint": checkpoint, "seconds": time.perf_counter() - begin}
-    write_results(args.out, "planning_signal", config, rows + [{"runs": runs}], engine.device)
+    write_results(args.out, "planning_signal", config, rows + [{"runs": runs}], dynamics.engine.device)
     print("| start | distribution | h | real mean | real of imagined best | real max | imagined mean | spearman |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:

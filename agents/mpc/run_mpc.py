@@ -31,9 +31,8 @@ from astra_gym.agents.mpc.mppi import MPPIConfig, MPPIPlanner
 from astra_gym.agents.mpc.planner import Planner
 from astra_gym.agents.mpc.sampling import ActionPrior
 from astra_gym.agents.mpc.value import SB3Value
-from astra_gym.agents.mpc.world_model import WorldModelDynamics, behaviour_prior, load_engine
+from astra_gym.agents.mpc.world_model import WorldModelDynamics, data_prior, load_engine
 from astra_gym.agents.real_env import make_real_env
-from astra_gym.envs.core import load_world_model
 from astra_gym.envs.spaces import action_space
 from astra_gym.envs.variants import variant
 from astra_gym.utils.atomic import atomic_write_text
@@ -106,22 +105,14 @@ def make_controller(args: Args) -> MPCController:
     """World-model dynamics + planner + controller for ``args.env``."""
     spec = variant(args.env)
     checkpoint = args.checkpoint if args.checkpoint is not None else spec.checkpoint
-    # Candidates are compared within one batch, so the bit-exactness of a batch with batch-1 rollouts
-    # (the envs' default, about 1.6x slower at 12-16 rows on one CPU thread) is not needed here.
-    engine = load_engine(
-        checkpoint, spec.scenario, args.device, num_denoise_steps=args.num_denoise_steps, batch_invariant=False
-    )
+    engine = load_engine(checkpoint, spec.scenario, args.device, num_denoise_steps=args.num_denoise_steps)
     value = SB3Value(args.value) if args.value else None
     dynamics = WorldModelDynamics(engine, spec.scenario, noise=args.noise, value=value)
-    prior = None
-    if args.prior == "data":
-        stats = load_world_model(checkpoint, spec.scenario, args.device).action_stats
-        if stats is None:  # e.g. the weight-free debug model
-            warnings.warn(
-                f"{checkpoint!r} records no action statistics of its data: planning from the centre", stacklevel=2
-            )
-        else:
-            prior = behaviour_prior(spec.scenario, stats, engine.action_dim)
+    prior = data_prior(checkpoint, spec.scenario, args.device) if args.prior == "data" else None
+    if args.prior == "data" and prior is None:  # e.g. the weight-free debug model
+        warnings.warn(
+            f"{checkpoint!r} records no action statistics of its data: planning from the centre", stacklevel=2
+        )
     planner = make_planner(args, action_space(spec.scenario), prior)
     return MPCController(
         dynamics, planner, context_frames=args.context_frames, seed=args.seed, replan_every=args.replan_every

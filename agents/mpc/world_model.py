@@ -22,7 +22,7 @@ from astra_gym.rollout.engine import WorldModelRollout
 from astra_gym.rollout.state import RolloutState
 from astra_gym.utils.device import resolve_device, resolve_dtype
 
-__all__ = ["WorldModelDynamics", "behaviour_prior", "load_engine"]
+__all__ = ["WorldModelDynamics", "behaviour_prior", "data_prior", "load_engine"]
 
 
 def load_engine(
@@ -32,19 +32,32 @@ def load_engine(
     dtype: str | torch.dtype | None = None,
     **overrides: Any,
 ) -> WorldModelRollout:
-    """The rollout engine of ``checkpoint`` for ``scenario`` (model cached per process, like the envs).
+    """The planning engine of ``checkpoint`` for ``scenario`` (model cached per process, like the envs).
+
+    Planners compare candidates within one batch, so it runs the fast CPU kernels
+    (``batch_invariant=False``: about 1.6x the imagined steps/s of the bit-exact ones at 12-16 rows)
+    unless ``overrides`` say otherwise.
 
     Args:
         checkpoint: As the envs' ``checkpoint`` kwarg (``"debug"``, a bundle name or folder, ...).
         scenario: ``"drive"``, ``"manipulation"`` or ``"explore"``.
         device, dtype: Where and in which compute dtype to run.
-        **overrides: Rollout settings (``num_denoise_steps``, ``guidance_scale``, ``chunk_latents``).
+        **overrides: Rollout settings (``num_denoise_steps``, ``guidance_scale``, ``chunk_latents``, ...).
     """
     bundle = load_world_model(checkpoint, scenario, device, dtype)
     where = bundle.rollout.device
     compute = resolve_dtype(dtype, resolve_device(where))
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides = {"batch_invariant": False} | {k: v for k, v in overrides.items() if v is not None}
     return bundle.engine(**overrides, device=where, dtype=compute)
+
+
+def data_prior(
+    checkpoint: Any, scenario: str, device: str | torch.device = "auto", dtype: str | torch.dtype | None = None
+) -> ActionPrior | None:
+    """:func:`behaviour_prior` of ``checkpoint``'s training data; None where its bundle records no
+    action statistics (e.g. ``"debug"``)."""
+    stats = load_world_model(checkpoint, scenario, device, dtype).action_stats
+    return None if stats is None else behaviour_prior(scenario, stats, len(stats[0]))
 
 
 def behaviour_prior(scenario: str, stats: tuple[Sequence[float], Sequence[float]], width: int) -> ActionPrior:
