@@ -72,13 +72,6 @@ def remove_stale_temps(folder: Path, log: logging.Logger = logger) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _umask() -> int:
-    """The process's file-creation mask (read by setting and restoring it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Writes a file atomically: ``write(tmp)`` fills a temporary sibling, which is fsynced and renamed.
 
@@ -94,12 +87,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_TAG}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = path.parent / f".{path.name}{TEMP_TAG}{uuid.uuid4().hex[:8]}"
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the mode open() gives (umask), not 0600
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets the permissions open() would give
         fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
