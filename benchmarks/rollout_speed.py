@@ -128,8 +128,10 @@ def _models(args: Args, device: torch.device) -> dict[str, AstraTransformer]:
     return models
 
 
-def measure(variant: Variant, models: dict[str, AstraTransformer], args: Args, device) -> dict:
-    """Times one variant; returns its result row."""
+def measure(
+    variant: Variant, models: dict[str, AstraTransformer], args: Args, device, peak_tflops: float | None
+) -> dict:
+    """Times one variant; returns its result row (``peak_tflops``: the measured matmul peak, or None)."""
     model = models[variant.model]
     if variant.compiled:
         model = torch.compile(model, dynamic=False)
@@ -172,7 +174,7 @@ def measure(variant: Variant, models: dict[str, AstraTransformer], args: Args, d
         "compile_s": compile_s,
         "gflop_per_call": flops / 1e9,
         "tflops": tflops,
-        "fraction_of_peak": tflops / args.peak_tflops if args.peak_tflops else None,
+        "fraction_of_peak": tflops / peak_tflops if peak_tflops else None,
     }
 
 
@@ -215,7 +217,6 @@ class Args:
     only: tuple[str, ...] | None = arg(None, help="measure only these variants (e.g. faithful); none = all")
     peak_size: int = arg(0, help="measure the matmul peak at this size first (0 = skip; GPU: 8192)")
     out: str = arg("results/rollout_speed.json", help="where to write the JSON results")
-    peak_tflops: float | None = arg(None, help="the measured matmul peak (set by --peak-size; none = unknown)")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -223,13 +224,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_config(Args, argv, __doc__)
     device = resolve_device(args.device)
     peak_dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    if args.peak_size:
-        args = dataclasses.replace(args, peak_tflops=matmul_peak_tflops(device, peak_dtype, args.peak_size))
+    peak_tflops = matmul_peak_tflops(device, peak_dtype, args.peak_size) if args.peak_size else None
     models = _models(args, device)
     rows = []
     with torch.inference_mode():
         for variant in variants(args):
-            rows.append(measure(variant, models, args, device))
+            rows.append(measure(variant, models, args, device, peak_tflops))
             print(f"  measured {variant.name}: {rows[-1]['frames_per_s']:.2f} frames/s", flush=True)
     by_name = {row["name"]: row for row in rows}
     for row in rows:
@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"bf16 autocast on {device.type} {verdict}: x{bf16['frames_per_s'] / before['frames_per_s']:.2f} "
             "vs the same setting in float32"
         )
-    path = write_results(args.out, "rollout_speed", dataclasses.asdict(args), rows, device)
+    config = dataclasses.asdict(args) | {"peak_tflops": peak_tflops}
+    path = write_results(args.out, "rollout_speed", config, rows, device)
     print(f"wrote {path}")
     return rows
 
