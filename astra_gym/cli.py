@@ -28,10 +28,19 @@ import numpy as np
 from tqdm import tqdm
 
 import astra_gym.envs  # noqa: F401 - registers the Astra ids (light: no torch)
-from astra_gym.envs.recording import VideoWriter, draw_action_hud, hud_kind, side_by_side
-from astra_gym.envs.render import DisplayUnavailableError, FrameWindow, upscale
-from astra_gym.envs.spaces import ACTION_NAMES, EXPLORE_BUTTONS
+from astra_gym.envs.recording import VideoWriter, hud_kind
+from astra_gym.envs.render import DisplayUnavailableError, FrameWindow
+from astra_gym.envs.spaces import EXPLORE_BUTTONS
 from astra_gym.envs.variants import installed_bundles
+from astra_gym.envs.wrappers import (
+    ActionHud,
+    Enlarge,
+    FrameView,
+    SideBySide,
+    SideBySideUnavailable,
+    action_labels,
+    zero_action,
+)
 
 __all__ = ["main", "build_parser", "CliError", "KeyboardControl", "scripted_policy"]
 
@@ -308,15 +317,6 @@ def _scenario(env: Any) -> str | None:
         return None
 
 
-def _action_labels(env: Any) -> list[str] | None:
-    """Names of the action components: the Astra scenario's (``envs.spaces.ACTION_NAMES``), else ``button_names``."""
-    scenario = _scenario(env)
-    if scenario in ACTION_NAMES and _env_attr(env, "core") is not None:
-        return list(ACTION_NAMES[scenario])
-    labels = _env_attr(env, "button_names")
-    return None if labels is None else [str(label) for label in labels]
-
-
 def _render_fps(env: Any, requested: float | None) -> float:
     if requested is not None:
         return requested
@@ -427,52 +427,34 @@ def _cast(action: Sequence[float], action_space: Any) -> Action:
     return array
 
 
-def _zero_action(action_space: Any) -> Action:
-    if isinstance(action_space, gym.spaces.Discrete):
-        return np.asarray(action_space.start, dtype=action_space.dtype)
-    return _cast(np.zeros(action_space.shape), action_space)
-
-
 def _make_policy(name: str, env: Any, seed: int) -> Policy:
     space = env.action_space
     if name == "random":
         space.seed(seed)
         return lambda t: space.sample()
     if name == "zero":
-        zero = _zero_action(space)
+        zero = zero_action(space)
         return lambda t: zero
-    return scripted_policy(_scenario(env), space, _action_labels(env))
+    return scripted_policy(_scenario(env), space, action_labels(env))
 
 
 # --------------------------------------------------------------------------------------------- frames
 
 
-@dataclass
-class _Composer:
-    """Turns (model frame, real frame, action) into a video frame: side-by-side panels, then the HUD."""
+class _Timed(gym.Wrapper):
+    """Measures the wall time spent inside the wrapped env's ``step`` and the frames it produced."""
 
-    action_space: Any
-    labels: list[str] | None
-    hud: bool
-    size: int
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.seconds, self.steps, self.frames = 0.0, 0, 0
 
-    def __call__(self, frame: np.ndarray, action: Any, real: np.ndarray | None = None) -> np.ndarray:
-        if real is not None:
-            view = side_by_side(frame, real, ("Astra (model)", "simulator"), size=self.size)
-        else:
-            view = upscale(frame, max(1, -(-self.size // frame.shape[0])))
-        if not self.hud:
-            return view
-        return draw_action_hud(view, action, self.action_space, self.labels, size=self.size)
-
-
-@dataclass
-class _Timer:
-    """Wall time spent inside ``env.step`` and the frames it produced."""
-
-    seconds: float = 0.0
-    steps: int = 0
-    frames: int = 0
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        start = time.perf_counter()
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.seconds += time.perf_counter() - start
+        self.steps += 1
+        self.frames += len(_step_frames(obs, info, self.env))
+        return obs, reward, terminated, truncated, info
 
     def rate(self) -> str:
         if self.seconds <= 0:
@@ -480,12 +462,20 @@ class _Timer:
         return f"{self.frames / self.seconds:.2f} frames/s ({self.steps / self.seconds:.2f} steps/s)"
 
 
-def _timed_step(env: Any, action: Any, timer: _Timer) -> tuple[Any, float, bool, bool, dict]:
-    start = time.perf_counter()
-    result = env.step(action)
-    timer.seconds += time.perf_counter() - start
-    timer.steps += 1
-    return result
+def _views(env: gym.Env, *, hud: bool, size: int, side: bool) -> FrameView:
+    """The env wrapped so that each frame is shown as the video shows it (panels, then the HUD)."""
+    if side:
+        env = SideBySide(env, size=size)
+    if hud:
+        return ActionHud(env, size=size)
+    return env if side else Enlarge(env, size)
+
+
+def _reset_views(env: FrameView, args: argparse.Namespace, seed: int | None) -> tuple[Any, dict]:
+    try:
+        return _reset(env, args, seed)
+    except SideBySideUnavailable as err:
+        raise CliError(f"--side-by-side is unavailable: {err}") from err
 
 
 # --------------------------------------------------------------------------------------------- rollout
@@ -495,116 +485,42 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
     if args.side_by_side and args.image is not None:
         raise CliError("--side-by-side is unavailable with --image: a user image has no simulator state to replay.")
     out = _prepare_output(args.out)
-    env = _make_env(args)
-    twin = None
+    timed = _Timed(_make_env(args))
+    env = _views(timed, hud=args.hud, size=args.size, side=args.side_by_side)
     try:
-        obs, info = _reset(env, args, args.seed)
-        if args.side_by_side:
-            twin = _RealTwin.start(env, info)
+        obs, info = _reset_views(env, args, args.seed)
         fps = _render_fps(env, args.fps)
-        compose = _Composer(env.action_space, _action_labels(env), args.hud, args.size)
         with _open_video(out, fps) as video:
-            timer, end = _run_rollout(env, obs, info, args, compose, video, twin)
+            end = _run_rollout(env, obs, info, args, video)
     finally:
         env.close()
-        if twin is not None:
-            twin.close()
-    _report_rollout(args, out, video, timer, end, fps)
+    _report_rollout(args, out, video, timed, end, fps)
     return 0
 
 
-def _run_rollout(env, obs, info, args, compose: _Composer, video, twin) -> tuple[_Timer, str | None]:
-    """Steps the env ``args.steps`` times, writing every frame; returns the timer and why it stopped early."""
+def _run_rollout(env: FrameView, obs, info, args, video) -> str | None:
+    """Steps the env ``args.steps`` times, writing every frame; returns why it stopped early (None: it did not)."""
     policy = _make_policy(args.policy, env, args.seed)
-    zero = _zero_action(env.action_space)
-    for frame in _step_frames(obs, info, env):  # the start context: real frames on both sides
-        video.write(compose(frame, zero, frame if twin else None))
-    timer, end = _Timer(), None
+    for view in env.views(_step_frames(obs, info, env)):  # the start context: real frames on both sides
+        video.write(view)
     with tqdm(total=args.steps, desc=args.env, unit="step", disable=None, leave=False) as bar:
         for t in range(args.steps):
-            action = policy(t)
-            obs, _, terminated, truncated, info = _timed_step(env, action, timer)
-            frames = _step_frames(obs, info, env)
-            timer.frames += len(frames)
-            reals = twin.step(action, len(frames)) if twin else [None] * len(frames)
-            for frame, real in zip(frames, reals, strict=True):
-                video.write(compose(frame, action, real))
+            obs, _, terminated, truncated, info = env.step(policy(t))
+            for view in env.views(_step_frames(obs, info, env)):
+                video.write(view)
             bar.update(1)
             if terminated or truncated:
-                end = f"the episode {'terminated' if terminated else 'was truncated'} after {t + 1} steps"
-                break
-    return timer, end
+                return f"the episode {'terminated' if terminated else 'was truncated'} after {t + 1} steps"
+    return None
 
 
-def _report_rollout(args, out: Path, video, timer: _Timer, end: str | None, fps: float) -> None:
+def _report_rollout(args, out: Path, video, timed: _Timed, end: str | None, fps: float) -> None:
     height, width = video.size
     seconds = video.frames_written / fps
     if end:
         print(f"{end}; the video stops there.")
     print(f"wrote {out} ({video.frames_written} frames, {width}x{height}, {seconds:.1f} s at {fps:g} fps)")
-    print(f"{args.env}: {timer.steps} steps, {timer.frames} frames in {timer.seconds:.2f} s -> {timer.rate()}")
-
-
-# --------------------------------------------------------------------------------------------- side by side
-
-
-class _RealTwin:
-    """The real simulator, put in the state the env started from and stepped with the same actions."""
-
-    def __init__(self, session: Any) -> None:
-        self.session = session
-        self.ended = False
-
-    @classmethod
-    def start(cls, env: Any, info: dict) -> _RealTwin:
-        """Replays the start context's simulator seed and action prefix (from the env's frame bank).
-
-        Raises:
-            CliError: The start has no simulator behind it (user frames, synthetic bank), or the
-                simulator is not installed.
-        """
-        from astra_gym.data.replay import replay
-
-        bank, index = _start_context(env, info)
-        try:
-            session = replay(int(bank.seeds[index]), bank.prefix(index), scenario=bank.scenario, **bank.sim_config)
-        except ImportError as err:
-            raise CliError(f"--side-by-side needs the real simulator: {err}") from err
-        return cls(session)
-
-    def step(self, action: Any, count: int) -> list[np.ndarray]:
-        """Applies ``action`` ``count`` times (one simulator step per model frame); the frame after each.
-
-        Once the simulator's episode has ended its last frame is repeated.
-        """
-        frames = []
-        for _ in range(count):
-            if not self.ended:
-                self.session.advance(np.asarray(action)[None])
-                self.ended = self.session.done
-            frames.append(self.session.frame())
-        return frames
-
-    def close(self) -> None:
-        self.session.close()
-
-
-def _start_context(env: Any, info: dict) -> tuple[Any, int]:
-    """(frame bank, context index) the episode started from, or a :class:`CliError` saying why there is none."""
-    env_id = env.spec.id if env.spec else type(env.unwrapped).__name__
-    bank = getattr(_env_attr(env, "core"), "bank", None)
-    index = info.get("bank_index") if isinstance(info, dict) else None
-    unavailable = "--side-by-side is unavailable:"
-    if bank is None or index is None:
-        raise CliError(f"{unavailable} {env_id} does not say which simulator state its episode started from.")
-    if index < 0:
-        raise CliError(f"{unavailable} the start frames came from a user image or frames, not from a simulator.")
-    if bank.scenario == "synthetic" or int(bank.seeds[index]) < 0:
-        raise CliError(
-            f"{unavailable} {env_id} starts from synthetic frames with no simulator behind them; "
-            "use a variant with a recorded frame bank, e.g. --env Astra-Drive-v0 --checkpoint debug."
-        )
-    return bank, int(index)
+    print(f"{args.env}: {timed.steps} steps, {timed.frames} frames in {timed.seconds:.2f} s -> {timed.rate()}")
 
 
 # --------------------------------------------------------------------------------------------- play
@@ -691,16 +607,15 @@ class KeyboardControl:
 
 def _cmd_play(args: argparse.Namespace) -> int:
     record = _prepare_output(args.record, "--record") if args.record else None
-    env = _make_env(args)
+    env = _views(_make_env(args), hud=True, size=args.size, side=False)
     video = None
     try:
-        control = KeyboardControl(_scenario(env), env.action_space, _action_labels(env))
+        control = KeyboardControl(_scenario(env), env.action_space, action_labels(env))
         fps = _render_fps(env, args.fps)
-        compose = _Composer(env.action_space, _action_labels(env), True, args.size)
         video = _open_video(record, fps, "--record") if record else None
         print(KEYS_HELP, end="")
         with FrameWindow(f"{PROG} play: {args.env}", scale=1, fps=fps) as window:
-            steps = _play_loop(env, args, control, compose, window, video)
+            steps = _play_loop(env, args, control, window, video)
         if video is not None:
             video.close()
             print(f"wrote {record} ({video.frames_written} frames)")
@@ -714,27 +629,25 @@ def _cmd_play(args: argparse.Namespace) -> int:
     return 0
 
 
-def _play_loop(env, args, control: KeyboardControl, compose: _Composer, window, video) -> int:
+def _play_loop(env: FrameView, args, control: KeyboardControl, window, video) -> int:
     """Shows frames and steps the env with the keyboard's action until Esc, window close or --max-steps."""
     obs, info = _reset(env, args, args.seed)
-    frames, action, steps, done = _step_frames(obs, info, env), _zero_action(env.action_space), 0, False
+    views, steps, done = env.views(_step_frames(obs, info, env)), 0, False
     while True:
-        for frame in frames:
-            shown = compose(frame, action)
-            window.show(shown)
+        for view in views:
+            window.show(view)
             if video is not None:
-                video.write(shown)
-        frames = frames[-1:]  # while waiting (episode over), keep showing the last frame
+                video.write(view)
+        views = views[-1:]  # while waiting (episode over), keep showing the last frame
         control.handle(window.events())
         if control.quit or window.closed_by_user or (args.max_steps and steps >= args.max_steps):
             return steps
         if control.take_restart():
             obs, info = _reset(env, args, None)
-            frames, action, done = _step_frames(obs, info, env), _zero_action(env.action_space), False
+            views, done = env.views(_step_frames(obs, info, env)), False
         elif not done:
-            action = control.action()
-            obs, _, terminated, truncated, info = env.step(action)
-            frames, steps, done = _step_frames(obs, info, env), steps + 1, terminated or truncated
+            obs, _, terminated, truncated, info = env.step(control.action())
+            views, steps, done = env.views(_step_frames(obs, info, env)), steps + 1, terminated or truncated
             if done:
                 print(f"the episode ended after {steps} steps; press R to restart or Esc to quit")
 

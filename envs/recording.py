@@ -10,7 +10,9 @@
   when the ``with`` block ends without an exception: an interrupted run never leaves a truncated
   file under the final name (a hard kill may leave a hidden ``.NAME.*.tmp.mp4`` behind).
 
-Example::
+To record an env, wrap it: :mod:`astra_gym.envs.wrappers` puts the HUD and the side-by-side
+panels into ``render()``, so ``gymnasium.wrappers.RecordVideo`` records them. :class:`VideoWriter`
+serves ``astra-gym`` (every frame of a multi-frame step, written atomically). Drawing directly::
 
     with VideoWriter("drive.mp4", fps=15) as video:
         for frame, action in zip(frames, actions):

@@ -258,7 +258,7 @@ def test_missing_bundled_model_says_to_use_debug(tmp_path, capsys):
 
 def test_synthetic_start_has_no_side_by_side(tmp_path, capsys):
     err = _error(capsys, "rollout", "--env", "Astra-Debug-v0", "--side-by-side", "--out", tmp_path / "x.mp4")
-    assert "synthetic frames" in err and "Astra-Drive-v0 --checkpoint debug" in err
+    assert "--side-by-side is unavailable" in err and "synthetic frames" in err and "Astra-Drive-v0" in err
 
 
 def test_unavailable_device_is_a_clean_error(tmp_path, capsys):
@@ -272,21 +272,6 @@ def test_unavailable_device_is_a_clean_error(tmp_path, capsys):
 def test_play_on_astra_debug(headless, capsys):
     assert _run("play", "--env", "Astra-Debug-v0", "--device", "cpu", "--max-steps", 1, "--fps", 1000) == 0
     assert "played 1 step\n" in capsys.readouterr().out
-
-
-def test_real_twin_starts_in_the_env_start_state():
-    pytest.importorskip("Box2D")
-    env = gym.make("Astra-Drive-v0", checkpoint="debug", device="cpu")
-    try:
-        _, info = env.reset(seed=1)
-        twin = cli._RealTwin.start(env, info)
-    finally:
-        env.close()
-    try:
-        np.testing.assert_array_equal(twin.session.frame(), info["frames"][-1])
-        assert twin.step(np.float32([0.0, 1.0, 0.0]), 2)[-1].shape == info["frames"][-1].shape
-    finally:
-        twin.close()
 
 
 def test_dataclass_entry_points_print_their_resolved_config(capsys):
