@@ -198,6 +198,9 @@ class JointLatentData:
         layout: FramePack layout (mode must be ``"exact"``).
         action_norm: ``"rms"`` (:class:`ActionNormalizer` from each cache's stats) or ``"none"``.
         mixing: ``"sample"`` (dataset drawn per row) or ``"step"`` (one dataset per batch).
+        fixed_normalizers: ``{feature: normaliser}`` used as they are instead of fitting them to the
+            caches (fine-tuning keeps the normalisation the model learned with, see
+            :func:`~astra_gym.training.train_world_model.init_normalizers`).
     """
 
     def __init__(
@@ -209,6 +212,7 @@ class JointLatentData:
         layout: FramePackLayout,
         action_norm: Literal["rms", "none"] = "rms",
         mixing: Literal["sample", "step"] = "sample",
+        fixed_normalizers: Mapping[str, ActionNormalizer] | None = None,
     ) -> None:
         if not specs:
             raise ValueError("no datasets given; pass at least one --dataset scenario=...,path=...")
@@ -222,7 +226,7 @@ class JointLatentData:
         self.datasets = [self._open(spec, window) for spec in self.specs]
         self.modality = [self._modality_index(spec) for spec in self.specs]
         self.width = max(model_config.modalities[m].dim for m in self.modality)
-        self.normalizers = self._normalizers(action_norm)
+        self.normalizers = self._normalizers(action_norm, fixed_normalizers or {})
         weights = torch.tensor([spec.weight for spec in self.specs], dtype=torch.float64)
         self.weights = weights / weights.sum()
         self._check_caches()
@@ -258,11 +262,11 @@ class JointLatentData:
             )
         return index
 
-    def _normalizers(self, mode: str) -> list[ActionNormalizer]:
-        """One normaliser per feature, pooled over every cache that trains it; one per dataset."""
+    def _normalizers(self, mode: str, fixed: Mapping[str, ActionNormalizer]) -> list[ActionNormalizer]:
+        """One normaliser per feature (``fixed``, else pooled over every cache that trains it); one per dataset."""
         if mode not in ("rms", "none"):
             raise ValueError(f"action_norm={mode!r} must be 'rms' or 'none'")
-        by_feature: dict[str, ActionNormalizer] = {}
+        by_feature: dict[str, ActionNormalizer] = dict(fixed)
         for spec in self.specs:
             feature = spec.resolved_feature
             if feature in by_feature:

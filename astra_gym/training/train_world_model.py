@@ -56,11 +56,12 @@ from astra_gym.training.checkpointing import (
 from astra_gym.training.data import DatasetSpec, JointLatentData, batch_to
 from astra_gym.training.distill import DistillConfig, distill_step
 from astra_gym.training.metrics import MetricWriter
+from astra_gym.training.normalization import ActionNormalizer
 from astra_gym.training.optim import cosine_schedule, make_adamw
 from astra_gym.training.preview import PreviewConfig, write_preview
 from astra_gym.training.steps import StepConfig, per_dataset_mse, train_step
 from astra_gym.utils.cli_args import arg, parse_preset_config
-from astra_gym.world_model.checkpoints import load_pretrained, save_pretrained
+from astra_gym.world_model.checkpoints import load_pretrained, read_pretrained_config, save_pretrained
 from astra_gym.world_model.config import AstraTransformerConfig, get_preset
 from astra_gym.world_model.framepack import FramePackLayout
 from astra_gym.world_model.sampling import SamplerConfig
@@ -561,6 +562,22 @@ def _loop(run: _Run, bar: Any) -> None:
             break
 
 
+def init_normalizers(folder: str) -> dict[str, ActionNormalizer]:
+    """``{feature: normaliser}`` a :func:`save_pretrained` world model was trained with.
+
+    Fine-tuning keeps them: fitting new ones to other data (e.g. the agent's own, in the Dyna loop)
+    would rescale the actions the model has learned to read, and the reward models trained with
+    the old ones would disagree with the env's single normalisation.
+    """
+    _, extra = read_pretrained_config(folder)
+    found = {}
+    for scenario, entry in extra.get("scenarios", {}).items():
+        norm = ActionNormalizer.from_dict(entry["action_normalization"])
+        found[norm.feature] = norm
+        logger.info("%s: keeping the action normalisation of %s (scale %s)", scenario, folder, norm.scale)
+    return found
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     """Runs (or resumes) a training run; the composition root of this module.
 
@@ -576,7 +593,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     model = _build_model(cfg)
     layout = _layout(cfg, model)
     data = JointLatentData(
-        cfg.datasets, model.config, cfg.chunk_latents, cfg.max_history, layout, cfg.action_norm, cfg.mixing
+        cfg.datasets,
+        model.config,
+        cfg.chunk_latents,
+        cfg.max_history,
+        layout,
+        cfg.action_norm,
+        cfg.mixing,
+        fixed_normalizers=init_normalizers(cfg.init_from) if cfg.init_from else None,
     )
     model = model.to(accelerator.device)
     optimizer = make_adamw(model, cfg.lr, cfg.weight_decay, cfg.betas)

@@ -219,7 +219,8 @@ def test_action_normalizer_keeps_the_null_row_and_pools_stats():
 def _run_config(cache, run_dir, **changes):
     base = train_world_model.PRESETS["debug"]
     defaults = dict(total_steps=8, checkpoint_every=4, warmup_steps=2, progress=False)
-    return dataclasses.replace(base, datasets=_specs(cache), run_dir=str(run_dir), **{**defaults, **changes})
+    defaults["datasets"] = _specs(cache)
+    return dataclasses.replace(base, run_dir=str(run_dir), **{**defaults, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -279,6 +280,27 @@ def test_ablation_architectures_train_and_export(cache, tmp_path, changes, key):
     assert trained and any(v.abs().sum() > 0 for v in trained.values())  # zero-initialised, then trained
     with pytest.raises(ValueError, match="cannot apply to --init-from"):
         _run_config(cache, tmp_path, init_from=str(result.final), **changes)
+
+
+def test_fine_tuning_keeps_the_action_normalisation_of_the_init_model(cache, straight_run, tmp_path):
+    """Data with other action statistics (e.g. the agent's own, in the Dyna loop) must not rescale the actions."""
+    straight, _ = straight_run
+    episodes = [drive_episode(6, 8, seed=300 + i, size=SIZE) for i in range(2)]
+    for ep in episodes:
+        ep.actions[:, 1] = 1.0  # full gas throughout: another gas RMS than the init model's data
+    other = tmp_path / "other-cache"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        vae = SmallVAE.from_preset("debug").eval()
+    latent_cache.build_latent_cache([(f"gas-{i}", ep) for i, ep in enumerate(episodes)], vae, other)
+    specs = (DatasetSpec(str(other), "drive", 1.0),)
+    fitted = JointLatentData(specs, get_preset("debug"), 1, 6, LAYOUT).normalizers[0]
+    _, before = read_pretrained_config(straight.final)
+    kept = before["scenarios"]["drive"]["action_normalization"]["scale"]
+    assert fitted.scale[1] != pytest.approx(kept[1])  # the new data alone would change the gas scale
+    run = _run_config(cache, tmp_path / "ft", datasets=specs, init_from=str(straight.final), total_steps=2)
+    _, after = read_pretrained_config(train_world_model.train(run).final)
+    assert after["scenarios"]["drive"]["action_normalization"]["scale"] == kept
 
 
 def test_checkpoint_writes_are_atomic(tmp_path):
