@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -41,6 +41,7 @@ from astra_gym.envs.wrappers import (
     action_labels,
     zero_action,
 )
+from astra_gym.utils.cli_args import add_config_arguments, apply_overrides, arg, exit_if_printing
 
 __all__ = ["main", "build_parser", "CliError", "KeyboardControl", "scripted_policy"]
 
@@ -55,6 +56,14 @@ _WEIGHTS_HINT = (
     "--checkpoint /path/to/bundle (a folder written by `python -m astra_gym.training.bundle`)"
 )
 
+KEYS_HELP = """\
+keys:
+  drive         Left/Right or A/D steer, Up or W gas, Down or S brake
+  explore       Up or W forward, Down or S back, Left/Right turn, A/D strafe (buttons the env has)
+  manipulation  arrows move x/y, W/S move up/down, Space closes the gripper (open when released)
+  any           R restarts the episode, Esc or closing the window quits
+"""
+
 Action = np.ndarray
 Policy = Callable[[int], Action]
 
@@ -64,133 +73,6 @@ class CliError(Exception):
 
 
 # --------------------------------------------------------------------------------------------- arguments
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``astra-gym`` argument parser (subcommands ``rollout`` and ``play``)."""
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Gymnasium environments backed by the Astra world model: record rollouts, play with the keyboard.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    rollout = commands.add_parser(
-        "rollout",
-        help="run an env with a policy and save the video as mp4",
-        description="Run an env for --steps steps with a policy and write the frames (with an action HUD) to mp4.",
-    )
-    _add_env_arguments(rollout)
-    rollout.add_argument(
-        "--steps", type=_positive_int, default=64, metavar="N", help="env steps to run (default: %(default)s)"
-    )
-    rollout.add_argument(
-        "--policy",
-        choices=POLICIES,
-        default="scripted",
-        help="scripted: a smooth per-scenario pattern (drive: sinusoid steering with gas and brake pulses; "
-        "manipulation: reach +x, grasp, lift, carry; explore: walk forward with periodic turns); "
-        "random: uniform samples of the action space; zero: the all-zero action (default: %(default)s)",
-    )
-    rollout.add_argument(
-        "--out", type=Path, default=Path("rollout.mp4"), metavar="PATH", help="mp4 to write (default: %(default)s)"
-    )
-    rollout.add_argument(
-        "--hud",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="draw the action under each frame (default: on)",
-    )
-    rollout.add_argument(
-        "--side-by-side",
-        action="store_true",
-        help="also run the real simulator from the same start under the same actions and show both panels "
-        "(needs the sims extra; not available when the start frame came from a user image)",
-    )
-    rollout.add_argument(
-        "--fps",
-        type=_positive_float,
-        default=None,
-        metavar="FPS",
-        help="video frame rate (default: the env's render_fps, else 20)",
-    )
-    rollout.add_argument(
-        "--size",
-        type=_positive_int,
-        default=256,
-        metavar="PIXELS",
-        help="video panel height in pixels (default: %(default)s)",
-    )
-    play = commands.add_parser(
-        "play",
-        help="drive an env with the keyboard in a window",
-        description="Drive an env with the keyboard in a window (the world model answers every key).\n\n" + KEYS_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_env_arguments(play)
-    play.add_argument(
-        "--fps", type=_positive_float, default=None, help="maximum frames per second shown (default: the env's)"
-    )
-    play.add_argument(
-        "--size",
-        type=_positive_int,
-        default=384,
-        metavar="PIXELS",
-        help="frame height in the window, pixels (default: %(default)s)",
-    )
-    play.add_argument(
-        "--max-steps",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="stop after this many steps (default: never)",
-    )
-    play.add_argument("--record", type=Path, default=None, metavar="PATH", help="also save what was shown to this mp4")
-    return parser
-
-
-def _add_env_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--env", default="Astra-Drive-v0", metavar="ID", help="registered env id (default: %(default)s)"
-    )
-    parser.add_argument("--seed", type=int, default=0, metavar="S", help="reset seed (default: %(default)s)")
-    parser.add_argument(
-        "--image",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="start from this picture (PNG/JPEG, resized to the model's frame size) instead of a recorded "
-        "start context (Astra envs only)",
-    )
-    model = parser.add_argument_group("world model (Astra envs only)")
-    model.add_argument(
-        "--checkpoint",
-        default=None,
-        metavar="NAME_OR_PATH",
-        help=f"world model: a bundled name ({', '.join(installed_bundles())}), debug (tiny random weights: "
-        "runs anywhere, shows noise) or a bundle folder (default: the env's own)",
-    )
-    model.add_argument(
-        "--denoise-steps",
-        type=_positive_int,
-        default=None,
-        metavar="K",
-        help="sampler steps per chunk (default: the env's)",
-    )
-    model.add_argument(
-        "--guidance",
-        type=float,
-        default=None,
-        metavar="S",
-        help="action-free guidance scale, 1 = off (default: the env's)",
-    )
-    model.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N (default: %(default)s)")
-    model.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=1,
-        metavar="N",
-        help="torch CPU threads; the 64x64 models gain little from more, and threads that compete with "
-        "other processes run 4-20x slower (default: %(default)s)",
-    )
 
 
 def _positive_int(text: str) -> int:
@@ -207,6 +89,109 @@ def _positive_float(text: str) -> float:
     return value
 
 
+@dataclass(frozen=True)
+class EnvArgs:
+    """Flags of every command: the env, its start and its world model (each field's help is its ``--help``)."""
+
+    env: str = arg("Astra-Drive-v0", help="registered env id", metavar="ID")
+    seed: int = arg(0, help="reset seed", metavar="S")
+    image: Path | None = arg(
+        None,
+        help="start from this picture (PNG/JPEG, resized to the model's frame size) instead of a recorded start "
+        "context (Astra envs only)",
+        metavar="PATH",
+    )
+    checkpoint: str | None = arg(
+        None,
+        help=f"world model (Astra envs only): a bundled name ({', '.join(installed_bundles())}), debug (tiny random "
+        "weights: runs anywhere, shows noise) or a bundle folder; none = the env's own",
+        metavar="NAME_OR_PATH",
+    )
+    denoise_steps: int | None = arg(
+        None, help="sampler steps per chunk (Astra envs only); none = the env's", parse=_positive_int, metavar="K"
+    )
+    guidance: float | None = arg(
+        None, help="action-free guidance scale, 1 = off (Astra envs only); none = the env's", metavar="S"
+    )
+    device: str = arg("auto", help="torch device: auto, cpu, cuda, cuda:N")
+    threads: int = arg(
+        1,
+        help="torch CPU threads; the 64x64 models gain little from more, and threads that compete with other "
+        "processes run 4-20x slower",
+        parse=_positive_int,
+        metavar="N",
+    )
+
+
+@dataclass(frozen=True)
+class RolloutArgs(EnvArgs):
+    """Flags of ``astra-gym rollout``."""
+
+    steps: int = arg(64, help="env steps to run", parse=_positive_int, metavar="N")
+    policy: Literal["scripted", "random", "zero"] = arg(
+        "scripted",
+        help="scripted: a smooth per-scenario pattern (drive: sinusoid steering with gas and brake pulses; "
+        "manipulation: reach +x, grasp, lift, carry; explore: walk forward with periodic turns); random: uniform "
+        "samples of the action space; zero: the all-zero action",
+    )
+    out: Path = arg(Path("rollout.mp4"), help="mp4 to write", metavar="PATH")
+    hud: bool = arg(True, help="draw the action under each frame")
+    side_by_side: bool = arg(
+        False,
+        help="also run the real simulator from the same start under the same actions and show both panels (needs "
+        "the sims extra; not available when the start frame came from a user image)",
+    )
+    fps: float | None = arg(
+        None, help="video frame rate; none = the env's render_fps, else 20", parse=_positive_float, metavar="FPS"
+    )
+    size: int = arg(256, help="video panel height in pixels", parse=_positive_int, metavar="PIXELS")
+
+
+@dataclass(frozen=True)
+class PlayArgs(EnvArgs):
+    """Flags of ``astra-gym play``."""
+
+    fps: float | None = arg(
+        None, help="maximum frames per second shown; none = the env's", parse=_positive_float, metavar="FPS"
+    )
+    size: int = arg(384, help="frame height in the window, pixels", parse=_positive_int, metavar="PIXELS")
+    max_steps: int | None = arg(
+        None, help="stop after this many steps; none = never", parse=_positive_int, metavar="N"
+    )
+    record: Path | None = arg(None, help="also save what was shown to this mp4", metavar="PATH")
+
+
+#: command -> (flags, one-line help, description)
+COMMANDS: dict[str, tuple[type, str, str]] = {
+    "rollout": (
+        RolloutArgs,
+        "run an env with a policy and save the video as mp4",
+        "Run an env for --steps steps with a policy and write the frames (with an action HUD) to mp4.",
+    ),
+    "play": (
+        PlayArgs,
+        "drive an env with the keyboard in a window",
+        "Drive an env with the keyboard in a window (the world model answers every key).\n\n" + KEYS_HELP,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``astra-gym`` argument parser: one subcommand per :data:`COMMANDS` entry, flags from its dataclass."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Gymnasium environments backed by the Astra world model: record rollouts, play with the keyboard.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (cls, help_text, description) in COMMANDS.items():
+        sub = commands.add_parser(
+            name, help=help_text, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        add_config_arguments(sub, cls)
+        sub.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    return parser
+
+
 # --------------------------------------------------------------------------------------------- entry point
 
 
@@ -216,17 +201,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     User errors raise ``SystemExit(1)`` after printing one line to stderr.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    namespace = parser.parse_args(argv)
+    args = exit_if_printing(apply_overrides(COMMANDS[namespace.command][0](), namespace), namespace)
     import torch
 
     torch.set_num_threads(args.threads)
-    command = _cmd_rollout if args.command == "rollout" else _cmd_play
+    command = _cmd_rollout if namespace.command == "rollout" else _cmd_play
     try:
         return command(args)
     except KeyboardInterrupt:
-        parser.exit(130, f"{PROG} {args.command}: interrupted\n")
+        parser.exit(130, f"{PROG} {namespace.command}: interrupted\n")
     except CliError as err:
-        parser.exit(1, f"{PROG} {args.command}: error: {err}\n")
+        parser.exit(1, f"{PROG} {namespace.command}: error: {err}\n")
 
 
 # --------------------------------------------------------------------------------------------- env set-up
@@ -248,7 +234,7 @@ def _check_env_id(env_id: str) -> None:
     raise CliError(f"unknown env id {env_id!r}.{hint} Astra envs: {', '.join(astra)}.")
 
 
-def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+def _model_kwargs(args: EnvArgs) -> dict[str, Any]:
     """AstraEnv keyword arguments from the world-model flags (those given, and the device), for Astra ids only."""
     given = {
         "--checkpoint": ("checkpoint", args.checkpoint),
@@ -272,7 +258,7 @@ def _model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {**kwargs, "device": args.device}
 
 
-def _make_env(args: argparse.Namespace):
+def _make_env(args: EnvArgs):
     """``gym.make`` of ``args.env`` in rgb_array mode, with user errors turned into :class:`CliError`."""
     from astra_gym.world_model.checkpoints import CheckpointError
 
@@ -286,7 +272,7 @@ def _make_env(args: argparse.Namespace):
         raise CliError(f"cannot load the world model of {args.env}: {err}\nFix: {_WEIGHTS_HINT}.") from err
 
 
-def _reset(env: Any, args: argparse.Namespace, seed: int | None) -> tuple[Any, dict]:
+def _reset(env: Any, args: EnvArgs, seed: int | None) -> tuple[Any, dict]:
     """``env.reset``, from ``--image`` when given (a bad image is a :class:`CliError`)."""
     if args.image is None:
         return env.reset(seed=seed)
@@ -471,7 +457,7 @@ def _views(env: gym.Env, *, hud: bool, size: int, side: bool) -> FrameView:
     return env if side else Enlarge(env, size)
 
 
-def _reset_views(env: FrameView, args: argparse.Namespace, seed: int | None) -> tuple[Any, dict]:
+def _reset_views(env: FrameView, args: EnvArgs, seed: int | None) -> tuple[Any, dict]:
     try:
         return _reset(env, args, seed)
     except SideBySideUnavailable as err:
@@ -481,7 +467,7 @@ def _reset_views(env: FrameView, args: argparse.Namespace, seed: int | None) -> 
 # --------------------------------------------------------------------------------------------- rollout
 
 
-def _cmd_rollout(args: argparse.Namespace) -> int:
+def _cmd_rollout(args: RolloutArgs) -> int:
     if args.side_by_side and args.image is not None:
         raise CliError("--side-by-side is unavailable with --image: a user image has no simulator state to replay.")
     out = _prepare_output(args.out)
@@ -524,14 +510,6 @@ def _report_rollout(args, out: Path, video, timed: _Timed, end: str | None, fps:
 
 
 # --------------------------------------------------------------------------------------------- play
-
-KEYS_HELP = """\
-keys:
-  drive         Left/Right or A/D steer, Up or W gas, Down or S brake
-  explore       Up or W forward, Down or S back, Left/Right turn, A/D strafe (buttons the env has)
-  manipulation  arrows move x/y, W/S move up/down, Space closes the gripper (open when released)
-  any           R restarts the episode, Esc or closing the window quits
-"""
 
 
 @dataclass
@@ -605,7 +583,7 @@ class KeyboardControl:
         return float(any(name in self.held for name in names))
 
 
-def _cmd_play(args: argparse.Namespace) -> int:
+def _cmd_play(args: PlayArgs) -> int:
     record = _prepare_output(args.record, "--record") if args.record else None
     env = _views(_make_env(args), hud=True, size=args.size, side=False)
     video = None

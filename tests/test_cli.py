@@ -327,3 +327,13 @@ def test_fields_without_a_default_are_required_flags(capsys):
     with pytest.raises(SystemExit) as exit_info:
         generate.main(["--scenario", "drive", "--episodes", "2"])
     assert exit_info.value.code == 2 and "required: --steps, --out" in capsys.readouterr().err
+
+
+def test_astra_gym_commands_print_their_resolved_config(capsys):
+    """The subcommands' flags come from dataclasses, like every other entry point (``--print-config``)."""
+    with pytest.raises(SystemExit) as exit_info:
+        _run("rollout", "--steps", 3, "--no-hud", "--out", "x.mp4", "--print-config")
+    assert exit_info.value.code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["steps"] == 3 and printed["hud"] is False and printed["out"] == "x.mp4"
+    assert printed["env"] == "Astra-Drive-v0" and printed["size"] == 256
