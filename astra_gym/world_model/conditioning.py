@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["TokenGroup", "FramePackInputs", "ActionInput"]
+__all__ = ["TokenGroup", "FramePackInputs", "ActionInput", "key_padding_mask"]
 
 
 @dataclass(frozen=True)
@@ -96,3 +96,10 @@ class ActionInput:
                 f"ActionInput.modality must be [B]={self.values.shape[0]} modality indices, "
                 f"got shape {tuple(self.modality.shape)}"
             )
+
+
+def key_padding_mask(valid: Tensor) -> Tensor | None:
+    """[B, S] bool valid keys -> [B, 1, 1, S] SDPA mask, or None when every key is valid (fast path)."""
+    if bool(valid.all()):
+        return None
+    return valid[:, None, None, :]

@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from astra_gym.world_model import causal_history
 from astra_gym.world_model.action_encoders import ActionExperts, ModalityProcessor, encode_actions, route
-from astra_gym.world_model.conditioning import ActionInput, FramePackInputs, TokenGroup
+from astra_gym.world_model.conditioning import ActionInput, FramePackInputs, TokenGroup, key_padding_mask
 from astra_gym.world_model.config import AstraTransformerConfig
 from astra_gym.world_model.kv_cache import HistoryKVCache
 from astra_gym.world_model.rope import RopeTable, apply_rope, grid_positions, rope_table
@@ -308,7 +309,7 @@ class AstraBlock(nn.Module):
         index = actions.token_rows[..., None].expand(-1, -1, features.shape[-1])  # [B, S, dim]
         return features.gather(1, index)  # [B, S, dim]
 
-    def _added_features(self, actions: ActionRows | None) -> Tensor | None:
+    def added_features(self, actions: ActionRows | None) -> Tensor | None:
         """[B, S, dim] features added to the attention input (ACT-Adapter path), or None."""
         if actions is None or self.cross_attention_actions:
             return None
@@ -344,24 +345,22 @@ class AstraBlock(nn.Module):
         Returns:
             [B, S, dim] updated hidden states.
         """
-        mod = self._modulation(t_mod)  # six [B, 1, dim]
-        h = self._attention_input(x, mod, self._added_features(actions))  # [B, S, dim]
+        mod = self.modulation_terms(t_mod)  # six [B, 1, dim]
+        h = self.attention_input(x, mod, self.added_features(actions))  # [B, S, dim]
         attn = self.projector(self.self_attn(h, rope=rope, attn_mask=attn_mask))
-        return self._after_attention(x, attn, mod, context, actions)
+        return self.after_attention(x, attn, mod, context, actions)
 
-    # Causal-history path (history_attention="causal"): history and targets modulated separately.
-
-    def _modulation(self, t_mod: Tensor) -> tuple[Tensor, ...]:
+    def modulation_terms(self, t_mod: Tensor) -> tuple[Tensor, ...]:
         """[B, 6, dim] timestep modulation -> six [B, 1, dim] float32 terms (shift/scale/gate x 2)."""
         return (self.modulation.float() + t_mod).chunk(6, dim=1)
 
-    def _attention_input(self, x: Tensor, mod: tuple[Tensor, ...], features: Tensor | None) -> Tensor:
+    def attention_input(self, x: Tensor, mod: tuple[Tensor, ...], features: Tensor | None) -> Tensor:
         """Modulated self-attention input [B, S, dim] of ``x`` [B, S, dim], plus action features."""
         shift_msa, scale_msa = mod[0], mod[1]
         h = (self.norm1(x.float()) * (1 + scale_msa) + shift_msa).to(x.dtype)
         return h if features is None else h + features.to(h.dtype)
 
-    def _after_attention(
+    def after_attention(
         self, x: Tensor, attn: Tensor, mod: tuple[Tensor, ...], context: Tensor, actions: ActionRows | None
     ) -> Tensor:
         """Gated residual of the (projected) attention output, (the ablation's action attention),
@@ -372,113 +371,6 @@ class AstraBlock(nn.Module):
         x = x + self.cross_attn(self.norm3(x), context).to(x.dtype)
         h = (self.norm2(x.float()) * (1 + scale_mlp) + shift_mlp).to(x.dtype)
         return (x.float() + gate_mlp * self.ffn(h).float()).to(x.dtype)
-
-    def forward_causal(
-        self,
-        x: Tensor,
-        context: Tensor,
-        t_mods: tuple[Tensor, Tensor],
-        num_history: int,
-        rope: RopeTable,
-        attn_mask: Tensor,
-        actions: ActionRows | None,
-    ) -> Tensor:
-        """Reference (uncached) causal-history block over the whole ``[history, target]`` sequence.
-
-        Args:
-            x: [B, S, dim] hidden states, the first ``num_history`` tokens history.
-            context: [B, L, dim] embedded text.
-            t_mods: ([B, 6, dim] history modulation of timestep 0, [B, 6, dim] target modulation).
-            num_history: History tokens S_h at the start of ``x``.
-            rope: Rotation table of the S tokens.
-            attn_mask: [B, 1, S, S] bool block mask (history queries see only history keys).
-            actions: Action rows of all S tokens, or None.
-
-        Returns:
-            [B, S, dim] updated hidden states.
-        """
-        mods = (self._modulation(t_mods[0]), self._modulation(t_mods[1]))
-        features = self._added_features(actions)  # [B, S, dim] or None
-        parts = (slice(0, num_history), slice(num_history, None))
-        h = torch.cat(
-            [
-                self._attention_input(x[:, p], m, None if features is None else features[:, p])
-                for p, m in zip(parts, mods, strict=True)
-            ],
-            dim=1,
-        )  # [B, S, dim]
-        attn = self.projector(self.self_attn(h, rope=rope, attn_mask=attn_mask))  # [B, S, dim]
-        return torch.cat(
-            [
-                self._after_attention(x[:, p], attn[:, p], m, context, actions)
-                for p, m in zip(parts, mods, strict=True)
-            ],
-            dim=1,
-        )
-
-    def forward_history(
-        self,
-        x: Tensor,
-        context: Tensor,
-        t_mod: Tensor,
-        rope: RopeTable,
-        attn_mask: Tensor,
-        actions: ActionRows | None,
-        need_output: bool = True,
-    ) -> tuple[Tensor | None, Tensor, Tensor]:
-        """History-only causal block: history tokens attending to history tokens.
-
-        Args:
-            x: [B, S_h, dim] history hidden states.
-            context: [B, L, dim] embedded text.
-            t_mod: [B, 6, dim] modulation of timestep 0.
-            rope: Rotation of the S_h tokens.
-            attn_mask: [B, 1, S_h, S_h] bool mask.
-            actions: Action rows of the history tokens, or None.
-            need_output: False skips everything after the key/value projection (last block).
-
-        Returns:
-            (updated [B, S_h, dim] or None, keys [B, H, S_h, D], values [B, H, S_h, D]).
-        """
-        mod = self._modulation(t_mod)
-        h = self._attention_input(x, mod, self._added_features(actions))
-        q, k, v = self.self_attn.project(h, rope)  # [B, H, S_h, D] each
-        if not need_output:
-            return None, k, v
-        attn = self.projector(self.self_attn.attend(q, k, v, attn_mask))  # [B, S_h, dim]
-        return self._after_attention(x, attn, mod, context, actions), k, v
-
-    def forward_cached(
-        self,
-        x: Tensor,
-        context: Tensor,
-        t_mod: Tensor,
-        rope: RopeTable,
-        attn_mask: Tensor | None,
-        actions: ActionRows | None,
-        history_kv: tuple[Tensor, Tensor],
-    ) -> Tensor:
-        """Target-only causal block attending to cached history keys/values and its own.
-
-        Args:
-            x: [B, S_t, dim] target hidden states.
-            context: [B, L, dim] embedded text.
-            t_mod: [B, 6, dim] target timestep modulation.
-            rope: Rotation of the S_t target tokens.
-            attn_mask: [B, 1, 1, S_h + S_t] bool key mask, or None (all keys valid).
-            actions: Action rows of the target tokens, or None.
-            history_kv: This block's cached (keys, values), each [B, H, S_h, D].
-
-        Returns:
-            [B, S_t, dim] updated target hidden states.
-        """
-        mod = self._modulation(t_mod)
-        h = self._attention_input(x, mod, self._added_features(actions))
-        q, k, v = self.self_attn.project(h, rope)  # [B, H, S_t, D] each
-        k = torch.cat([history_kv[0].to(k.dtype), k], dim=2)  # [B, H, S_h + S_t, D]
-        v = torch.cat([history_kv[1].to(v.dtype), v], dim=2)  # [B, H, S_h + S_t, D]
-        attn = self.projector(self.self_attn.attend(q, k, v, attn_mask))  # [B, S_t, dim]
-        return self._after_attention(x, attn, mod, context, actions)
 
 
 class OutputHead(nn.Module):
@@ -558,33 +450,6 @@ def _grid_tokens(grid: Tensor, frame_pos: Tensor, action_row: Tensor, valid: Ten
     positions = grid_positions(frame_pos, height, width, spatial_scale)  # [B, t*h*w, 3]
     per_frame = height * width
     return Tokens(x, positions, _per_token(action_row.long(), per_frame), _per_token(valid.bool(), per_frame))
-
-
-def _causal_history_mask(valid: Tensor, num_history: int) -> Tensor:
-    """Block mask of ``history_attention="causal"``.
-
-    History queries see the valid history keys, target queries see every valid key; every query
-    also sees itself, so an invalid (padding) history token never has an empty row (NaN).
-
-    Args:
-        valid: [B, S] bool valid keys, the first ``num_history`` tokens history.
-        num_history: History tokens S_h.
-
-    Returns:
-        [B, 1, S, S] bool SDPA mask (query, key), True = attend.
-    """
-    index = torch.arange(valid.shape[1], device=valid.device)  # [S]
-    history = index < num_history  # [S]
-    allowed = ~(history[:, None] & ~history[None, :])  # [S, S]: no history query -> target key
-    mask = (valid[:, None, :] & allowed) | (index[:, None] == index[None, :])  # [B, S, S]
-    return mask[:, None]
-
-
-def _key_padding_mask(valid: Tensor) -> Tensor | None:
-    """[B, S] bool -> [B, 1, 1, S] SDPA mask, or None when every key is valid (fast path)."""
-    if bool(valid.all()):
-        return None
-    return valid[:, None, None, :]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -714,25 +579,20 @@ class AstraTransformer(nn.Module):
         if frame_pack is None:
             frame_pack = FramePackInputs.no_history(batch, frames, latents.device)
         if history_cache is not None:
-            return self._forward_cached(latents, timestep, context, frame_pack, actions, history_cache, return_aux)
+            return causal_history.forward_cached(
+                self, latents, timestep, context, frame_pack, actions, history_cache, return_aux
+            )
         t_emb, t_mod = self._embed_timestep(timestep, batch)  # [B, dim], [B, 6, dim]
         context = self._embed_context(context, batch, latents.device)  # [B, L, dim]
         tokens = self._assemble_tokens(latents, frame_pack)
         rope = rope_table(tokens.positions, self.config.rope_split, self.config.rope_theta)
+        action_rows, balance_loss = self._prepare_actions(actions, tokens, batch, latents.device)
         if self.config.history_attention == "causal":
             num_target = frames * (height // self.config.patch_size[1]) * (width // self.config.patch_size[2])
-            attn_mask = _causal_history_mask(tokens.valid, tokens.x.shape[1] - num_target)
+            num_history = tokens.x.shape[1] - num_target
+            x = causal_history.run_blocks(self, tokens.x, context, t_mod, num_history, rope, tokens.valid, action_rows)
         else:
-            attn_mask = _key_padding_mask(tokens.valid)
-        action_rows, balance_loss = self._prepare_actions(actions, tokens, batch, latents.device)
-        x = tokens.x
-        if self.config.history_attention == "causal":
-            t_mods = (self._clean_modulation(batch, latents.device), t_mod)
-            for block in self.blocks:
-                x = self._run_block(
-                    block.forward_causal, x, context, t_mods, x.shape[1] - num_target, rope, attn_mask, action_rows
-                )
-        else:
+            attn_mask, x = key_padding_mask(tokens.valid), tokens.x
             for block in self.blocks:
                 x = self._run_block(block, x, context, t_mod, rope, attn_mask, action_rows)
         velocity = self._decode(x, t_emb, latents.shape)
@@ -746,34 +606,14 @@ class AstraTransformer(nn.Module):
         return self._unpatchify(out, grid)
 
     def _run_block(self, fn, *args) -> Tensor:
-        """Runs one block (or one of its ``forward_*`` methods), with activation checkpointing when
-        enabled and training."""
+        """Runs one block (or a :mod:`~astra_gym.world_model.causal_history` function of one), with activation
+        checkpointing when enabled and training."""
         if self.gradient_checkpointing and torch.is_grad_enabled():
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
-    # ------------------------------------------------------------------------------------------
-    # Causal history and its key/value cache
-    # ------------------------------------------------------------------------------------------
-
-    def _require_causal(self, what: str) -> None:
-        """Raises a ValueError unless the model runs with ``history_attention="causal"``."""
-        if self.config.history_attention != "causal":
-            raise ValueError(
-                f"{what} needs history_attention='causal' (history keys/values independent of the noisy "
-                f"target), but this model has history_attention={self.config.history_attention!r}; the full "
-                "(release) path has no exact history cache: call forward without history_cache"
-            )
-
-    def _clean_modulation(self, batch: int, device: torch.device) -> Tensor:
-        """[B, 6, dim] float32 block modulation of timestep 0 (clean history tokens)."""
-        return self._embed_timestep(torch.zeros(batch, device=device), batch)[1]
-
     def encode_history(
-        self,
-        context: Tensor | None,
-        frame_pack: FramePackInputs,
-        actions: ActionInput | None = None,
+        self, context: Tensor | None, frame_pack: FramePackInputs, actions: ActionInput | None = None
     ) -> HistoryKVCache:
         """Computes every block's history keys/values once (``history_attention="causal"`` only).
 
@@ -784,64 +624,10 @@ class AstraTransformer(nn.Module):
                 features, so AFG's unconditional branch needs its own cache), or None.
 
         Returns:
-            The :class:`HistoryKVCache` of the B rows.
+            The :class:`~astra_gym.world_model.kv_cache.HistoryKVCache` of the B rows, for
+            ``forward(..., history_cache=...)`` (see :mod:`~astra_gym.world_model.causal_history`).
         """
-        self._require_causal("encode_history")
-        batch = frame_pack.target_frame_pos.shape[0]
-        device = frame_pack.target_frame_pos.device
-        tokens = self._history_tokens(frame_pack, batch, device)
-        if tokens.x.shape[1] == 0:
-            return self._empty_cache(batch, device, tokens.x.dtype)
-        context = self._embed_context(context, batch, device)  # [B, L, dim]
-        t_mod = self._clean_modulation(batch, device)  # [B, 6, dim]
-        rope = rope_table(tokens.positions, self.config.rope_split, self.config.rope_theta)
-        attn_mask = _causal_history_mask(tokens.valid, tokens.x.shape[1])  # [B, 1, S_h, S_h]
-        action_rows, _ = self._prepare_actions(actions, tokens, batch, device)
-        x, keys, values = tokens.x, [], []
-        for index, block in enumerate(self.blocks):
-            last = index == len(self.blocks) - 1
-            x, k, v = block.forward_history(x, context, t_mod, rope, attn_mask, action_rows, need_output=not last)
-            keys.append(k)
-            values.append(v)
-        return HistoryKVCache(tuple(keys), tuple(values), tokens.valid)
-
-    def _empty_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> HistoryKVCache:
-        """Cache of zero history tokens ([B, H, 0, D] per block)."""
-        empty = torch.zeros(batch, self.config.num_heads, 0, self.config.head_dim, device=device, dtype=dtype)
-        layers = len(self.blocks)
-        return HistoryKVCache(
-            (empty,) * layers, (empty,) * layers, torch.zeros(batch, 0, dtype=torch.bool, device=device)
-        )
-
-    def _forward_cached(
-        self,
-        latents: Tensor,
-        timestep: Tensor,
-        context: Tensor | None,
-        frame_pack: FramePackInputs,
-        actions: ActionInput | None,
-        cache: HistoryKVCache,
-        return_aux: bool,
-    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-        """:meth:`forward` with cached history keys/values: only the target tokens run."""
-        self._require_causal("forward(history_cache=...)")
-        batch = latents.shape[0]
-        if cache.batch_size != batch or cache.num_layers != len(self.blocks):
-            raise ValueError(
-                f"history_cache has batch {cache.batch_size} and {cache.num_layers} layers, but the latents have "
-                f"batch {batch} and the model {len(self.blocks)} blocks; build it with encode_history on the same rows"
-            )
-        t_emb, t_mod = self._embed_timestep(timestep, batch)  # [B, dim], [B, 6, dim]
-        context = self._embed_context(context, batch, latents.device)  # [B, L, dim]
-        tokens = self._target_tokens(latents, frame_pack)
-        rope = rope_table(tokens.positions, self.config.rope_split, self.config.rope_theta)
-        attn_mask = _key_padding_mask(torch.cat([cache.valid, tokens.valid], dim=1))  # [B, 1, 1, S_h + S_t]
-        action_rows, balance_loss = self._prepare_actions(actions, tokens, batch, latents.device)
-        x = tokens.x
-        for block, k, v in zip(self.blocks, cache.keys, cache.values, strict=True):
-            x = self._run_block(block.forward_cached, x, context, t_mod, rope, attn_mask, action_rows, (k, v))
-        velocity = self._decode(x, t_emb, latents.shape)
-        return (velocity, {"moe_balance_loss": balance_loss}) if return_aux else velocity
+        return causal_history.encode_history(self, context, frame_pack, actions)
 
     def _embed_timestep(self, timestep: Tensor, batch: int) -> tuple[Tensor, Tensor]:
         """[B] timesteps -> ([B, dim] embedding for the head, [B, 6, dim] block modulation), float32."""
