@@ -15,7 +15,7 @@ a folder path                                     a bundle written by ``python -
 ================================================  ===================================================
 
 Models are loaded once per process and shared by every env that asks for the same
-(checkpoint, scenario, device, dtype) (:func:`~astra_gym.world_model.checkpoints.get_cached_model`).
+(checkpoint, scenario, device, dtype) (:func:`~astra_gym.world_model.model_cache.get_cached_model`).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from astra_gym.rollout.engine import WorldModelRollout
 from astra_gym.rollout.state import RolloutState
 from astra_gym.utils.device import resolve_device, resolve_dtype
 from astra_gym.utils.seeding import derive_seed
-from astra_gym.world_model.checkpoints import get_cached_model
+from astra_gym.world_model.model_cache import get_cached_model
 
 __all__ = [
     "EnvCore",

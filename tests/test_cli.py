@@ -299,6 +299,7 @@ def test_dataclass_entry_points_print_their_resolved_config(capsys):
         "astra_gym.training.train_reward",
         "astra_gym.training.train_vae",
         "astra_gym.training.train_world_model",
+        "astra_gym.world_model.release_checkpoint",
         "benchmarks.action_following",
         "benchmarks.env_throughput",
         "benchmarks.eval_world_model",

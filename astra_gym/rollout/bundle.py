@@ -316,7 +316,9 @@ def release_bundle(
     end only by truncation. Not exercised by the CPU tests (no weights on the CPU machines).
 
     Args:
-        astra_release: The release's ``diffusion_pytorch_model.ckpt``.
+        astra_release: The release's ``diffusion_pytorch_model.ckpt``, or the folder
+            ``python -m astra_gym.world_model.release_checkpoint`` converted it to (loads without the
+            Wan base merge, faster).
         wan: Local diffusers-format Wan2.1-T2V-1.3B folder (transformer base, vae/, text_encoder/, tokenizer/).
         prompt: Text prompt of every rollout.
         scenario: "drive" or "manipulation" (:data:`RELEASE_MODALITY`).
@@ -324,7 +326,8 @@ def release_bundle(
         dtype: Weight and compute dtype of the transformer (the release runs bf16).
     """
     from astra_gym.utils.device import resolve_device, resolve_dtype
-    from astra_gym.world_model.checkpoints import load_astra_release
+    from astra_gym.world_model.checkpoints import load_pretrained
+    from astra_gym.world_model.release_checkpoint import load_astra_release
     from astra_gym.world_model.text import UMT5TextEncoder
     from astra_gym.world_model.vae import WanVAE
 
@@ -335,7 +338,10 @@ def release_bundle(
         )
     device = resolve_device(device)
     weights_dtype = resolve_dtype(dtype, device)
-    transformer = load_astra_release(astra_release, wan_path=wan, device=device, dtype=weights_dtype)
+    if Path(astra_release).is_dir():  # converted offline to our format
+        transformer = load_pretrained(astra_release, device=device, dtype=weights_dtype)
+    else:
+        transformer = load_astra_release(astra_release, wan_path=wan, device=device, dtype=weights_dtype)
     vae = WanVAE.from_pretrained(wan, device=device, dtype=torch.float32)
     text_context = UMT5TextEncoder.from_pretrained(wan, device=device, dtype=weights_dtype).encode(prompt)
     rollout = RolloutConfig(

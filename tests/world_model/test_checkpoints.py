@@ -20,13 +20,15 @@ import torch
 from safetensors.torch import save_file
 
 from astra_gym.world_model import checkpoints as ckpt
+from astra_gym.world_model import model_cache
+from astra_gym.world_model import release_checkpoint as release
 from astra_gym.world_model.checkpoints import CheckpointError, StateDictMismatchError
 from astra_gym.world_model.conditioning import ActionInput
 from astra_gym.world_model.config import get_preset
 from astra_gym.world_model.transformer import AstraTransformer
 from astra_gym.world_model.wan_keys import original_to_diffusers
 
-LOGGER = "astra_gym.world_model.checkpoints"
+LOGGER = "astra_gym.world_model.release_checkpoint"
 RELEASE_PROCESSORS = (("sekai", 13), ("nuscenes", 8), ("openx", 13))
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -173,7 +175,7 @@ def test_full_model_has_exactly_the_release_keys_and_shapes():
 @pytest.mark.parametrize("experts", [3, 4])
 def test_config_inferred_from_full_size_shapes_is_the_preset(experts):
     state = {k: torch.empty(s, device="meta") for k, s in release_table(experts=experts).items()}
-    config = ckpt.infer_release_config(state)
+    config = release.infer_release_config(state)
     assert config == get_preset("wan2.1-1.3b").replace(num_experts=experts)
 
 
@@ -198,7 +200,7 @@ def test_tiny_release_loads_strictly_and_runs(tmp_path, layout):
     else:
         torch.save(state if layout == "flat" else lightning_wrap(state), path)
 
-    model = ckpt.load_astra_release(path, dtype=torch.float32, num_heads=TINY_HEADS)
+    model = release.load_astra_release(path, dtype=torch.float32, num_heads=TINY_HEADS)
 
     cfg = model.config
     assert (cfg.num_experts, cfg.unified_dim, cfg.dim, cfg.num_layers, cfg.ffn_dim) == (4, 5, 48, 2, 96)
@@ -212,8 +214,23 @@ def test_tiny_release_loads_strictly_and_runs(tmp_path, layout):
 
 def test_release_default_dtype_is_bfloat16(tmp_path):
     torch.save(tiny_release(), tmp_path / "c.ckpt")
-    model = ckpt.load_astra_release(tmp_path / "c.ckpt", num_heads=TINY_HEADS)
+    model = release.load_astra_release(tmp_path / "c.ckpt", num_heads=TINY_HEADS)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_release_converts_offline_to_our_format(tmp_path):
+    """The converter writes the release once in our format; loading that needs no sniffing or Wan merge."""
+    state = tiny_release()
+    torch.save(lightning_wrap(state), tmp_path / "diffusion_pytorch_model.ckpt")
+    argv = ["--release", str(tmp_path / "diffusion_pytorch_model.ckpt"), "--out", str(tmp_path / "native")]
+    folder = release.main([*argv, "--num-heads", str(TINY_HEADS), "--dtype", "float32"])
+    converted = ckpt.load_pretrained(folder, dtype=torch.float32)
+    direct = load_tiny(tmp_path / "diffusion_pytorch_model.ckpt")
+    assert converted.config == direct.config
+    assert_state_equal(converted, state)
+    _, extra = ckpt.read_pretrained_config(folder)
+    assert extra["source"]["format"] == "astra-release"
+    torch.testing.assert_close(forward(converted), forward(direct))
 
 
 def save_diffusers_sharded(base: dict[str, torch.Tensor], folder: Path) -> None:
@@ -242,7 +259,7 @@ def test_release_with_base_from_sharded_diffusers_folder(tmp_path, caplog):
     torch.save(trained, tmp_path / "release.ckpt")
 
     with caplog.at_level(logging.INFO, logger=LOGGER):
-        model = ckpt.load_astra_release(
+        model = release.load_astra_release(
             tmp_path / "release.ckpt", wan_path=tmp_path / "wan", dtype=torch.float32, num_heads=TINY_HEADS
         )
 
@@ -268,7 +285,7 @@ def test_release_with_base_from_original_wan_file(tmp_path):
     full = tiny_release()
     save_file({k: v for k, v in full.items() if addition_group(k) is None}, str(tmp_path / "wan.safetensors"))
     torch.save({k: v for k, v in full.items() if addition_group(k)}, tmp_path / "release.ckpt")
-    model = ckpt.load_astra_release(
+    model = release.load_astra_release(
         tmp_path / "release.ckpt", wan_path=tmp_path / "wan.safetensors", dtype=torch.float32, num_heads=TINY_HEADS
     )
     assert_state_equal(model, full)
@@ -278,7 +295,7 @@ def test_release_without_base_and_without_wan_path_names_keys_and_fix(tmp_path):
     full = tiny_release()
     torch.save({k: v for k, v in full.items() if addition_group(k)}, tmp_path / "release.ckpt")
     with pytest.raises(StateDictMismatchError, match="wan_path") as info:
-        ckpt.load_astra_release(tmp_path / "release.ckpt", num_heads=TINY_HEADS)
+        release.load_astra_release(tmp_path / "release.ckpt", num_heads=TINY_HEADS)
     assert "blocks.0.ffn.0.weight" in info.value.missing and not info.value.mismatched
     assert "blocks.{0-1}.ffn.0.weight" in str(info.value) and "patch_embedding.weight" in str(info.value)
 
@@ -290,7 +307,7 @@ def test_release_without_base_and_without_wan_path_names_keys_and_fix(tmp_path):
 
 def load_tiny(path: Path, **kwargs) -> AstraTransformer:
     """load_astra_release with the tiny model's head count, float32."""
-    return ckpt.load_astra_release(path, dtype=torch.float32, num_heads=TINY_HEADS, **kwargs)
+    return release.load_astra_release(path, dtype=torch.float32, num_heads=TINY_HEADS, **kwargs)
 
 
 def test_missing_key_is_named(tmp_path):
@@ -403,7 +420,7 @@ def test_wan_folder_without_weights_says_what_was_expected(tmp_path):
 def test_load_wan_transformer_keeps_astra_init(tmp_path):
     base = {k: v for k, v in tiny_release().items() if addition_group(k) is None}
     save_diffusers_sharded(base, tmp_path / "wan")
-    model = ckpt.load_wan_transformer(tmp_path / "wan", dtype=torch.float32, num_heads=TINY_HEADS, unified_dim=5)
+    model = release.load_wan_transformer(tmp_path / "wan", dtype=torch.float32, num_heads=TINY_HEADS, unified_dim=5)
     state = model.state_dict()
     for key, value in base.items():
         assert torch.equal(state[key], value), key
@@ -413,7 +430,7 @@ def test_load_wan_transformer_keeps_astra_init(tmp_path):
     del base["blocks.0.norm3.bias"]
     save_file(base, str(tmp_path / "partial.safetensors"))
     with pytest.raises(StateDictMismatchError, match=r"blocks\.0\.norm3\.bias"):
-        ckpt.load_wan_transformer(tmp_path / "partial.safetensors", num_heads=TINY_HEADS)
+        release.load_wan_transformer(tmp_path / "partial.safetensors", num_heads=TINY_HEADS)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -555,26 +572,26 @@ def test_killed_process_leaves_previous_checkpoint_and_no_loadable_partial(tmp_p
 
 
 def test_model_cache_loads_once_and_clears():
-    ckpt.clear_model_cache()
+    model_cache.clear_model_cache()
     calls = []
 
     def loader():
         calls.append(1)
         return object()
 
-    first = ckpt.get_cached_model(("m", "cpu"), loader)
-    assert ckpt.get_cached_model(("m", "cpu"), loader) is first and len(calls) == 1
-    assert ckpt.cached_model_keys() == (("m", "cpu"),)
-    assert ckpt.clear_model_cache(("other",)) == 0
-    assert ckpt.clear_model_cache() == 1 and ckpt.cached_model_keys() == ()
-    assert ckpt.get_cached_model(("m", "cpu"), loader) is not first and len(calls) == 2
+    first = model_cache.get_cached_model(("m", "cpu"), loader)
+    assert model_cache.get_cached_model(("m", "cpu"), loader) is first and len(calls) == 1
+    assert model_cache.cached_model_keys() == (("m", "cpu"),)
+    assert model_cache.clear_model_cache(("other",)) == 0
+    assert model_cache.clear_model_cache() == 1 and model_cache.cached_model_keys() == ()
+    assert model_cache.get_cached_model(("m", "cpu"), loader) is not first and len(calls) == 2
 
     def failing():
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        ckpt.get_cached_model("bad", failing)
-    assert "bad" not in ckpt.cached_model_keys()
+        model_cache.get_cached_model("bad", failing)
+    assert "bad" not in model_cache.cached_model_keys()
     with pytest.raises(ValueError):
-        ckpt.get_cached_model(None, loader)
-    ckpt.clear_model_cache()
+        model_cache.get_cached_model(None, loader)
+    model_cache.clear_model_cache()
