@@ -19,7 +19,8 @@ episode length     the variant's ``max_episode_steps`` (``TimeLimit``)
 =================  ====================================================================
 
 What differs, on purpose: rewards and episode ends are the simulator's own (the ground truth
-the reward model regresses), and ``info["sim_seed"]`` is the simulator's reset seed::
+the reward model regresses) or, with ``task=``, a dense task's computed from the simulator's poses
+(:mod:`astra_gym.data.tasks`), and ``info["sim_seed"]`` is the simulator's reset seed::
 
     env = make_real_env("Astra-Drive-v0")       # CarRacing-v3 behind the Astra-Drive-v0 interface
     obs, info = env.reset(seed=3)               # CarRacing track 3
@@ -49,6 +50,7 @@ class RealSimEnv(gym.Env):
             world model's ``frames_per_step`` (``env.unwrapped.engine.frames_per_step``), 1 for ours.
         frame_size: Side of the square frames (the world model's frame size, 64).
         render_mode: None or ``"rgb_array"`` (the last frame).
+        task: The agent's task (:mod:`astra_gym.data.tasks`); None = the simulator's own reward.
         **sim_config: Overrides of the simulator config (:func:`astra_gym.data.sims.make_simulator`).
 
     Seeding: ``reset(seed=s)`` resets the simulator with seed ``s`` (``info["sim_seed"]``);
@@ -63,15 +65,18 @@ class RealSimEnv(gym.Env):
         frames_per_step: int = 1,
         frame_size: int = 64,
         render_mode: str | None = None,
+        task: str | None = None,
         **sim_config: Any,
     ) -> None:
         from astra_gym.data.sims import make_simulator  # imports the simulator packages
+        from astra_gym.data.tasks import get_task
 
         if frames_per_step < 1:
             raise ValueError(f"frames_per_step={frames_per_step} must be >= 1")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode={render_mode!r} must be None or 'rgb_array'")
         self.scenario = scenario
+        self.task = get_task(scenario, task)
         self.sim = make_simulator(scenario, **{"size": frame_size, **sim_config})
         self.frames_per_step = frames_per_step
         self.render_mode = render_mode
@@ -103,8 +108,9 @@ class RealSimEnv(gym.Env):
         frames, total = [], 0.0
         terminated = truncated = False
         for _ in range(self.frames_per_step):
+            before = None if self.task.native else self.sim.pose(self._env)
             _, reward, terminated, truncated, _ = self._env.step(native)
-            total += float(reward)
+            total += float(reward) if before is None else self.task(before, self.sim.pose(self._env), reward)
             frames.append(self.sim.frame(self._env))
             if terminated or truncated:
                 break
@@ -132,6 +138,7 @@ def make_real_env(
     max_episode_steps: int | None = None,
     frames_per_step: int = 1,
     render_mode: str | None = None,
+    task: str | None = None,
     **sim_config: Any,
 ) -> gym.Env:
     """The real simulator of a registered Astra id, wrapped like ``gym.make(env_id)``.
@@ -140,8 +147,8 @@ def make_real_env(
         env_id: An Astra id (``"Astra-Drive-v0"``, ...); its scenario picks the simulator.
             ``Astra-Debug-v0`` has no simulator of its own and maps to CarRacing (its actions).
         max_episode_steps: Truncation length; None = the variant's (``TimeLimit``, as ``gym.make``).
-        frames_per_step, render_mode, **sim_config: See :class:`RealSimEnv`.
+        frames_per_step, render_mode, task, **sim_config: See :class:`RealSimEnv`.
     """
     spec = variant(env_id)
-    env = RealSimEnv(spec.scenario, frames_per_step, render_mode=render_mode, **sim_config)
+    env = RealSimEnv(spec.scenario, frames_per_step, render_mode=render_mode, task=task, **sim_config)
     return gym.wrappers.TimeLimit(env, max_episode_steps or spec.max_episode_steps)

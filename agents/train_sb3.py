@@ -48,6 +48,8 @@ from astra_gym.agents.evaluation import SB3Policy, evaluate
 from astra_gym.agents.plots import plot_progress
 from astra_gym.agents.real_env import make_real_env
 from astra_gym.agents.sb3_vec_env import AstraSB3VecEnv
+from astra_gym.data.tasks import get_task
+from astra_gym.envs.variants import variant
 from astra_gym.utils.atomic import atomic_write_text
 from astra_gym.utils.cli_args import arg, parse_config
 
@@ -65,6 +67,11 @@ class Args:
     env: str = arg("Astra-Drive-v0", help="registered Astra id; its scenario's simulator is used for evaluation")
     algo: Literal["ppo", "a2c"] = arg("ppo", help="SB3 algorithm (CnnPolicy on the 64x64 frames)")
     env_real: bool = arg(False, help="train in the real simulator wrapper instead of the world model (baseline)")
+    task: str | None = arg(
+        None,
+        help="the real simulator's task (astra_gym.data.tasks, e.g. reach-push on Manipulation): the reward of "
+        "--env-real training and of every evaluation; none = the simulator's own",
+    )
     checkpoint: str | None = arg(None, help="world model (the env's checkpoint kwarg, e.g. debug); none = variant's")
     init_model: str | None = arg(None, help="continue training this saved model (.zip) instead of a fresh policy")
     frame_bank: str | None = arg(None, help="inside: start contexts (bank name or .npz path); none = the variant's")
@@ -102,6 +109,11 @@ class Args:
     def __post_init__(self) -> None:
         if self.num_envs < 1 or self.total_timesteps < 1 or self.imagined_horizon < 1:
             raise ValueError("--num-envs, --total-timesteps and --imagined-horizon must be >= 1")
+        if self.task is not None and not self.env_real and not get_task(variant(self.env).scenario, self.task).native:
+            raise ValueError(
+                f"--task {self.task} inside the world model needs a reward model trained for it; the bundled reward "
+                "models learn the simulator's own reward. Train with --env-real, or drop --task"
+            )
         if self.n_steps * self.num_envs < 2:
             raise ValueError("n_steps x num_envs must be >= 2 (advantage normalisation); raise --n-steps")
 
@@ -109,7 +121,7 @@ class Args:
 def make_train_env(args: Args) -> VecEnv:
     """The training VecEnv: batched world-model rows (inside) or real simulators (``--env-real``), monitored."""
     if args.env_real:
-        thunks = [lambda: make_real_env(args.env) for _ in range(args.num_envs)]
+        thunks = [lambda: make_real_env(args.env, task=args.task) for _ in range(args.num_envs)]
         return VecMonitor(DummyVecEnv(thunks))
     kwargs: dict[str, Any] = {"max_episode_steps": args.imagined_horizon}
     if args.checkpoint is not None:
@@ -132,7 +144,9 @@ def frames_per_step(train_env: VecEnv) -> int:
 def make_eval_env(args: Args, steps_per_action: int) -> VecEnv:
     """One real simulator for SB3's ``EvalCallback`` (wrapped like the training env; seeded)."""
     env = VecTransposeImage(
-        VecMonitor(DummyVecEnv([lambda: make_real_env(args.env, args.eval_max_steps, steps_per_action)]))
+        VecMonitor(
+            DummyVecEnv([lambda: make_real_env(args.env, args.eval_max_steps, steps_per_action, task=args.task)])
+        )
     )
     env.seed(args.seed + EVAL_SEED_OFFSET)
     return env
@@ -227,7 +241,7 @@ def final_evaluation(args: Args, model: BaseAlgorithm, steps_per_action: int) ->
     """``--eval-episodes`` real episodes, seeds ``seed + 10000 + k`` (None when 0 episodes)."""
     if args.eval_episodes == 0:
         return None
-    env = make_real_env(args.env, args.eval_max_steps, steps_per_action)
+    env = make_real_env(args.env, args.eval_max_steps, steps_per_action, task=args.task)
     try:
         seeds = [args.seed + EVAL_SEED_OFFSET + k for k in range(args.eval_episodes)]
         return evaluate(env, SB3Policy(model), seeds).to_dict()

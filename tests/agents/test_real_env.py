@@ -69,3 +69,31 @@ def test_passes_gymnasium_env_checker(scenario):
         check_env(env, skip_render_check=False)  # includes seeded-reset determinism
     finally:
         env.close()
+
+
+@pytest.mark.sims
+def test_a_dense_task_rewards_from_the_simulators_poses():
+    require_sim("manipulation")
+    env = make_real_env("Astra-Manipulation-v0", max_episode_steps=4, task="reach-push")
+    try:
+        env.reset(seed=3)
+        sim, live = env.unwrapped.sim, env.unwrapped._env
+        for _ in range(3):
+            _, reward, *_ = env.step(np.float32([1.0, 0.0, 0.0, 0.0]))
+            pose = sim.pose(live)
+            reach = np.linalg.norm(pose["ee_pos"] - pose["object_pos"])
+            push = np.linalg.norm(pose["object_pos"] - pose["goal_pos"])
+            assert reward == pytest.approx(-(reach + push))
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="choose one of"):
+        make_real_env("Astra-Manipulation-v0", task="stack")
+
+
+def test_a_dense_task_inside_needs_its_reward_model():
+    from astra_gym.agents.train_sb3 import Args
+
+    with pytest.raises(ValueError, match="needs a reward model trained for it"):
+        Args(env="Astra-Manipulation-v0", task="reach-push")
+    assert Args(env="Astra-Manipulation-v0", task="reach-push", env_real=True).task == "reach-push"
+    assert Args(env="Astra-Manipulation-v0", task="push").task == "push"  # the simulator's own reward

@@ -1,0 +1,123 @@
+"""Agent tasks: what an agent is rewarded for, computed from the simulator's ground-truth poses.
+
+A scenario's simulator comes with its own reward (CarRacing's tiles, FetchPush's sparse -1/0,
+my_way_home's vest). Some of those are too sparse for an agent to learn from within this
+project's budgets, so a scenario can also offer dense tasks on the same simulator, with the same
+frames and actions. A task reads only the poses every recording stores
+(:attr:`~astra_gym.data.sims.base.Simulator.pose_keys`), so the same function
+
+* rewards an agent in the real simulator (:class:`~astra_gym.agents.real_env.RealSimEnv`, ``task=``),
+* and relabels recorded episodes for a reward model (:func:`relabel`).
+
+==============  ==============  ===============================================================
+scenario        task            reward per step (episode end)
+==============  ==============  ===============================================================
+drive           ``tiles``       the simulator's (+1000/N per new track tile, -0.1 per frame)
+manipulation    ``push``        the simulator's FetchPush: -1 until the block is within 5 cm of
+                                the goal, then 0 (no end before the time limit)
+manipulation    ``reach-push``  ``-(|gripper - block| + |block - goal|)`` in metres: reach the
+                                block, then push it to the goal (dense; FetchPush's ``dense``
+                                reward is the second term alone)
+explore         ``my_way_home`` the simulator's: +1 at the vest (ends), -0.0001 per tic
+==============  ==============  ===============================================================
+
+The first task of each scenario is the simulator's own and the default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["TASKS", "Task", "get_task", "relabel"]
+
+Poses = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task: a name, its description, and the reward function (None = the simulator's own).
+
+    Attributes:
+        name: Task name, unique within its scenario.
+        description: One line for tables and ``--help``.
+        reward: ``(poses before, poses after, simulator reward) -> reward``, or None for the
+            simulator's reward unchanged.
+        pose_keys: The poses ``reward`` reads.
+    """
+
+    name: str
+    description: str
+    reward: Callable[[Poses, Poses, float], float] | None = None
+    pose_keys: tuple[str, ...] = ()
+
+    @property
+    def native(self) -> bool:
+        """Whether this is the simulator's own reward."""
+        return self.reward is None
+
+    def __call__(self, before: Poses, after: Poses, sim_reward: float) -> float:
+        """The task's reward for one step from ``before`` to ``after``."""
+        return float(sim_reward) if self.reward is None else float(self.reward(before, after, sim_reward))
+
+
+def _reach_push(before: Poses, after: Poses, sim_reward: float) -> float:
+    reach = np.linalg.norm(after["ee_pos"] - after["object_pos"])
+    push = np.linalg.norm(after["object_pos"] - after["goal_pos"])
+    return -float(reach + push)
+
+
+TASKS: dict[str, tuple[Task, ...]] = {
+    "drive": (Task("tiles", "CarRacing's own: +1000/N per new track tile, -0.1 per frame"),),
+    "manipulation": (
+        Task("push", "FetchPush's own: -1 per step until the block is within 5 cm of the goal"),
+        Task(
+            "reach-push",
+            "dense: -(|gripper - block| + |block - goal|) per step, metres",
+            _reach_push,
+            ("ee_pos", "object_pos", "goal_pos"),
+        ),
+    ),
+    "explore": (Task("my_way_home", "ViZDoom's own: +1 at the vest (ends the episode), -0.0001 per tic"),),
+}
+
+
+def get_task(scenario: str, name: str | None = None) -> Task:
+    """The task ``name`` of ``scenario`` (None: its default, the simulator's own reward).
+
+    Raises:
+        ValueError: Unknown scenario or task; the message lists the choices.
+    """
+    if scenario not in TASKS:
+        raise ValueError(f"no tasks for scenario {scenario!r}; scenarios: {sorted(TASKS)}")
+    tasks = TASKS[scenario]
+    if name is None:
+        return tasks[0]
+    for task in tasks:
+        if task.name == name:
+            return task
+    raise ValueError(f"{scenario} has no task {name!r}; choose one of {[t.name for t in tasks]}")
+
+
+def relabel(poses: Poses, sim_rewards: np.ndarray, task: Task) -> np.ndarray:
+    """Rewards [T] of a recorded episode under ``task``, from its poses [T + 1, ...] per key.
+
+    Args:
+        poses: The episode's pose arrays, one row per frame (T + 1 frames).
+        sim_rewards: [T] the simulator's rewards (returned unchanged for its own task).
+        task: The task.
+
+    Returns:
+        float64 [T] rewards of steps 0..T-1.
+    """
+    sim_rewards = np.asarray(sim_rewards, np.float64)
+    if task.native:
+        return sim_rewards
+    missing = [key for key in task.pose_keys if key not in poses]
+    if missing:
+        raise ValueError(f"task {task.name!r} needs the poses {missing}, which this episode did not record")
+    steps = len(sim_rewards)
+    rows = [{key: np.asarray(value)[t] for key, value in poses.items()} for t in range(steps + 1)]
+    return np.array([task(rows[t], rows[t + 1], sim_rewards[t]) for t in range(steps)], np.float64)

@@ -1,0 +1,45 @@
+"""Agent tasks computed from recorded poses: lookup, the dense FetchPush task, relabelling."""
+
+import numpy as np
+import pytest
+
+from astra_gym.data.synthetic import manipulation_episode
+from astra_gym.data.tasks import TASKS, get_task, relabel
+
+
+def test_the_default_task_is_the_simulators_own():
+    for scenario in TASKS:
+        assert get_task(scenario).native and get_task(scenario) is TASKS[scenario][0]
+    assert get_task("manipulation", "reach-push").name == "reach-push"
+    with pytest.raises(ValueError, match=r"choose one of \['push', 'reach-push'\]"):
+        get_task("manipulation", "reach")
+    with pytest.raises(ValueError, match="no tasks for scenario"):
+        get_task("flying")
+
+
+def test_reach_push_rewards_getting_the_gripper_to_the_block_and_the_block_to_the_goal():
+    task = get_task("manipulation", "reach-push")
+    goal = np.array([1.4, 0.8, 0.42])
+    far = {"ee_pos": np.array([1.2, 0.6, 0.6]), "object_pos": np.array([1.3, 0.7, 0.42]), "goal_pos": goal}
+    near = {**far, "ee_pos": np.array([1.3, 0.7, 0.45])}
+    done = {"ee_pos": goal + [0.0, 0.0, 0.03], "object_pos": goal, "goal_pos": goal}
+    rewards = [task(far, after, -1.0) for after in (far, near, done)]
+    assert rewards[0] < rewards[1] < rewards[2] <= 0.0
+    assert rewards[2] == pytest.approx(-0.03)
+    assert rewards[1] == pytest.approx(-(0.03 + np.linalg.norm(far["object_pos"] - goal)))
+
+
+def test_relabel_recomputes_a_recorded_episode():
+    episode = manipulation_episode(6, seed=0)
+    native = relabel(episode.poses, episode.rewards, get_task("manipulation"))
+    np.testing.assert_array_equal(native, episode.rewards)
+    task = get_task("manipulation", "reach-push")
+    dense = relabel(episode.poses, episode.rewards, task)
+    expected = [
+        task({k: v[t] for k, v in episode.poses.items()}, {k: v[t + 1] for k, v in episode.poses.items()}, 0.0)
+        for t in range(len(episode.rewards))
+    ]
+    np.testing.assert_allclose(dense, expected)
+    assert dense.shape == episode.rewards.shape and np.all(np.diff(dense) != 0)  # the gripper moves each step
+    with pytest.raises(ValueError, match="needs the poses"):
+        relabel({"ee_pos": episode.poses["ee_pos"]}, episode.rewards, task)
