@@ -19,6 +19,10 @@ manipulation    ``reach-push``  ``-(|gripper - block| + |block - goal|)`` in met
                                 block, then push it to the goal (dense; FetchPush's ``dense``
                                 reward is the second term alone)
 explore         ``my_way_home`` the simulator's: +1 at the vest (ends), -0.0001 per tic
+explore         ``progress``    the simulator's plus the walking distance to the vest gained in the
+                                step, per 100 map units (a step forward is ~10 units); walls count
+                                (:mod:`~astra_gym.data.sims.doom_distance`), so it is potential-
+                                based shaping that leads through the maze
 ==============  ==============  ===============================================================
 
 The first task of each scenario is the simulator's own and the default.
@@ -69,6 +73,14 @@ def _reach_push(before: Poses, after: Poses, sim_reward: float) -> float:
     return -float(reach + push)
 
 
+def _progress(before: Poses, after: Poses, sim_reward: float) -> float:
+    from astra_gym.data.sims.doom_distance import distance_field
+
+    field = distance_field("my_way_home", "GreenArmor")
+    gained = field(before["camera_pos"][:2]) - field(after["camera_pos"][:2])
+    return float(sim_reward) + gained / 100.0
+
+
 TASKS: dict[str, tuple[Task, ...]] = {
     "drive": (Task("tiles", "CarRacing's own: +1000/N per new track tile, -0.1 per frame"),),
     "manipulation": (
@@ -80,7 +92,15 @@ TASKS: dict[str, tuple[Task, ...]] = {
             ("ee_pos", "object_pos", "goal_pos"),
         ),
     ),
-    "explore": (Task("my_way_home", "ViZDoom's own: +1 at the vest (ends the episode), -0.0001 per tic"),),
+    "explore": (
+        Task("my_way_home", "ViZDoom's own: +1 at the vest (ends the episode), -0.0001 per tic"),
+        Task(
+            "progress",
+            "dense: + walking distance to the vest gained per step / 100 map units",
+            _progress,
+            ("camera_pos",),
+        ),
+    ),
 }
 
 

@@ -43,3 +43,21 @@ def test_relabel_recomputes_a_recorded_episode():
     assert dense.shape == episode.rewards.shape and np.all(np.diff(dense) != 0)  # the gripper moves each step
     with pytest.raises(ValueError, match="needs the poses"):
         relabel({"ee_pos": episode.poses["ee_pos"]}, episode.rewards, task)
+
+
+def test_explore_progress_follows_the_walking_distance_through_the_maze():
+    pytest.importorskip("vizdoom")
+    from astra_gym.data.sims.doom_distance import distance_field
+
+    field = distance_field("my_way_home", "GreenArmor")
+    vest = np.array(field.target)
+    assert field(vest) == 0.0
+    # The spawn at (575, -172) is 499 units from the vest as the crow flies, but the walls make the walk longer.
+    spawn = np.array([575.0, -172.0])
+    assert field(spawn) > 1.5 * np.linalg.norm(spawn - vest)
+    task = get_task("explore", "progress")
+    toward = {"camera_pos": np.array([1000.0, -340.0, 0.0])}
+    away = {"camera_pos": np.array([1043.0, 60.0, 0.0])}
+    assert task(away, toward, 0.0) == pytest.approx((field(away["camera_pos"]) - field(toward["camera_pos"])) / 100)
+    assert task(away, toward, 0.0) > 0 > task(toward, away, 0.0)
+    assert task(toward, toward, 1.0) == 1.0  # the vest's +1 is kept

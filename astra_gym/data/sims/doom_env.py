@@ -57,7 +57,7 @@ class DoomEnv(gym.Env):
         self.render_mode = render_mode
         self.frame_skip = frame_skip
         self.button_names = tuple(buttons)
-        self.game = _make_game(scenario, self.button_names, resolution, depth, episode_timeout)
+        self.game = make_game(scenario, self.button_names, resolution, depth, episode_timeout)
         height, width = self.game.get_screen_height(), self.game.get_screen_width()
         self.observation_space = gym.spaces.Box(0, 255, (height, width, 3), np.uint8)
         self.action_space = gym.spaces.MultiBinary(len(self.button_names))
@@ -109,10 +109,18 @@ class DoomEnv(gym.Env):
         self.depth = None if state.depth_buffer is None else np.array(state.depth_buffer)
 
 
-def _make_game(
-    scenario: str, buttons: Sequence[str], resolution: str, depth: bool, episode_timeout: int | None
+def make_game(
+    scenario: str,
+    buttons: Sequence[str],
+    resolution: str,
+    depth: bool,
+    episode_timeout: int | None,
+    map_info: bool = False,
 ) -> vzd.DoomGame:
-    """A hidden-window, RGB24 DoomGame for one of the scenarios shipped in the vizdoom wheel."""
+    """A hidden-window, RGB24 DoomGame for one of the scenarios shipped in the vizdoom wheel.
+
+    ``map_info`` also reports the map's sectors (walls) and objects in every state.
+    """
     config = os.path.join(vzd.scenarios_path, f"{scenario}.cfg")
     if not os.path.isfile(config):
         shipped = sorted(f[:-4] for f in os.listdir(vzd.scenarios_path) if f.endswith(".cfg"))
@@ -131,6 +139,8 @@ def _make_game(
     game.set_available_buttons([getattr(vzd.Button, b) for b in buttons])
     if episode_timeout is not None:
         game.set_episode_timeout(episode_timeout)
+    game.set_sectors_info_enabled(map_info)
+    game.set_objects_info_enabled(map_info)
     game.init()
     return game
 
