@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from astra_gym.data.action_codecs import INFERENCE_FEATURE, episode_rows
 from astra_gym.data.episodes import Episode
+from astra_gym.data.tasks import Task, get_task, relabel
 from astra_gym.training.checkpointing import step_generator
 from astra_gym.training.episode_data import load_split, uint8_to_pixels
 from astra_gym.training.loop import config_dict, run_steps
@@ -56,6 +57,11 @@ class RewardTrainConfig:
 
     episodes: tuple[str, ...] = arg((), "episode folder of the scenario; repeat the flag", parse=str, append=True)
     scenario: str | None = arg(None, "scenario of the episodes (none = read from them; they must agree)")
+    task: str | None = arg(
+        None,
+        "the agent task whose reward to learn (astra_gym.data.tasks; relabelled from the recorded poses); "
+        "none = the simulator's own",
+    )
     model_preset: str = arg("small", "RewardModel size preset: small or debug")
     num_frames: int = arg(1, "newest frames the model sees")
     action_norm: str = arg(
@@ -234,6 +240,16 @@ _EVAL_KEYS = [
 _TRAIN_KEYS = ["train/loss", "train/reward_loss", "train/termination_loss", "train/lr", "perf/samples_per_s"]
 
 
+def _relabelled(episodes: Sequence[Episode], task: Task) -> list[Episode]:
+    """The episodes with the rewards of ``task`` (recomputed from their poses; unchanged for the simulator's own)."""
+    if task.native:
+        return list(episodes)
+    return [
+        dataclasses.replace(ep, rewards=relabel(ep.poses, ep.rewards, task).astype(ep.rewards.dtype))
+        for ep in episodes
+    ]
+
+
 def _reconstructed(episodes: Sequence[Episode], vae_folder: str, device: torch.device) -> list:
     """The episodes with every frame replaced by the VAE's reconstruction (uint8, same shapes)."""
     from astra_gym.world_model.vae_io import load_vae, reconstruct_frames
@@ -248,6 +264,8 @@ def train_reward(cfg: RewardTrainConfig) -> Path:
     train_eps = [ep for group in split.train for ep in group]
     held_eps = [ep for group in split.holdout for ep in group]
     scenario = _scenario(cfg, train_eps + held_eps)
+    task = get_task(scenario, cfg.task)
+    train_eps, held_eps = _relabelled(train_eps, task), _relabelled(held_eps, task)
     feature = INFERENCE_FEATURE[scenario]
     normalizer = _normalizer(cfg, scenario, feature, train_eps)
     device = resolve_device(cfg.device)

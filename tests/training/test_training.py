@@ -417,6 +417,29 @@ def _check_float16_bundle(half, world_model, reward_folder) -> None:
         torch.testing.assert_close(value, full, rtol=1e-3, atol=1e-4)
 
 
+def test_reward_trainer_learns_a_dense_task_relabelled_from_the_poses(episode_dirs, tmp_path):
+    from astra_gym.data.tasks import get_task, relabel
+
+    cfg = dataclasses.replace(
+        train_reward.PRESETS["debug"],
+        episodes=(str(episode_dirs / "manipulation"),),
+        task="reach-push",
+        out=str(tmp_path),
+        total_steps=2,
+        progress=False,
+        holdout_fraction=0.0,
+    )
+    _, meta = load_reward_model(train_reward.train_reward(cfg))
+    assert meta["metrics"]["config"]["task"] == "reach-push"
+    episodes = _episodes(seed=100)["manipulation"]
+    task = get_task("manipulation", "reach-push")
+    relabelled = train_reward._relabelled(episodes, task)
+    for before, after in zip(episodes, relabelled, strict=True):
+        np.testing.assert_allclose(after.rewards, relabel(before.poses, before.rewards, task), rtol=1e-6)
+        assert not np.allclose(after.rewards, before.rewards)
+    assert train_reward._relabelled(episodes, get_task("manipulation"))[0] is episodes[0]
+
+
 def test_pipeline_vae_cache_world_model_reward_bundle(episode_dirs, tmp_path):
     """The README recipe at debug size: every hand-off (VAE -> caches -> world model -> reward -> bundle)."""
     scenarios = ("drive", "manipulation", "explore")
