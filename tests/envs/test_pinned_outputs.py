@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+import astra_gym  # noqa: F401 - registers the ids (also when run as a script to re-record)
+
 PINNED = Path(__file__).parent / "data" / "pinned_outputs.npz"
 ACTIONS = {
     "Astra-Drive-v0": [[0.3, 0.8, 0.0], [-0.5, 0.2, 0.1]],
