@@ -85,6 +85,7 @@ class RealSimEnv(gym.Env):
         self.observation_space = gym.spaces.Box(0, 255, (frame_size, frame_size, 3), np.uint8)
         self._env = self.sim.make_env()
         self._frame: np.ndarray | None = None
+        self._pose: dict[str, np.ndarray] | None = None  # poses of the current state (dense tasks only)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         """Resets the simulator (warm-up included) and returns its first frame.
@@ -98,6 +99,7 @@ class RealSimEnv(gym.Env):
         sim_seed = int(seed) if seed is not None else int(self.np_random.integers(_SEED_LIMIT))
         self.sim.reset(self._env, sim_seed)
         self._frame = self.sim.frame(self._env)
+        self._pose = None if self.task.native else self.sim.pose(self._env)
         return self._frame.copy(), {"frames": self._frame[None].copy(), "sim_seed": sim_seed}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -108,9 +110,12 @@ class RealSimEnv(gym.Env):
         frames, total = [], 0.0
         terminated = truncated = False
         for _ in range(self.frames_per_step):
-            before = None if self.task.native else self.sim.pose(self._env)
             _, reward, terminated, truncated, _ = self._env.step(native)
-            total += float(reward) if before is None else self.task(before, self.sim.pose(self._env), reward)
+            if self._pose is None:
+                total += float(reward)
+            else:  # the task's reward: each pose is read once, after the step that reached it
+                before, self._pose = self._pose, self.sim.pose(self._env)
+                total += self.task(before, self._pose, reward)
             frames.append(self.sim.frame(self._env))
             if terminated or truncated:
                 break

@@ -39,6 +39,7 @@ from astra_gym.envs.wrappers import (
     SideBySide,
     SideBySideUnavailable,
     action_labels,
+    wrapper_attr,
     zero_action,
 )
 from astra_gym.utils.cli_args import add_config_arguments, apply_overrides, arg, exit_if_printing
@@ -284,17 +285,10 @@ def _reset(env: Any, args: EnvArgs, seed: int | None) -> tuple[Any, dict]:
         raise CliError(f"--image {args.image}: {err}") from err
 
 
-def _env_attr(env: Any, name: str, default: Any = None) -> Any:
-    try:
-        return env.get_wrapper_attr(name)
-    except AttributeError:
-        return default
-
-
 def _scenario(env: Any) -> str | None:
     """drive / manipulation / explore: the Astra env's scenario, else guessed from the action space (stand-ins)."""
-    core = _env_attr(env, "core")
-    scenario = getattr(core, "scenario", None) or _env_attr(env, "scenario")
+    core = wrapper_attr(env, "core")
+    scenario = getattr(core, "scenario", None) or wrapper_attr(env, "scenario")
     if isinstance(scenario, str):
         return scenario
     try:

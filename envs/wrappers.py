@@ -31,7 +31,16 @@ from astra_gym.envs.recording import HUD_SIZE, draw_action_hud, side_by_side
 from astra_gym.envs.render import upscale
 from astra_gym.envs.spaces import ACTION_NAMES
 
-__all__ = ["ActionHud", "Enlarge", "FrameView", "SideBySide", "SideBySideUnavailable", "action_labels", "zero_action"]
+__all__ = [
+    "ActionHud",
+    "Enlarge",
+    "FrameView",
+    "SideBySide",
+    "SideBySideUnavailable",
+    "action_labels",
+    "wrapper_attr",
+    "zero_action",
+]
 
 
 class SideBySideUnavailable(ValueError):
@@ -50,15 +59,16 @@ def zero_action(action_space: gym.Space) -> np.ndarray:
 
 def action_labels(env: gym.Env) -> list[str] | None:
     """Names of the action components: the Astra scenario's, else the env's ``button_names``, else None."""
-    core = _attr(env, "core")
+    core = wrapper_attr(env, "core")
     scenario = getattr(core, "scenario", None)
     if core is not None and scenario in ACTION_NAMES:
         return list(ACTION_NAMES[scenario])
-    labels = _attr(env, "button_names")
+    labels = wrapper_attr(env, "button_names")
     return None if labels is None else [str(label) for label in labels]
 
 
-def _attr(env: gym.Env, name: str) -> Any:
+def wrapper_attr(env: gym.Env, name: str) -> Any:
+    """``env.get_wrapper_attr(name)`` through any wrappers, or None where no layer has it."""
     try:
         return env.get_wrapper_attr(name)
     except AttributeError:
@@ -215,7 +225,7 @@ class SideBySide(FrameView):
     def _start(self, info: dict) -> tuple[Any, int]:
         """(frame bank, context index) the episode started from, or :class:`SideBySideUnavailable` saying why not."""
         env_id = self.spec.id if self.spec else type(self.unwrapped).__name__
-        bank = getattr(_attr(self.env, "core"), "bank", None)
+        bank = getattr(wrapper_attr(self.env, "core"), "bank", None)
         index = info.get("bank_index") if isinstance(info, dict) else None
         if bank is None or index is None:
             raise SideBySideUnavailable(f"{env_id} does not say which simulator state its episode started from.")
