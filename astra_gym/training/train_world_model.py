@@ -35,6 +35,8 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -634,10 +636,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
     try:
         _run_with_progress(run)
+        final = _finish(run)
     finally:
         if writer is not None:
             writer.close()
-    return TrainResult(run.step, _finish(run), run.rows)
+        accelerator.end_training()  # destroys the process group (a no-op in one process)
+    return TrainResult(run.step, final, run.rows)
 
 
 def _run_with_progress(run: _Run) -> None:
@@ -686,6 +690,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         logger.info("done: %d steps, model in %s", result.step, result.final)
     else:
         logger.info("stopped at step %d of %d; run the same command again to continue", result.step, cfg.total_steps)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _exit_without_destructors()
+
+
+def _exit_without_destructors() -> None:
+    """Ends a finished torchrun rank with exit code 0, skipping the interpreter's teardown.
+
+    Everything is saved and the ranks have met at a barrier, but in about 1 run in 12 on this CPU
+    (torch 2.13, gloo) a rank still aborts in a C++ destructor at interpreter exit ("terminate
+    called without an active exception", SIGABRT) even after ``destroy_process_group``, and torchrun
+    then reports the whole run as failed. Measured with a 3-step DDP script: 2 of 24 runs failed
+    without this exit, 0 of 24 with it.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
