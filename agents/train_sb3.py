@@ -69,8 +69,9 @@ class Args:
     env_real: bool = arg(False, help="train in the real simulator wrapper instead of the world model (baseline)")
     task: str | None = arg(
         None,
-        help="the real simulator's task (astra_gym.data.tasks, e.g. reach-push on Manipulation): the reward of "
-        "--env-real training and of every evaluation; none = the simulator's own",
+        help="the agent task (astra_gym.data.tasks, e.g. progress on Manipulation): the reward of every real "
+        "evaluation and of --env-real training; inside, the bundle's reward model of that task scores the imagined "
+        "steps; none = the simulator's own",
     )
     checkpoint: str | None = arg(None, help="world model (the env's checkpoint kwarg, e.g. debug); none = variant's")
     init_model: str | None = arg(None, help="continue training this saved model (.zip) instead of a fresh policy")
@@ -109,11 +110,8 @@ class Args:
     def __post_init__(self) -> None:
         if self.num_envs < 1 or self.total_timesteps < 1 or self.imagined_horizon < 1:
             raise ValueError("--num-envs, --total-timesteps and --imagined-horizon must be >= 1")
-        if self.task is not None and not self.env_real and not get_task(variant(self.env).scenario, self.task).native:
-            raise ValueError(
-                f"--task {self.task} inside the world model needs a reward model trained for it; the bundled reward "
-                "models learn the simulator's own reward. Train with --env-real, or drop --task"
-            )
+        if self.task is not None:
+            get_task(variant(self.env).scenario, self.task)  # an unknown task raises, listing the choices
         if self.n_steps * self.num_envs < 2:
             raise ValueError("n_steps x num_envs must be >= 2 (advantage normalisation); raise --n-steps")
 
@@ -132,6 +130,8 @@ def make_train_env(args: Args) -> VecEnv:
         kwargs["frame_bank"] = args.frame_bank
     if args.device != "auto":
         kwargs["device"] = args.device
+    if args.task is not None:
+        kwargs["task"] = args.task  # the bundle's reward model of that task (it names the fix if it has none)
     return VecMonitor(AstraSB3VecEnv.make(args.env, args.num_envs, **kwargs))
 
 

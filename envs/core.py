@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from astra_gym.data.action_codecs import align_to_latents
+from astra_gym.data.tasks import get_task
 from astra_gym.envs.frame_bank import FrameBank, load_frame_bank
 from astra_gym.envs.spaces import action_rows, action_space, check_actions
 from astra_gym.envs.variants import bundled_model_path, installed_bundles
@@ -71,6 +72,7 @@ ENV_KWARGS = (
     "device",
     "dtype",
     "batch_invariant",
+    "task",
     "render_mode",
     "render_fps",
     "rollout",
@@ -109,8 +111,19 @@ def _missing_bundled_model(name: str, path: Path) -> BundleError:
     )
 
 
-def _checkpoint_loader(checkpoint: Any, scenario: str, device: torch.device, dtype: torch.dtype):
+def _checkpoint_loader(
+    checkpoint: Any, scenario: str, device: torch.device, dtype: torch.dtype, task: str | None = None
+):
     """(cache key, loader) for a ``checkpoint`` argument (table in the module docstring)."""
+    if (
+        task is not None
+        and not get_task(scenario, task).native
+        and (isinstance(checkpoint, Mapping) or checkpoint == "debug")
+    ):
+        raise ValueError(
+            f"task={task!r} needs a reward model trained for it, which only a trained bundle holds; "
+            "pass checkpoint=<bundle with that task> or leave task unset"
+        )
     if isinstance(checkpoint, Mapping):
         missing = [k for k in _RELEASE_KEYS if k not in checkpoint]
         extra = sorted(set(checkpoint) - set(_RELEASE_KEYS))
@@ -132,14 +145,23 @@ def _checkpoint_loader(checkpoint: Any, scenario: str, device: torch.device, dty
         if not (path / "bundle.json").is_file():
             raise _missing_bundled_model(checkpoint, path)
     path = path.resolve()
-    key = ("bundle", str(path), scenario, str(device), str(dtype))
-    return key, lambda: load_bundle(path, scenario, device=device, dtype=dtype)
+    if task is not None and get_task(scenario, task).native:
+        task = None  # the simulator's own reward: the default reward model, one cache entry
+    key = ("bundle", str(path), scenario, str(device), str(dtype), task)
+    return key, lambda: load_bundle(path, scenario, device=device, dtype=dtype, task=task)
 
 
 def load_world_model(
-    checkpoint: Any, scenario: str, device: str | torch.device = "auto", dtype: str | torch.dtype | None = None
+    checkpoint: Any,
+    scenario: str,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype | None = None,
+    task: str | None = None,
 ) -> WorldModelBundle:
     """The world model of ``checkpoint`` for ``scenario``, loaded once per process (cached).
+
+    ``task`` picks the bundle's reward model of that agent task (:mod:`astra_gym.data.tasks`);
+    None = the simulator's own reward.
 
     Raises:
         BundleError: A bundled model is not installed, or a bundle is incomplete (names the fix).
@@ -147,7 +169,7 @@ def load_world_model(
     """
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    key, loader = _checkpoint_loader(checkpoint, scenario, device, dtype)
+    key, loader = _checkpoint_loader(checkpoint, scenario, device, dtype, task)
     bundle = get_cached_model(key, loader)
     if bundle.scenario != scenario:
         raise ValueError(
@@ -281,14 +303,16 @@ class EnvCore:
         dtype: str | torch.dtype | None,
         rollout: WorldModelRollout | None,
         batch_invariant: bool | None = None,
+        task: str | None = None,
     ) -> None:
         self.scenario = scenario
+        self.task = get_task(scenario, task)  # an unknown task raises here, listing the choices
         self.action_space = action_space(scenario)
         self.bank = frame_bank if isinstance(frame_bank, FrameBank) else load_frame_bank(frame_bank)
         if self.bank.scenario not in (scenario, "synthetic"):
             raise ValueError(f"frame bank of scenario {self.bank.scenario!r} cannot start {scenario!r} episodes")
         if rollout is None:
-            bundle = load_world_model(checkpoint, scenario, device, dtype)
+            bundle = load_world_model(checkpoint, scenario, device, dtype, task)
             overrides = {"num_denoise_steps": num_denoise_steps, "guidance_scale": guidance_scale}
             overrides["batch_invariant"] = batch_invariant
             overrides["chunk_latents"] = frames_per_step

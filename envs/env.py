@@ -96,8 +96,9 @@ class AstraEnv(gym.Env):
     ## Rewards
 
     ``reward_model(last frame, action row)`` (:class:`~astra_gym.world_model.reward_model.RewardModel`),
-    trained to regress the simulator's reward. ``info["termination_prob"]`` is its termination
-    probability.
+    trained to regress the simulator's reward, or the reward of the ``task`` kwarg (a dense task of
+    :mod:`astra_gym.data.tasks`, e.g. Manipulation ``"progress"``) when the bundle holds one for it.
+    ``info["termination_prob"]`` is its termination probability.
 
     ## Starting State
 
@@ -129,6 +130,9 @@ class AstraEnv(gym.Env):
     | ``batch_invariant`` | ``None`` (True)      | CPU: a batch of N rows equals N batch-1 envs bit for bit; False  |
     |                     |                      | is faster (about 1.5x at 16 envs) with rows that differ in the   |
     |                     |                      | last bits from batch-1 ones (still deterministic for a given N)  |
+    | ``task``            | ``None``             | agent task whose reward model scores the steps (e.g.             |
+    |                     |                      | ``"progress"``; ``astra_gym.data.tasks``); None = the simulator's |
+    |                     |                      | own reward. The bundle must hold a reward model for it           |
     | ``render_mode``     | ``None``             | ``"rgb_array"`` (the last frame) or ``"human"``                  |
     | ``render_fps``      | variant              | playback rate of the frames                                      |
     | ``rollout``         | ``None``             | a ``WorldModelRollout`` to share (replaces the model kwargs)     |
@@ -159,6 +163,7 @@ class AstraEnv(gym.Env):
         device: str | torch.device = "auto",
         dtype: str | torch.dtype | None = None,
         batch_invariant: bool | None = None,
+        task: str | None = None,
         render_mode: str | None = None,
         render_fps: float = 25.0,
         rollout: WorldModelRollout | None = None,
@@ -177,9 +182,9 @@ class AstraEnv(gym.Env):
             device,
             dtype,
         )
-        self.core = EnvCore(*core_args, rollout, batch_invariant)
+        self.core = EnvCore(*core_args, rollout, batch_invariant, task)
         # Pickled by reference (see __getstate__) unless built around a caller's engine.
-        self._core_args = (*core_args, None, batch_invariant) if rollout is None else None
+        self._core_args = (*core_args, None, batch_invariant, task) if rollout is None else None
         self.metadata = {**type(self).metadata, "render_fps": render_fps}
         self.render_mode = render_mode
         self.action_space = self.core.action_space

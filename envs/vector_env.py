@@ -84,6 +84,7 @@ class AstraVectorEnv(gym.vector.VectorEnv):
         device: str | torch.device = "auto",
         dtype: str | torch.dtype | None = None,
         batch_invariant: bool | None = None,
+        task: str | None = None,
         render_mode: str | None = None,
         render_fps: float = 25.0,
         rollout: WorldModelRollout | None = None,
@@ -112,6 +113,7 @@ class AstraVectorEnv(gym.vector.VectorEnv):
             dtype,
             rollout,
             batch_invariant,
+            task,
         )
         self.num_envs = num_envs
         self.max_episode_steps = max_episode_steps

@@ -18,6 +18,10 @@ manipulation    ``push``        the simulator's FetchPush: -1 until the block is
 manipulation    ``reach-push``  ``-(|gripper - block| + |block - goal|)`` in metres: reach the
                                 block, then push it to the goal (dense; FetchPush's ``dense``
                                 reward is the second term alone)
+manipulation    ``progress``    how much the step shortened ``reach-push``'s distance, per 10 cm
+                                (potential-based shaping of it: an episode's return is the
+                                distance closed, so standing still scores 0, not a penalty that
+                                moving away can only add to)
 explore         ``my_way_home`` the simulator's: +1 at the vest (ends), -0.0001 per tic
 explore         ``progress``    the simulator's plus the walking distance to the vest gained in the
                                 step, per 100 map units (a step forward is ~10 units); walls count
@@ -73,6 +77,10 @@ def _reach_push(before: Poses, after: Poses, sim_reward: float) -> float:
     return -float(reach + push)
 
 
+def _closed_on_goal(before: Poses, after: Poses, sim_reward: float) -> float:
+    return 10.0 * (_reach_push(after, after, sim_reward) - _reach_push(before, before, sim_reward))
+
+
 def _progress(before: Poses, after: Poses, sim_reward: float) -> float:
     from astra_gym.data.sims.doom_distance import distance_field
 
@@ -89,6 +97,12 @@ TASKS: dict[str, tuple[Task, ...]] = {
             "reach-push",
             "dense: -(|gripper - block| + |block - goal|) per step, metres",
             _reach_push,
+            ("ee_pos", "object_pos", "goal_pos"),
+        ),
+        Task(
+            "progress",
+            "dense: the reach-push distance closed in the step, per 10 cm",
+            _closed_on_goal,
             ("ee_pos", "object_pos", "goal_pos"),
         ),
     ),

@@ -185,6 +185,7 @@ def read_bundle(folder: str | os.PathLike) -> dict[str, Any]:
     for entry in manifest["scenarios"].values():
         if entry["reward_model"] is not None:
             entry["reward_model"] = folder / entry["reward_model"]
+        entry["task_reward_models"] = {t: folder / p for t, p in entry.get("task_reward_models", {}).items()}
     return manifest
 
 
@@ -223,6 +224,7 @@ def load_bundle(
     *,
     vae: str | os.PathLike | None = None,
     reward_model: str | os.PathLike | None = None,
+    task: str | None = None,
 ) -> WorldModelBundle:
     """Loads the ``scenario`` part of a trained bundle (``python -m astra_gym.training.bundle``) or of a
     trainer's world-model folder (:func:`read_run_folder`).
@@ -235,23 +237,28 @@ def load_bundle(
         device, dtype: Where and in which compute dtype to run.
         vae: A VAE folder to use instead of the one the manifest names.
         reward_model: A reward-model folder to use instead of the manifest's (if any).
+        task: The agent task whose reward model to load (:mod:`astra_gym.data.tasks`); None or the
+            scenario's own task = the simulator's reward model.
 
     Raises:
         BundleError: The folder is not a bundle, lacks the scenario, or a part does not load (every
             message names the file and the fix).
     """
+    from astra_gym.data.tasks import get_task
     from astra_gym.world_model.checkpoints import load_pretrained
     from astra_gym.world_model.reward_io import load_reward_model
     from astra_gym.world_model.vae_io import load_vae
 
     folder = Path(folder)
+    if task is not None:
+        get_task(scenario, task)  # an unknown task raises here, listing the scenario's tasks
     try:
         manifest = read_manifest(folder)
         entry = _scenario_entry(manifest, scenario, folder)
         vae = vae if vae is not None else manifest["vae"]
         if vae is None:
             raise BundleError(f"{folder} does not name its VAE folder; pass the train_vae output as vae=")
-        reward_model = reward_model if reward_model is not None else entry.get("reward_model")
+        reward_model = reward_model if reward_model is not None else _task_reward_model(entry, scenario, task, folder)
         sampler = manifest.get("sampler") or {}
         rollout = RolloutConfig(
             modality=entry["modality"],
@@ -279,6 +286,23 @@ def load_bundle(
             f"could not load the {scenario!r} world model from {folder}: {err}. Rebuild the bundle with "
             "`python -m astra_gym.training.bundle`, or pass a trainer's world-model folder."
         ) from err
+
+
+def _task_reward_model(entry: dict, scenario: str, task: str | None, folder: Path) -> Path | None:
+    """The manifest's reward-model folder of ``task`` (None: the simulator's own reward)."""
+    from astra_gym.data.tasks import get_task
+
+    if task is None or get_task(scenario, task).native:
+        return entry.get("reward_model")
+    found = entry.get("task_reward_models", {})
+    if task not in found:
+        raise BundleError(
+            f"{folder} has no reward model for the {scenario} task {task!r} (it has: "
+            f"{sorted(found) or 'none'}); train one with `python -m astra_gym.training.train_reward --task {task} "
+            f"--action-norm {folder / 'world_model'} ...` and add it with `python -m astra_gym.training.bundle "
+            "--reward FOLDER ...`, or leave task unset for the simulator's own reward"
+        )
+    return found[task]
 
 
 def _action_stats(normalization: dict) -> tuple[tuple[float, ...], tuple[float, ...]] | None:

@@ -13,7 +13,8 @@ Layout of a bundle (written atomically)::
         MODEL_CARD.md      what was trained on what, sizes, held-out metrics, limitations
         world_model/       save_pretrained folder (checkpoints.load_pretrained)
         vae/               vae_io folder (training.vae_io.load_vae)
-        reward/<scenario>/ reward_io folders (training.reward_io.load_reward_model)
+        reward/<scenario>/ reward_io folders (training.reward_io.load_reward_model): the simulator's reward
+        reward/<scenario>-<task>/  the same for a dense task (astra_gym.data.tasks), if trained
 
 Checks before anything is written: the VAE is the one the world model's latent caches were built
 with (same identity hash), every reward model scores a scenario the world model was trained on,
@@ -60,16 +61,28 @@ def _check_vae(extra: Mapping[str, Any], vae_meta: Mapping[str, Any], allow_mism
         logger.warning(message)
 
 
-def _reward_entries(extra: Mapping[str, Any], rewards: Sequence[str | os.PathLike]) -> dict[str, tuple[Path, dict]]:
-    """{scenario: (folder, metadata)}, checked against the world model's scenarios."""
-    entries: dict[str, tuple[Path, dict]] = {}
+RewardKey = tuple[str, str | None]  # (scenario, task; None = the simulator's own reward)
+
+
+def reward_folder(scenario: str, task: str | None) -> str:
+    """A reward model's folder inside a bundle: ``reward/<scenario>`` or ``reward/<scenario>-<task>``."""
+    return f"reward/{scenario}" if task is None else f"reward/{scenario}-{task}"
+
+
+def _reward_entries(
+    extra: Mapping[str, Any], rewards: Sequence[str | os.PathLike]
+) -> dict[RewardKey, tuple[Path, dict]]:
+    """{(scenario, task): (folder, metadata)}, checked against the world model's scenarios."""
+    entries: dict[RewardKey, tuple[Path, dict]] = {}
     for folder in rewards:
         meta = read_reward_config(folder)
-        scenario = meta["scenario"]
+        key = (meta["scenario"], meta["task"])
+        scenario = key[0]
         if scenario not in extra.get("scenarios", {}):
             raise ValueError(f"reward model {folder} scores {scenario!r}, which the world model was not trained on")
-        if scenario in entries:
-            raise ValueError(f"two reward models for {scenario!r}: {entries[scenario][0]} and {folder}")
+        if key in entries:
+            what = f"task {key[1]!r}" if key[1] else "the simulator's own reward"
+            raise ValueError(f"two reward models for {scenario!r}, {what}: {entries[key][0]} and {folder}")
         expected = extra["scenarios"][scenario]["action_normalization"]["scale"]
         if meta["action_normalization"]["scale"] != expected:
             logger.warning(
@@ -77,15 +90,20 @@ def _reward_entries(extra: Mapping[str, Any], rewards: Sequence[str | os.PathLik
                 "--action-norm pointing at the world-model folder",
                 folder,
             )
-        entries[scenario] = (Path(folder), meta)
+        entries[key] = (Path(folder), meta)
     return entries
 
 
-def _manifest(name: str, extra: Mapping[str, Any], rewards: Mapping[str, tuple[Path, dict]]) -> dict[str, Any]:
-    scenarios = {
-        scenario: {**entry, "reward_model": f"reward/{scenario}" if scenario in rewards else None}
-        for scenario, entry in extra["scenarios"].items()
-    }
+def _manifest(name: str, extra: Mapping[str, Any], rewards: Mapping[RewardKey, tuple[Path, dict]]) -> dict[str, Any]:
+    scenarios = {}
+    for scenario, entry in extra["scenarios"].items():
+        scenarios[scenario] = {
+            **entry,
+            "reward_model": reward_folder(scenario, None) if (scenario, None) in rewards else None,
+        }
+        tasks = {task: reward_folder(scenario, task) for s, task in rewards if s == scenario and task is not None}
+        if tasks:
+            scenarios[scenario]["task_reward_models"] = dict(sorted(tasks.items()))
     return {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
@@ -128,12 +146,14 @@ def _model_card(name: str, config: Any, extra: Mapping[str, Any], vae_meta: Mapp
         "## Scenarios",
     ]
     for scenario, entry in extra["scenarios"].items():
-        reward = rewards.get(scenario)
-        scores = {k: v for k, v in (reward[1]["metrics"] if reward else {}).items() if k.startswith("eval/")}
+        reward = rewards.get((scenario, None))
         lines.append(
             f"- {scenario}: modality {entry['modality']}, feature {entry['feature']}; reward model: "
-            f"{'held-out ' + json.dumps(scores) if reward else 'none'}"
+            f"{'held-out ' + json.dumps(_scores(reward[1])) if reward else 'none'}"
         )
+        for (s, task), (_, meta) in sorted(rewards.items(), key=str):
+            if s == scenario and task is not None:
+                lines.append(f"  - task {task}: reward model held-out {json.dumps(_scores(meta))}")
     lines += ["", "## Training data"]
     lines += [f"- {d.get('scenario')}: {d.get('root')} (weight {d.get('weight')})" for d in datasets]
     lines += [
@@ -145,6 +165,10 @@ def _model_card(name: str, config: Any, extra: Mapping[str, Any], vae_meta: Mapp
         "",
     ]
     return "\n".join(lines)
+
+
+def _scores(meta: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in meta["metrics"].items() if k.startswith("eval/")}
 
 
 def make_bundle(
@@ -177,8 +201,8 @@ def make_bundle(
             weights = load_pretrained(world_model, dtype=STORAGE_DTYPES[weights_dtype])
             save_pretrained(weights, tmp / "world_model", extra)
         shutil.copytree(vae, tmp / "vae")
-        for scenario, (folder, _) in reward_entries.items():
-            copy_reward_model(folder, tmp / "reward" / scenario, STORAGE_DTYPES[weights_dtype])
+        for (scenario, task), (folder, _) in reward_entries.items():
+            copy_reward_model(folder, tmp / reward_folder(scenario, task), STORAGE_DTYPES[weights_dtype])
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
         (tmp / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     logger.info("wrote bundle %s to %s", name, out)
@@ -193,7 +217,9 @@ class Args:
     world_model: str = arg(help="world-model folder (train_world_model's RUN/final)")
     vae: str = arg(help="VAE folder (train_vae's OUT/final)")
     out: str = arg(help="bundle folder to write (replaced as a whole)")
-    reward: tuple[str, ...] = arg((), help="reward-model folder (repeat per scenario)", parse=str, append=True)
+    reward: tuple[str, ...] = arg(
+        (), help="reward-model folder (repeat per scenario and task; each knows its own)", parse=str, append=True
+    )
     allow_vae_mismatch: bool = arg(False, help="warn instead of failing on a VAE hash mismatch")
     weights_dtype: Literal["float32", "float16", "bfloat16"] = arg(
         "float32",

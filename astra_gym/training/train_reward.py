@@ -296,8 +296,9 @@ def train_reward(cfg: RewardTrainConfig) -> Path:
         feature=feature,
         normalizer=normalizer,
         metrics=metrics,
+        task=None if task.native else task.name,
     )
-    logger.info("saved %s reward model to %s", scenario, folder)
+    logger.info("saved the %s reward model of task %s to %s", scenario, task.name, folder)
     return folder
 
 

@@ -44,6 +44,7 @@ def save_reward_model(
     feature: str,
     normalizer: ActionNormalizer,
     metrics: dict[str, Any] | None = None,
+    task: str | None = None,
 ) -> Path:
     """Writes ``model`` and its metadata to ``folder`` atomically (replaced as a whole).
 
@@ -54,6 +55,8 @@ def save_reward_model(
         feature: Action feature of its rows (e.g. ``"vehicle_command"``).
         normalizer: Normalisation applied to the rows it was trained on.
         metrics: JSON-able held-out results.
+        task: The agent task whose reward it learned (:mod:`astra_gym.data.tasks`); None = the
+            simulator's own.
 
     Returns:
         The absolute folder.
@@ -63,6 +66,7 @@ def save_reward_model(
         "format_version": REWARD_FORMAT_VERSION,
         "config": model.config.to_dict(),
         "scenario": scenario,
+        "task": task,
         "feature": feature,
         "action_normalization": normalizer.to_dict(),
         "metrics": dict(metrics or {}),
@@ -99,7 +103,10 @@ def copy_reward_model(source: str | os.PathLike, target: str | os.PathLike, dtyp
 
 
 def read_reward_config(folder: str | os.PathLike) -> dict[str, Any]:
-    """The ``config.json`` of a reward-model folder (raises naming the problem if it is not one)."""
+    """The ``config.json`` of a reward-model folder (raises naming the problem if it is not one).
+
+    ``task`` is None for the simulator's own reward (also in folders saved before tasks existed).
+    """
     path = Path(folder) / _CONFIG
     if not path.is_file():
         raise FileNotFoundError(
@@ -110,6 +117,7 @@ def read_reward_config(folder: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(
             f"{path} is not a reward-model folder of this astra-gym version (format {meta.get('format')!r})"
         )
+    meta.setdefault("task", None)
     return meta
 
 

@@ -91,9 +91,14 @@ def test_a_dense_task_rewards_from_the_simulators_poses():
 
 
 def test_a_dense_task_inside_needs_its_reward_model():
-    from astra_gym.agents.train_sb3 import Args
+    from astra_gym.agents.train_sb3 import Args, make_train_env
+    from astra_gym.rollout.bundle import BundleError
 
-    with pytest.raises(ValueError, match="needs a reward model trained for it"):
-        Args(env="Astra-Manipulation-v0", task="reach-push")
+    with pytest.raises(ValueError, match="choose one of"):
+        Args(env="Astra-Manipulation-v0", task="stack")
     assert Args(env="Astra-Manipulation-v0", task="reach-push", env_real=True).task == "reach-push"
     assert Args(env="Astra-Manipulation-v0", task="push").task == "push"  # the simulator's own reward
+    with pytest.raises(ValueError, match="needs a reward model trained for it"):
+        make_train_env(Args(env="Astra-Manipulation-v0", task="reach-push", checkpoint="debug", num_envs=1))
+    with pytest.raises(BundleError, match="no reward model for the manipulation task 'reach-push'"):
+        make_train_env(Args(env="Astra-Manipulation-v0", task="reach-push", checkpoint="small-v0", num_envs=1))

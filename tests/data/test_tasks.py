@@ -11,7 +11,7 @@ def test_the_default_task_is_the_simulators_own():
     for scenario in TASKS:
         assert get_task(scenario).native and get_task(scenario) is TASKS[scenario][0]
     assert get_task("manipulation", "reach-push").name == "reach-push"
-    with pytest.raises(ValueError, match=r"choose one of \['push', 'reach-push'\]"):
+    with pytest.raises(ValueError, match=r"choose one of \['push', 'reach-push', 'progress'\]"):
         get_task("manipulation", "reach")
     with pytest.raises(ValueError, match="no tasks for scenario"):
         get_task("flying")
@@ -27,6 +27,18 @@ def test_reach_push_rewards_getting_the_gripper_to_the_block_and_the_block_to_th
     assert rewards[0] < rewards[1] < rewards[2] <= 0.0
     assert rewards[2] == pytest.approx(-0.03)
     assert rewards[1] == pytest.approx(-(0.03 + np.linalg.norm(far["object_pos"] - goal)))
+
+
+def test_manipulation_progress_is_the_reach_push_distance_closed_and_sums_to_it():
+    task, distance = get_task("manipulation", "progress"), get_task("manipulation", "reach-push")
+    episode = manipulation_episode(8, seed=1)
+    rows = [{k: v[t] for k, v in episode.poses.items()} for t in range(len(episode.rewards) + 1)]
+    rewards = relabel(episode.poses, episode.rewards, task)
+    closed = distance(rows[-1], rows[-1], 0.0) - distance(rows[0], rows[0], 0.0)  # -distance at the end - at start
+    assert rewards.sum() == pytest.approx(10.0 * closed)  # telescopes: the return is the distance closed
+    assert task(rows[0], rows[0], -1.0) == 0.0  # standing still scores nothing, whatever the simulator says
+    toward = {**rows[0], "ee_pos": (rows[0]["ee_pos"] + rows[0]["object_pos"]) / 2}
+    assert task(rows[0], toward, -1.0) > 0.0 > task(toward, rows[0], -1.0)
 
 
 def test_relabel_recomputes_a_recorded_episode():

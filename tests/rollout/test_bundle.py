@@ -1,17 +1,19 @@
 """World-model bundles: the debug bundle, and loading a folder written by ``astra_gym.training.bundle``."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
 from astra_gym.data.latent_cache import vae_identity
+from astra_gym.envs import AstraEnv
 from astra_gym.rollout.bundle import BundleError, debug_bundle, load_bundle
 from astra_gym.rollout.engine import WorldModelRollout
 from astra_gym.training.bundle import make_bundle
 from astra_gym.training.normalization import ActionNormalizer
 from astra_gym.world_model.checkpoints import save_pretrained
-from astra_gym.world_model.reward_io import save_reward_model
+from astra_gym.world_model.reward_io import load_reward_model, save_reward_model
 from astra_gym.world_model.vae_io import save_vae
 from tests.rollout.inputs import action_rows, contexts
 
@@ -103,3 +105,59 @@ def test_a_trainer_folder_loads_like_its_bundle(tmp_path, bundle):
         outputs.append((frames, engine.score(state, action_rows(1, 1)[0])[0]))
     assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])
     assert load_bundle(tmp_path / "wm", "drive", vae=tmp_path / "vae").reward_model is None
+
+
+def _manipulation_bundle_with_a_task(tmp_path):
+    """A manipulation bundle with two reward models: the simulator's reward and the ``progress`` task's."""
+    bundle = debug_bundle("manipulation")
+    normalizer = ActionNormalizer("robot_command", SCALE)
+    entry = {
+        "modality": "robot",
+        "feature": "robot_command",
+        "action_dim": 7,
+        "action_normalization": normalizer.to_dict(),
+    }
+    extra = {"scenarios": {"manipulation": entry}, "vae": {"identity": vae_identity(bundle.vae)},
+             "layout": dataclasses.asdict(bundle.rollout.layout), "chunk_latents": 1}  # fmt: skip
+    save_pretrained(bundle.transformer, tmp_path / "wm", extra_config=extra)
+    save_vae(bundle.vae, tmp_path / "vae", preset="debug")
+    rewards = {}
+    for seed, task in ((1, None), (2, "progress")):
+        model = debug_bundle("manipulation", seed=seed).reward_model
+        rewards[task] = save_reward_model(model, tmp_path / f"reward-{task}", scenario="manipulation",
+                                          feature="robot_command", normalizer=normalizer, task=task)  # fmt: skip
+    return make_bundle(
+        "tasks", tmp_path / "wm", tmp_path / "vae", list(rewards.values()), tmp_path / "bundle"
+    ), rewards
+
+
+def _same_weights(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_a_bundle_holds_a_reward_model_per_task_and_the_env_picks_it(tmp_path):
+    folder, rewards = _manipulation_bundle_with_a_task(tmp_path)
+    manifest = json.loads((folder / "bundle.json").read_text())["scenarios"]["manipulation"]
+    assert manifest["reward_model"] == "reward/manipulation"
+    assert manifest["task_reward_models"] == {"progress": "reward/manipulation-progress"}
+    expected = {task: load_reward_model(path)[0] for task, path in rewards.items()}
+    native, progress = load_bundle(folder, "manipulation"), load_bundle(folder, "manipulation", task="progress")
+    assert _same_weights(native.reward_model, expected[None]) and not _same_weights(
+        native.reward_model, expected["progress"]
+    )
+    assert _same_weights(progress.reward_model, expected["progress"])
+    assert _same_weights(load_bundle(folder, "manipulation", task="push").reward_model, expected[None])  # its own
+    with pytest.raises(
+        BundleError, match="no reward model for the manipulation task 'reach-push'.*train_reward --task"
+    ):
+        load_bundle(folder, "manipulation", task="reach-push")
+    with pytest.raises(ValueError, match="choose one of"):
+        load_bundle(folder, "manipulation", task="stack")
+    env = AstraEnv(scenario="manipulation", checkpoint=str(folder), task="progress", device="cpu")
+    assert _same_weights(env.engine.reward_model, expected["progress"])
+    assert _same_weights(AstraEnv(scenario="manipulation", checkpoint=str(folder), device="cpu").engine.reward_model,
+                         expected[None])  # fmt: skip
+    with pytest.raises(ValueError, match="needs a reward model trained for it"):
+        AstraEnv(scenario="manipulation", checkpoint="debug", task="progress")
+    with pytest.raises(ValueError, match="two reward models for 'manipulation', task 'progress'"):
+        make_bundle("x", tmp_path / "wm", tmp_path / "vae", [rewards["progress"]] * 2, tmp_path / "x")
