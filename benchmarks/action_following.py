@@ -41,6 +41,7 @@ from tqdm import tqdm
 import astra_gym  # noqa: F401 - registers the ids
 from astra_gym.data.policies import make_policy
 from astra_gym.data.replay import replay
+from astra_gym.data.tasks import Task, get_task, relabel
 from astra_gym.envs.spaces import EXPLORE_BUTTONS, action_rows
 from astra_gym.envs.variants import variant
 from astra_gym.evaluation.details import car_present
@@ -97,8 +98,12 @@ def make_start(scenario: str, seed: int, kind: str, context: int, warm: int) -> 
     return Start(seed, actions, frames[-context:], actions[len(actions) - (context - 1) :])
 
 
-def real_branches(scenario: str, start: Start, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Real frames uint8 [K, steps, 64, 64, 3] and rewards [K, steps] of each constant action."""
+def real_branches(scenario: str, start: Start, steps: int, task: Task | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Real frames uint8 [K, steps, 64, 64, 3] and rewards [K, steps] of each constant action.
+
+    ``task`` (None: the simulator's own reward) recomputes the rewards from the branch's poses.
+    """
+    task = task or get_task(scenario)
     frames, rewards = [], []
     for action in ACTIONS[scenario].values():
         with replay(start.seed, start.prefix, scenario=scenario) as session:
@@ -108,7 +113,8 @@ def real_branches(scenario: str, start: Start, steps: int) -> tuple[np.ndarray, 
         got = ep.frames[1:]
         pad = steps - len(got)  # the simulator ended the episode: hold its last frame, reward 0
         frames.append(np.concatenate([got, np.repeat(got[-1:], pad, axis=0)]) if pad else got)
-        rewards.append(np.concatenate([ep.rewards, np.zeros(pad)]) if pad else ep.rewards)
+        got_rewards = relabel(ep.poses, ep.rewards, task)
+        rewards.append(np.concatenate([got_rewards, np.zeros(pad)]) if pad else got_rewards)
     return np.stack(frames), np.stack(rewards).astype(np.float64)
 
 
@@ -209,9 +215,9 @@ def summarise(scenario: str, kind: str, runs: list[dict], horizon: int, long: in
     return row  # fmt: skip
 
 
-def run_start(envs, scenario: str, start: Start, long: int, horizon: int, seed: int) -> dict:
+def run_start(envs, scenario: str, start: Start, long: int, horizon: int, seed: int, task: Task | None = None) -> dict:
     """Every per-start measurement (see the module docstring)."""
-    real, real_rewards = real_branches(scenario, start, long)
+    real, real_rewards = real_branches(scenario, start, long, task)
     imagined, imagined_rewards = imagined_branches(envs, scenario, start, long, seed)
     out = {
         "identified": identification(imagined[:, horizon - 1], real[:, horizon - 1]),
@@ -236,6 +242,9 @@ class Args:
 
     env: str = arg("Astra-Drive-v0", help="an Astra id (its scenario picks the simulator)")
     checkpoint: str | None = arg(None, help="model bundle; none = the variant's")
+    task: str | None = arg(
+        None, help="agent task (astra_gym.data.tasks) of the real rewards and of the env's reward model; none = own"
+    )
     starts: int = arg(8, help="real starts per kind")
     kinds: tuple[str, ...] = arg(("reset", "mid"), help="start kinds: reset and/or mid")
     horizon: int = arg(8, help="step of the identification test")
@@ -267,6 +276,9 @@ def main(argv: list[str] | None = None) -> dict:
         kwargs["dtype"] = args.dtype
     if args.batch_invariant is not None:
         kwargs["batch_invariant"] = args.batch_invariant
+    task = get_task(scenario, args.task)
+    if not task.native:
+        kwargs["task"] = task.name
     envs = gym.make_vec(args.env, num_envs=len(ACTIONS[scenario]), max_episode_steps=args.long + 1, **kwargs)
     context = envs.unwrapped.core.bank.context_length
     rows = []
@@ -274,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
         runs = []
         for s in tqdm(range(args.starts), desc=f"{scenario} {kind} starts"):
             start = make_start(scenario, args.seed_offset + s, kind, context, args.warm)
-            runs.append(run_start(envs, scenario, start, args.long, args.horizon, seed=s))
+            runs.append(run_start(envs, scenario, start, args.long, args.horizon, seed=s, task=task))
         rows.append(summarise(scenario, kind, runs, args.horizon, args.long))
     config = {**dataclasses.asdict(args), "checkpoint": kwargs["checkpoint"], "context_frames": context}
     write_results(args.out, "action_following", config, rows, torch.device("cpu"))

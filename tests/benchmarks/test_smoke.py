@@ -63,6 +63,17 @@ def test_action_following_runs_against_the_real_simulator(tmp_path):
         assert np.isfinite(row["teacher_forced_psnr_1_to_h"]) and np.isfinite(row["reward_mae_real_frames"])
 
 
+def test_action_following_scores_the_real_branches_with_a_task():
+    from astra_gym.data.tasks import get_task
+    from benchmarks.action_following import make_start, real_branches
+
+    start = make_start("manipulation", 20000, "reset", context=2, warm=0)
+    _, native = real_branches("manipulation", start, 3)
+    frames, progress = real_branches("manipulation", start, 3, get_task("manipulation", "progress"))
+    assert frames.shape[:2] == (4, 3) and set(np.unique(native)) <= {-1.0, 0.0}  # FetchPush's own reward
+    assert np.all(progress != native) and np.any(progress > 0) and np.any(progress < 0)  # +x/-x close/open the gap
+
+
 def test_action_identification_counts_the_closest_real_branch():
     from benchmarks.action_following import identification
 
