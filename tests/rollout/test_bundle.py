@@ -161,3 +161,28 @@ def test_a_bundle_holds_a_reward_model_per_task_and_the_env_picks_it(tmp_path):
         AstraEnv(scenario="manipulation", checkpoint="debug", task="progress")
     with pytest.raises(ValueError, match="two reward models for 'manipulation', task 'progress'"):
         make_bundle("x", tmp_path / "wm", tmp_path / "vae", [rewards["progress"]] * 2, tmp_path / "x")
+
+
+def test_add_reward_puts_a_task_reward_model_into_an_existing_bundle(tmp_path):
+    from astra_gym.training.add_reward import add_reward_model
+
+    folder, rewards = _manipulation_bundle_with_a_task(tmp_path)
+    plain = make_bundle("plain", tmp_path / "wm", tmp_path / "vae", [rewards[None]], tmp_path / "plain")
+    (plain / "MODEL_CARD.md").write_text("# plain\n\nhand-written notes\n")
+    with pytest.raises(BundleError, match="no reward model for the manipulation task 'progress'"):
+        load_bundle(plain, "manipulation", task="progress")
+    added = add_reward_model(plain, rewards["progress"], weights_dtype="float32")
+    assert added == plain.absolute() / "reward" / "manipulation-progress"
+    assert _same_weights(load_bundle(plain, "manipulation", task="progress").reward_model,
+                         load_reward_model(rewards["progress"])[0])  # fmt: skip
+    assert (plain / "MODEL_CARD.md").read_text().startswith("# plain\n\nhand-written notes\n")
+    assert "task `progress`" in (plain / "MODEL_CARD.md").read_text()
+    assert {p.name for p in (plain / "reward").iterdir()} == {"manipulation", "manipulation-progress"}
+    with pytest.raises(ValueError, match="already holds reward/manipulation-progress"):
+        add_reward_model(plain, rewards["progress"])
+    add_reward_model(plain, rewards["progress"], replace=True)
+    other = save_reward_model(debug_bundle("manipulation", seed=4).reward_model, tmp_path / "other",
+                              scenario="manipulation", feature="robot_command",
+                              normalizer=ActionNormalizer("robot_command", (1.0,) * 7), task="reach-push")  # fmt: skip
+    with pytest.raises(ValueError, match="normalises actions differently"):
+        add_reward_model(plain, other)
