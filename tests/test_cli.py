@@ -293,6 +293,7 @@ def test_dataclass_entry_points_print_their_resolved_config(capsys):
         "astra_gym.data.generate",
         "astra_gym.data.latent_cache",
         "astra_gym.training.bundle",
+        "astra_gym.training.add_reward",
         "astra_gym.envs.frame_bank",
         "astra_gym.agents.mpc.run_mpc",
         "astra_gym.agents.train_sb3",
