@@ -47,6 +47,11 @@ class Args:
 
     env: str = arg("Astra-Drive-v0", help="Astra id: its world model plans, its real simulator is controlled")
     checkpoint: str | None = arg(None, help="world model (the env's checkpoint kwarg); none = the variant's bundle")
+    task: str | None = arg(
+        None,
+        help="agent task (astra_gym.data.tasks): the bundle's reward model of it plans, the real episodes are scored "
+        "on it; none = the simulator's own reward",
+    )
     planner: Literal["cem", "mppi"] = arg("cem", help="planning algorithm")
     horizon: int = arg(8, help="imagined steps per candidate sequence")
     candidates: int = arg(64, help="candidate sequences per iteration (the batch of one imagined rollout)")
@@ -105,7 +110,9 @@ def make_controller(args: Args) -> MPCController:
     """World-model dynamics + planner + controller for ``args.env``."""
     spec = variant(args.env)
     checkpoint = args.checkpoint if args.checkpoint is not None else spec.checkpoint
-    engine = load_engine(checkpoint, spec.scenario, args.device, num_denoise_steps=args.num_denoise_steps)
+    engine = load_engine(
+        checkpoint, spec.scenario, args.device, task=args.task, num_denoise_steps=args.num_denoise_steps
+    )
     value = SB3Value(args.value) if args.value else None
     dynamics = WorldModelDynamics(engine, spec.scenario, noise=args.noise, value=value)
     prior = data_prior(checkpoint, spec.scenario, args.device) if args.prior == "data" else None
@@ -127,7 +134,9 @@ def run(args: Args) -> dict:
     """
     start = time.perf_counter()
     controller = make_controller(args)
-    env = make_real_env(args.env, args.max_steps, frames_per_step=controller.dynamics.engine.frames_per_step)
+    env = make_real_env(
+        args.env, args.max_steps, frames_per_step=controller.dynamics.engine.frames_per_step, task=args.task
+    )
 
     def summary(result: EvalResult) -> dict:
         return {

@@ -30,6 +30,7 @@ def load_engine(
     scenario: str,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype | None = None,
+    task: str | None = None,
     **overrides: Any,
 ) -> WorldModelRollout:
     """The planning engine of ``checkpoint`` for ``scenario`` (model cached per process, like the envs).
@@ -42,9 +43,10 @@ def load_engine(
         checkpoint: As the envs' ``checkpoint`` kwarg (``"debug"``, a bundle name or folder, ...).
         scenario: ``"drive"``, ``"manipulation"`` or ``"explore"``.
         device, dtype: Where and in which compute dtype to run.
+        task: The agent task whose reward model scores the candidates (the envs' ``task`` kwarg).
         **overrides: Rollout settings (``num_denoise_steps``, ``guidance_scale``, ``chunk_latents``, ...).
     """
-    bundle = load_world_model(checkpoint, scenario, device, dtype)
+    bundle = load_world_model(checkpoint, scenario, device, dtype, task)
     where = bundle.rollout.device
     compute = resolve_dtype(dtype, resolve_device(where))
     overrides = {"batch_invariant": False} | {k: v for k, v in overrides.items() if v is not None}
