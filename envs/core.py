@@ -387,7 +387,7 @@ class EnvCore:
             if actions is None or steps == 0:
                 continue
             step_rows = action_rows(self.scenario, actions[len(actions) - steps :], self.engine.action_dim)
-            rows[row] = align_to_latents(step_rows, tf, "exact", "mean")
+            rows[row] = align_to_latents(step_rows, tf, "mean")
         return rows
 
     def reset_state(self, start: StartBatch) -> RolloutState:

@@ -172,5 +172,5 @@ class WorldModelDynamics:
         for k, action in enumerate(actions[1:]):
             if action is not None:
                 rows[k] = action_rows(self.scenario, np.asarray(action, np.float64)[None], self.engine.action_dim)[0]
-        context_rows = align_to_latents(rows, tf, "exact", "mean")  # [L, d], row 0 null
+        context_rows = align_to_latents(rows, tf, "mean")  # [L, d], row 0 null
         return self.engine.reset(frames[None], [seed], context_actions=context_rows[None])

@@ -59,13 +59,10 @@ Latent alignment
 ----------------
 Rows are per env step; the model wants one row per latent. With temporal factor f the T+1
 frames give ``L = 1 + T // f`` latents, latent k ≥ 1 covering pixel frames ``f(k-1)+1 .. fk``
-(latent 0 is frame 0 alone). :func:`align_to_latents` supports two conventions:
-
-* ``"exact"`` (our models): latent k's row is the action that *produced* latent k, i.e. the
-  aggregate of step rows ``f(k-1) .. fk-1``; latent 0 gets the zero row.
-* ``"release"``: latent k's row is the motion *leaving* latent k (pixel frames fk -> fk+f), the
-  aggregate of step rows ``fk .. fk+f-1``; the last latent gets the zero row (the SpatialVID
-  path that trained the released checkpoint uses all-zero; its openx path used identity).
+(latent 0 is frame 0 alone). :func:`align_to_latents` gives latent k the action that *produced*
+it, the aggregate of step rows ``f(k-1) .. fk-1``; latent 0 gets the zero row. (The authors'
+release used the motion *leaving* each latent instead:
+:func:`astra_gym.world_model.release_compat.release_align_to_latents`.)
 
 Aggregation over the f steps of a latent is set by each feature: commands and multi-hot keys are
 averaged (a key's value is the fraction of steps it was held), relative poses are composed.
@@ -77,7 +74,7 @@ of the f Gym actions that produce it (:func:`native_action_rows`), combined with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -121,11 +118,11 @@ __all__ = [
     "num_latents",
     "latent_step_ranges",
     "align_to_latents",
+    "aggregate_ranges",
 ]
 
 Scenario = Literal["drive", "manipulation", "explore"]
 Aggregation = Literal["mean", "pose12", "ego7", "robot7"]
-Convention = Literal["exact", "release"]
 
 
 @dataclass(frozen=True)
@@ -757,19 +754,15 @@ def num_latents(num_steps: int, temporal_factor: int) -> int:
     return 1 + num_steps // temporal_factor
 
 
-def latent_step_ranges(
-    num_steps: int, temporal_factor: int, convention: Convention = "exact"
-) -> list[tuple[int, int] | None]:
-    """Which step rows each latent's action row aggregates (None = the zero row).
+def latent_step_ranges(num_steps: int, temporal_factor: int) -> list[tuple[int, int] | None]:
+    """Which step rows each latent's action row aggregates: latent k <- steps [f(k-1), fk) (None = the zero row).
 
     Args:
         num_steps: T, a multiple of ``temporal_factor`` (trim the episode first).
         temporal_factor: f, pixel frames per latent after the first.
-        convention: ``"exact"`` (latent k <- steps [f(k-1), fk)) or ``"release"`` (latent k <- steps
-            [fk, fk+f), the motion leaving it).
 
     Returns:
-        L = 1 + T/f entries of (start, stop) step ranges or None.
+        L = 1 + T/f entries: None (latent 0, frame 0 alone) then (start, stop) step ranges.
     """
     if temporal_factor < 1:
         raise ValueError(f"temporal_factor={temporal_factor} must be >= 1")
@@ -778,36 +771,31 @@ def latent_step_ranges(
             f"{num_steps} steps are not a multiple of temporal_factor={temporal_factor}; trim the episode "
             f"to {temporal_factor * (num_steps // temporal_factor)} steps (its last frames make no full latent)"
         )
-    count = num_latents(num_steps, temporal_factor)
     f = temporal_factor
-    if convention == "exact":
-        return [None] + [(f * (k - 1), f * k) for k in range(1, count)]
-    if convention == "release":
-        return [(f * k, f * (k + 1)) for k in range(count - 1)] + [None]
-    raise ValueError(f"unknown alignment convention {convention!r}; choose 'exact' or 'release'")
+    return [None] + [(f * (k - 1), f * k) for k in range(1, num_latents(num_steps, temporal_factor))]
 
 
-def align_to_latents(
-    rows: np.ndarray,
-    temporal_factor: int,
-    convention: Convention = "exact",
-    aggregation: Aggregation = "mean",
-) -> np.ndarray:
+def align_to_latents(rows: np.ndarray, temporal_factor: int, aggregation: Aggregation = "mean") -> np.ndarray:
     """Per-step rows [T, d] -> one row per latent [L, d] (module docstring, "Latent alignment").
 
     Args:
         rows: [T, d] step rows; row t is the action/motion from frame t to t+1.
         temporal_factor: VAE temporal compression f (T must be a multiple of f).
-        convention: ``"exact"`` or ``"release"``.
         aggregation: How the f rows of a latent combine (use ``FEATURES[name].aggregation``).
 
     Returns:
-        [1 + T // f, d] float32; the null latent (0 for exact, L-1 for release) is all zeros.
+        [1 + T // f, d] float32; latent 0's row (the null action) is all zeros.
     """
     rows = np.asarray(rows)
     if rows.ndim != 2:
         raise ValueError(f"rows must be [T, d], got shape {rows.shape}")
-    ranges = latent_step_ranges(len(rows), temporal_factor, convention)
+    return aggregate_ranges(rows, latent_step_ranges(len(rows), temporal_factor), aggregation)
+
+
+def aggregate_ranges(
+    rows: np.ndarray, ranges: Sequence[tuple[int, int] | None], aggregation: Aggregation = "mean"
+) -> np.ndarray:
+    """[len(ranges), d] float32: row k aggregates ``rows[start:stop]`` of range k (zeros where None)."""
     out = np.zeros((len(ranges), rows.shape[1]), dtype=np.float32)
     for k, span in enumerate(ranges):
         if span is not None:

@@ -13,21 +13,22 @@ key                 dtype, shape       meaning
 ==================  =================  ===========================================================
 ``latents``         float16 [C,L,h,w]  normalised VAE latents of the (trimmed) episode frames
 ``rows/{feature}``  float32 [L, d]     action rows of one feature (:data:`~.action_codecs.FEATURES`),
-                                       aligned per latent with the cache's convention
-                                       (:func:`~.action_codecs.align_to_latents`), without the flag
+                                       aligned per latent: latent k's row is the action that
+                                       produced it (:func:`~.action_codecs.align_to_latents`),
+                                       without the flag
 ``rewards``         float32 [L]        sum of the rewards of the steps that produced latent k
                                        (steps f(k-1) .. fk-1); 0 for latent 0
 ``terminated``      bool [L]           any of those steps terminated
 ``truncated``       bool [L]           any of those steps was truncated
 ==================  =================  ===========================================================
 
-Rewards and done flags always follow the "produced latent k" rule, whatever the action-row
-convention, because they belong to the arrival in latent k. Episodes are trimmed to a multiple of
+Rewards and done flags follow the same "produced latent k" rule: they belong to the arrival in
+latent k. Episodes are trimmed to a multiple of
 the VAE's temporal factor f: the last ``T % f`` steps (which make no full latent) are dropped and
 counted in the manifest (``dropped_steps``).
 
 ``index.json`` holds the format name/version, the VAE identity and its hash (class, sizes,
-config, weights digest), the alignment convention, every feature's modality/width/aggregation and
+config, weights digest), the alignment (``"exact"``), every feature's modality/width/aggregation and
 row statistics (over non-null rows), the inference feature per scenario, and per shard its
 episodes (key, source path, seed, scenario, env id, steps, latents, features). ``complete`` is
 false while a build is running or after it was interrupted.
@@ -41,7 +42,7 @@ episode clip at a time (episodes of equal length share a call).
 CLI::
 
     python -m astra_gym.data.latent_cache --episodes DIR --vae small|debug|WAN_FOLDER \\
-        [--vae-weights FILE.safetensors] --out DIR [--convention exact|release]
+        [--vae-weights FILE.safetensors] --out DIR
 """
 
 from __future__ import annotations
@@ -124,9 +125,10 @@ class LatentEncoder(Protocol):
 class CacheConfig:
     """How episodes are encoded and sharded.
 
+    Action rows are aligned per latent by :func:`~astra_gym.data.action_codecs.align_to_latents`
+    (latent k carries the action that produced it).
+
     Attributes:
-        convention: Action-row alignment, ``"exact"`` (our models) or ``"release"``
-            (:func:`~astra_gym.data.action_codecs.align_to_latents`).
         episodes_per_shard: Episodes per shard file.
         batch_frames: Upper bound on pixel frames per ``encode`` call (a single clip longer than
             this is still encoded whole unless the VAE is per-frame).
@@ -134,14 +136,11 @@ class CacheConfig:
             None -> every feature each episode can provide.
     """
 
-    convention: Literal["exact", "release"] = "exact"
     episodes_per_shard: int = 64
     batch_frames: int = 512
     features: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.convention not in ("exact", "release"):
-            raise ValueError(f"convention={self.convention!r} must be 'exact' or 'release'")
         if self.episodes_per_shard < 1 or self.batch_frames < 1:
             raise ValueError(
                 f"episodes_per_shard={self.episodes_per_shard} and batch_frames={self.batch_frames} must be >= 1"
@@ -315,7 +314,7 @@ class _TrimmedEpisode:
 
 def _latent_reduce(values: np.ndarray, temporal_factor: int, reduce: Literal["sum", "any"]) -> np.ndarray:
     """Per-step values [T] -> per-latent [L] under the "produced latent k" rule (latent 0 gets 0)."""
-    ranges = latent_step_ranges(len(values), temporal_factor, "exact")
+    ranges = latent_step_ranges(len(values), temporal_factor)
     out = np.zeros(len(ranges), dtype=np.float64)
     for k, span in enumerate(ranges[1:], start=1):
         chunk = values[span[0] : span[1]].astype(np.float64)
@@ -346,7 +345,7 @@ def _cached_episode(
         wanted = tuple(f for f in config.features if f in SCENARIO_FEATURES.get(episode.scenario, ()))
     rows = episode_rows(trimmed, wanted)
     aligned = {
-        name: torch.from_numpy(align_to_latents(r, temporal_factor, config.convention, FEATURES[name].aggregation))
+        name: torch.from_numpy(align_to_latents(r, temporal_factor, FEATURES[name].aggregation))
         for name, r in rows.items()
     }
     if not torch.isfinite(latents).all() or latents.abs().max() > torch.finfo(torch.float16).max:
@@ -439,9 +438,9 @@ class _RowStats:
         return {"count": self.count, **{k: v.tolist() for k, v in stats.items()}}
 
 
-def _non_null(rows: Tensor, convention: str) -> np.ndarray:
-    """Aligned rows [L, d] without the null latent (first for exact, last for release)."""
-    return rows[1:].numpy() if convention == "exact" else rows[:-1].numpy()
+def _non_null(rows: Tensor) -> np.ndarray:
+    """Aligned rows [L, d] without latent 0's null row."""
+    return rows[1:].numpy()
 
 
 class _IndexBuilder:
@@ -466,7 +465,7 @@ class _IndexBuilder:
                 )
             self.latent_shape = shape
             for feature, rows in ep.rows.items():
-                self.stats.setdefault(feature, _RowStats()).add(_non_null(rows, self.config.convention))
+                self.stats.setdefault(feature, _RowStats()).add(_non_null(rows))
             entries.append({"key": str(j), **ep.meta})
         self.shards.append({"file": name, "episodes": entries})
 
@@ -482,7 +481,7 @@ class _IndexBuilder:
             "vae": self.identity,
             "latent_shape": self.latent_shape,
             "alignment": {
-                "convention": self.config.convention,
+                "convention": "exact",
                 "temporal_factor": self.identity["temporal_factor"],
                 "null_row": "zeros",
                 "rewards": "sum over the steps that produced latent k; 0 for latent 0",
@@ -799,7 +798,6 @@ class Args:
     vae: str = arg(help="'small', 'debug' or a Wan2.1 VAE folder")
     out: str = arg(help="cache folder to write")
     vae_weights: str | None = arg(None, help="safetensors weights of a small/debug VAE")
-    convention: Literal["exact", "release"] = arg(CacheConfig.convention, help="action-row convention")
     episodes_per_shard: int = arg(CacheConfig.episodes_per_shard, help="episodes per shard file")
     batch_frames: int = arg(CacheConfig.batch_frames, help="frames per VAE call")
     features: tuple[str, ...] | None = arg(None, help="feature names (none: all available)")
@@ -815,7 +813,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     args = parse_config(Args, argv, __doc__)
     config = CacheConfig(
-        convention=args.convention,
         episodes_per_shard=args.episodes_per_shard,
         batch_frames=args.batch_frames,
         features=None if args.features is None else tuple(args.features),

@@ -8,6 +8,7 @@ import pytest
 from astra_gym.data import action_codecs as ac
 from astra_gym.data.synthetic import DOOM_BUTTONS, drive_episode, explore_episode, manipulation_episode
 from astra_gym.world_model.config import ASTRA_GYM_MODALITIES
+from astra_gym.world_model.release_compat import release_align_to_latents, release_latent_step_ranges
 
 
 def _random_rotation(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -207,23 +208,23 @@ def _indexed_rows(steps: int) -> np.ndarray:
 
 def test_alignment_factor_1():
     rows = _indexed_rows(5)
-    exact = ac.align_to_latents(rows, 1, "exact")
+    exact = ac.align_to_latents(rows, 1)
     assert exact.shape == (6, 2)
     np.testing.assert_array_equal(exact[0], 0.0)
     np.testing.assert_array_equal(exact[1:], rows)  # latent k <- rows[k - 1]
-    release = ac.align_to_latents(rows, 1, "release")
+    release = release_align_to_latents(rows, 1)
     np.testing.assert_array_equal(release[:5], rows)  # latent k <- rows[k]
     np.testing.assert_array_equal(release[5], 0.0)
 
 
 def test_alignment_factor_4_uses_the_right_steps():
     rows = _indexed_rows(12)  # 13 frames -> 4 latents
-    exact = ac.align_to_latents(rows, 4, "exact", "mean")
+    exact = ac.align_to_latents(rows, 4, "mean")
     assert exact.shape == (4, 2)
     np.testing.assert_array_equal(exact[:, 0], [0.0, 2.5, 6.5, 10.5])  # mean of steps 0-3, 4-7, 8-11 (+1)
-    assert ac.latent_step_ranges(12, 4, "exact") == [None, (0, 4), (4, 8), (8, 12)]
-    assert ac.latent_step_ranges(12, 4, "release") == [(0, 4), (4, 8), (8, 12), None]
-    release = ac.align_to_latents(rows, 4, "release", "mean")
+    assert ac.latent_step_ranges(12, 4) == [None, (0, 4), (4, 8), (8, 12)]
+    assert release_latent_step_ranges(12, 4) == [(0, 4), (4, 8), (8, 12), None]
+    release = release_align_to_latents(rows, 4, "mean")
     np.testing.assert_array_equal(release[:-1], exact[1:])  # release row k == exact row k + 1
     np.testing.assert_array_equal(release[-1], 0.0)
     assert ac.num_latents(12, 4) == 4
@@ -233,7 +234,7 @@ def test_alignment_composes_poses_over_a_latent():
     rng = np.random.default_rng(3)
     R, t = _random_rotation(rng, 9), rng.normal(size=(9, 3))
     steps = ac.relative_pose_12d(R[:-1], t[:-1], R[1:], t[1:])
-    aligned = ac.align_to_latents(steps, 4, "exact", "pose12")
+    aligned = ac.align_to_latents(steps, 4, "pose12")
     for k in (1, 2):
         a, b = 4 * (k - 1), 4 * k  # latent k covers pixel frames 4(k-1)+1 .. 4k
         np.testing.assert_allclose(aligned[k], ac.relative_pose_12d(R[a], t[a], R[b], t[b]), atol=1e-5)
@@ -242,18 +243,20 @@ def test_alignment_composes_poses_over_a_latent():
 def test_alignment_composes_ego_and_robot_motion():
     ep = drive_episode(straight=2, turn=6)
     xy, yaw = ep.poses["vehicle_xy"], ep.poses["vehicle_yaw"]
-    aligned = ac.align_to_latents(ac.vehicle_rows(ep.poses), 4, "exact", "ego7")
+    aligned = ac.align_to_latents(ac.vehicle_rows(ep.poses), 4, "ego7")
     direct = ac.vehicle_rows({"vehicle_xy": xy[[4, 8]], "vehicle_yaw": yaw[[4, 8]]})[0]
     np.testing.assert_allclose(aligned[2], direct, atol=1e-5)
     m = manipulation_episode(steps=4)
-    robot = ac.align_to_latents(ac.robot_rows(m.poses, m.actions), 4, "exact", "robot7")
+    robot = ac.align_to_latents(ac.robot_rows(m.poses, m.actions), 4, "robot7")
     np.testing.assert_allclose(robot[1], [0.04, 0, 0, 0, 0, 0, -1.0], atol=1e-6)
 
 
-def test_alignment_rejects_partial_latents_and_bad_conventions():
+def test_alignment_rejects_partial_latents_and_bad_aggregations():
     with pytest.raises(ValueError, match="trim the episode to 8 steps"):
         ac.align_to_latents(_indexed_rows(10), 4)
-    with pytest.raises(ValueError, match="convention"):
+    with pytest.raises(ValueError, match="trim the episode to 8 steps"):
+        release_align_to_latents(_indexed_rows(10), 4)
+    with pytest.raises(ValueError, match="aggregation"):
         ac.align_to_latents(_indexed_rows(4), 4, "middle")
     with pytest.raises(ValueError, match="aggregation"):
         ac.aggregate_rows(_indexed_rows(4), "median")

@@ -82,19 +82,6 @@ def test_factor_4_trims_and_aggregates_per_latent(tmp_path):
     np.testing.assert_allclose(steer, [0.0, 0.0, -1.0])  # latent 2 <- steps 4..7, all steering left
 
 
-def test_release_convention_rows(tmp_path):
-    ep = explore_episode(4, 4)
-    index = lc.build_latent_cache(
-        [("e", ep)], PoolVAE(temporal_factor=4), tmp_path, lc.CacheConfig(convention="release")
-    )
-    stored, _ = _read_shard(tmp_path, index, 0)
-    expected = align_to_latents(episode_rows(ep)["camera_pose"], 4, "release", "pose12")
-    torch.testing.assert_close(stored["rows/camera_pose"], torch.from_numpy(expected))
-    assert stored["rows/camera_pose"][-1].abs().sum() == 0 and stored["rows/camera_pose"][0].abs().sum() > 0
-    assert index["alignment"]["convention"] == "release"
-    np.testing.assert_allclose(index["features"]["keyboard"]["stats"]["max"][-1], 1.0)  # present column
-
-
 def test_index_json_describes_the_cache(tmp_path):
     vae = PoolVAE()
     lc.build_latent_cache(
