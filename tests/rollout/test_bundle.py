@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import pickle
 
 import pytest
 import torch
@@ -155,6 +156,7 @@ def test_a_bundle_holds_a_reward_model_per_task_and_the_env_picks_it(tmp_path):
         load_bundle(folder, "manipulation", task="stack")
     env = AstraEnv(scenario="manipulation", checkpoint=str(folder), task="progress", device="cpu")
     assert _same_weights(env.engine.reward_model, expected["progress"])
+    assert _same_weights(pickle.loads(pickle.dumps(env)).engine.reward_model, expected["progress"])  # by reference
     assert _same_weights(AstraEnv(scenario="manipulation", checkpoint=str(folder), device="cpu").engine.reward_model,
                          expected[None])  # fmt: skip
     with pytest.raises(ValueError, match="needs a reward model trained for it"):
