@@ -67,3 +67,20 @@ def test_bundled_model_rolls_out(env_id):
     # A trained model produces structured frames, not flat noise around mid-grey.
     assert np.stack(frames).std() > 10
     env.close()
+
+
+def test_bundled_manipulation_model_scores_the_progress_task():
+    """``task="progress"`` swaps in the bundle's reward model of that task; the frames stay the same."""
+    rewards, frames = {}, {}
+    for task in (None, "progress"):
+        env = gym.make("Astra-Manipulation-v0", device="cpu", num_denoise_steps=1, task=task)
+        env.reset(seed=0)
+        steps = [env.step(np.array([0.5, 0.0, -0.5, 0.0], np.float32)) for _ in range(3)]
+        rewards[task] = np.array([s[1] for s in steps])
+        frames[task] = np.stack([s[0] for s in steps])
+        env.close()
+    np.testing.assert_array_equal(frames[None], frames["progress"])
+    assert np.all(np.isfinite(rewards["progress"])) and not np.allclose(rewards[None], rewards["progress"])
+    assert (
+        "progress" in read_bundle(bundled_model_path(BUNDLED_MODEL))["scenarios"]["manipulation"]["task_reward_models"]
+    )
