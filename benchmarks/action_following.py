@@ -277,8 +277,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.batch_invariant is not None:
         kwargs["batch_invariant"] = args.batch_invariant
     task = get_task(scenario, args.task)
-    if not task.native:
-        kwargs["task"] = task.name
+    if args.task is not None:
+        kwargs["task"] = args.task
     envs = gym.make_vec(args.env, num_envs=len(ACTIONS[scenario]), max_episode_steps=args.long + 1, **kwargs)
     context = envs.unwrapped.core.bank.context_length
     rows = []

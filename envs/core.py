@@ -114,12 +114,13 @@ def _missing_bundled_model(name: str, path: Path) -> BundleError:
 def _checkpoint_loader(
     checkpoint: Any, scenario: str, device: torch.device, dtype: torch.dtype, task: str | None = None
 ):
-    """(cache key, loader) for a ``checkpoint`` argument (table in the module docstring)."""
-    if (
-        task is not None
-        and not get_task(scenario, task).native
-        and (isinstance(checkpoint, Mapping) or checkpoint == "debug")
-    ):
+    """(cache key, loader) for a ``checkpoint`` argument (table in the module docstring).
+
+    ``task`` names a dense task's reward model; the simulator's own task counts as None (one cache entry).
+    """
+    if task is not None and get_task(scenario, task).native:
+        task = None
+    if task is not None and (isinstance(checkpoint, Mapping) or checkpoint == "debug"):
         raise ValueError(
             f"task={task!r} needs a reward model trained for it, which only a trained bundle holds; "
             "pass checkpoint=<bundle with that task> or leave task unset"
@@ -145,8 +146,6 @@ def _checkpoint_loader(
         if not (path / "bundle.json").is_file():
             raise _missing_bundled_model(checkpoint, path)
     path = path.resolve()
-    if task is not None and get_task(scenario, task).native:
-        task = None  # the simulator's own reward: the default reward model, one cache entry
     key = ("bundle", str(path), scenario, str(device), str(dtype), task)
     return key, lambda: load_bundle(path, scenario, device=device, dtype=dtype, task=task)
 
@@ -306,7 +305,7 @@ class EnvCore:
         task: str | None = None,
     ) -> None:
         self.scenario = scenario
-        self.task = get_task(scenario, task)  # an unknown task raises here, listing the choices
+        get_task(scenario, task)  # an unknown task raises here, listing the choices (also with rollout=)
         self.action_space = action_space(scenario)
         self.bank = frame_bank if isinstance(frame_bank, FrameBank) else load_frame_bank(frame_bank)
         if self.bank.scenario not in (scenario, "synthetic"):

@@ -299,8 +299,8 @@ def _task_reward_model(entry: dict, scenario: str, task: str | None, folder: Pat
         raise BundleError(
             f"{folder} has no reward model for the {scenario} task {task!r} (it has: "
             f"{sorted(found) or 'none'}); train one with `python -m astra_gym.training.train_reward --task {task} "
-            f"--action-norm {folder / 'world_model'} ...` and add it with `python -m astra_gym.training.bundle "
-            "--reward FOLDER ...`, or leave task unset for the simulator's own reward"
+            f"--action-norm {folder / 'world_model'} ...` and add it with `python -m astra_gym.training.add_reward "
+            f"--bundle {folder} --reward FOLDER`, or leave task unset for the simulator's own reward"
         )
     return found[task]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from astra_gym.rollout.bundle import MANIFEST
-from astra_gym.training.bundle import STORAGE_DTYPES, reward_folder
+from astra_gym.training.bundle import STORAGE_DTYPES, held_out_scores, reward_folder
 from astra_gym.utils.atomic import atomic_folder
 from astra_gym.utils.cli_args import arg, parse_config
 from astra_gym.world_model.reward_io import copy_reward_model, read_reward_config
@@ -88,9 +88,9 @@ def _note_in_card(card: Path, scenario: str, task: str | None, meta: dict) -> No
     text = card.read_text(encoding="utf-8") if card.is_file() else ""
     if _CARD_HEADING not in text:
         text = text.rstrip("\n") + f"\n\n{_CARD_HEADING}\n"
-    scores = {k: v for k, v in meta["metrics"].items() if k.startswith("eval/")}
     what = f"task `{task}`" if task else "the simulator's reward"
-    card.write_text(text.rstrip("\n") + f"\n- {scenario}, {what}: held-out {json.dumps(scores)}\n", encoding="utf-8")
+    line = f"- {scenario}, {what}: held-out {json.dumps(held_out_scores(meta))}"
+    card.write_text(text.rstrip("\n") + f"\n{line}\n", encoding="utf-8")
 
 
 @dataclass(frozen=True)

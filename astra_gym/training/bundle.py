@@ -41,7 +41,7 @@ from astra_gym.world_model.checkpoints import load_pretrained, read_pretrained_c
 from astra_gym.world_model.reward_io import copy_reward_model, read_reward_config
 from astra_gym.world_model.vae_io import read_vae_config
 
-__all__ = ["make_bundle", "main"]
+__all__ = ["held_out_scores", "make_bundle", "main", "reward_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -149,11 +149,11 @@ def _model_card(name: str, config: Any, extra: Mapping[str, Any], vae_meta: Mapp
         reward = rewards.get((scenario, None))
         lines.append(
             f"- {scenario}: modality {entry['modality']}, feature {entry['feature']}; reward model: "
-            f"{'held-out ' + json.dumps(_scores(reward[1])) if reward else 'none'}"
+            f"{'held-out ' + json.dumps(held_out_scores(reward[1])) if reward else 'none'}"
         )
         for (s, task), (_, meta) in sorted(rewards.items(), key=str):
             if s == scenario and task is not None:
-                lines.append(f"  - task {task}: reward model held-out {json.dumps(_scores(meta))}")
+                lines.append(f"  - task {task}: reward model held-out {json.dumps(held_out_scores(meta))}")
     lines += ["", "## Training data"]
     lines += [f"- {d.get('scenario')}: {d.get('root')} (weight {d.get('weight')})" for d in datasets]
     lines += [
@@ -167,7 +167,8 @@ def _model_card(name: str, config: Any, extra: Mapping[str, Any], vae_meta: Mapp
     return "\n".join(lines)
 
 
-def _scores(meta: Mapping[str, Any]) -> dict[str, Any]:
+def held_out_scores(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``eval/*`` metrics a reward-model folder's metadata records (for model cards)."""
     return {k: v for k, v in meta["metrics"].items() if k.startswith("eval/")}
 
 
