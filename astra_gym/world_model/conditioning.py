@@ -47,6 +47,22 @@ class TokenGroup:
     valid: Tensor
     spatial_scale: float = 1.0
 
+    def __post_init__(self) -> None:
+        where = f"TokenGroup (scale {self.scale})"
+        if self.latents.ndim != 5:
+            raise ValueError(f"{where}: latents must be [B, C, T, H, W], got {tuple(self.latents.shape)}")
+        batch, _, length = self.latents.shape[:3]
+        if self.scale < 1 or length % self.scale:
+            raise ValueError(
+                f"{where}: {length} latents are not a multiple of the scale; pad the group (FramePack "
+                "replicate-pads) before packing"
+            )
+        expected = (batch, length // self.scale)
+        for name in ("frame_pos", "action_row", "valid"):
+            shape = tuple(getattr(self, name).shape)
+            if shape != expected:
+                raise ValueError(f"{where}: {name} must be [B, T // scale]={list(expected)}, got {list(shape)}")
+
     @property
     def num_temporal_tokens(self) -> int:
         """Temporal tokens T // scale."""
@@ -66,6 +82,14 @@ class FramePackInputs:
     history: tuple[TokenGroup, ...]
     target_frame_pos: Tensor
     target_action_row: Tensor
+
+    def __post_init__(self) -> None:
+        pos, rows = tuple(self.target_frame_pos.shape), tuple(self.target_action_row.shape)
+        if len(pos) != 2 or pos != rows:
+            raise ValueError(f"target_frame_pos and target_action_row must both be [B, F], got {pos} and {rows}")
+        for index, group in enumerate(self.history):
+            if group.latents.shape[0] != pos[0]:
+                raise ValueError(f"history group {index} has batch {group.latents.shape[0]}, the targets {pos[0]}")
 
     @staticmethod
     def no_history(batch: int, frames: int, device: torch.device | str | None = None) -> FramePackInputs:

@@ -33,11 +33,13 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from astra_gym.world_model import causal_history
+from astra_gym.world_model.action_cross_attention import ActionCrossAttention, rename_legacy_keys
 from astra_gym.world_model.action_encoders import ActionExperts, ModalityProcessor, encode_actions, route
 from astra_gym.world_model.conditioning import ActionInput, FramePackInputs, TokenGroup, key_padding_mask
 from astra_gym.world_model.config import AstraTransformerConfig
 from astra_gym.world_model.kv_cache import HistoryKVCache
-from astra_gym.world_model.rope import RopeTable, apply_rope, grid_positions, rope_table
+from astra_gym.world_model.layers import Attention, LayerNorm32
+from astra_gym.world_model.rope import RopeTable, grid_positions, rope_table
 
 __all__ = ["AstraTransformer", "AstraBlock", "Attention", "sinusoidal_embedding", "ASTRA_TRAINABLE_MARKERS"]
 
@@ -107,120 +109,9 @@ def _fp32_sequential(layers: nn.Sequential, x: Tensor) -> Tensor:
     return x
 
 
-class RMSNorm(nn.Module):
-    """RMS normalisation over the last dimension in float32, weight only (Wan's q/k norm).
-
-    Args:
-        dim: Normalised width (the full model width for Wan: all heads together).
-        eps: Added to the mean square.
-    """
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """[..., dim] -> [..., dim] in ``x.dtype``."""
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (normed * self.weight.float()).to(x.dtype)
-
-
-class LayerNorm32(nn.LayerNorm):
-    """LayerNorm computed in float32 and cast back to the input dtype (parameters may be bf16)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        """[..., dim] -> [..., dim] in ``x.dtype``."""
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
-
-
 # ----------------------------------------------------------------------------------------------
 # Blocks
 # ----------------------------------------------------------------------------------------------
-
-
-class Attention(nn.Module):
-    """Multi-head attention with q/k RMSNorm over all heads (Wan's self- and cross-attention).
-
-    Args:
-        dim: Model width.
-        num_heads: Attention heads.
-        eps: RMSNorm epsilon.
-    """
-
-    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, eps)
-        self.norm_k = RMSNorm(dim, eps)
-
-    def forward(
-        self,
-        x: Tensor,
-        source: Tensor | None = None,
-        rope: RopeTable | None = None,
-        attn_mask: Tensor | None = None,
-    ) -> Tensor:
-        """Attends from ``x`` to ``source`` (self-attention when None).
-
-        Args:
-            x: [B, S, dim] queries' hidden states.
-            source: [B, L, dim] keys' and values' hidden states; None = ``x``.
-            rope: Rotation of queries and keys (self-attention only; needs L = S).
-            attn_mask: [B, 1, 1, L] bool, True = key takes part; None = all keys.
-
-        Returns:
-            [B, S, dim] attention output after ``o``.
-        """
-        source = x if source is None else source
-        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # [B, S, H, D]
-        k = self.norm_k(self.k(source)).unflatten(-1, (self.num_heads, -1))  # [B, L, H, D]
-        v = self.v(source).unflatten(-1, (self.num_heads, -1))  # [B, L, H, D]
-        if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask
-        )  # [B, H, S, D]
-        return self.o(out.transpose(1, 2).flatten(2))  # [B, S, dim]
-
-    def project(self, x: Tensor, rope: RopeTable) -> tuple[Tensor, Tensor, Tensor]:
-        """Self-attention queries, keys and values of ``x`` (as :meth:`forward` computes them).
-
-        Args:
-            x: [B, S, dim] hidden states.
-            rope: Rotation of the S tokens.
-
-        Returns:
-            q, k, v, each [B, H, S, D]; q and k normed and rotated.
-        """
-        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # [B, S, H, D]
-        k = self.norm_k(self.k(x)).unflatten(-1, (self.num_heads, -1))  # [B, S, H, D]
-        v = self.v(x).unflatten(-1, (self.num_heads, -1))  # [B, S, H, D]
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, S, D] each
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None) -> Tensor:
-        """Attention of projected heads, then ``o``.
-
-        Args:
-            q: [B, H, S, D] queries.
-            k: [B, H, L, D] keys.
-            v: [B, H, L, D] values.
-            attn_mask: Bool mask broadcastable to [B, H, S, L], True = attend; None = all.
-
-        Returns:
-            [B, S, dim] attention output after ``o``.
-        """
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [B, H, S, D]
-        return self.o(out.transpose(1, 2).flatten(2))  # [B, S, dim]
 
 
 @dataclass(frozen=True, eq=False)
@@ -271,10 +162,12 @@ class AstraBlock(nn.Module):
             if config.num_experts
             else None
         )
-        self.cross_attention_actions = config.action_injection == "cross_attn"
-        if self.cross_attention_actions:  # the paper's cross-attention adapter ablation
-            self.action_attn_norm = LayerNorm32(dim, eps, elementwise_affine=True)
-            self.action_attn = Attention(dim, config.num_heads, eps)
+        # The paper's cross-attention adapter ablation replaces the additive injection.
+        self.action_attn = (
+            ActionCrossAttention(dim, config.num_heads, eps) if config.action_injection == "cross_attn" else None
+        )
+        if self.action_attn is not None:
+            self._register_load_state_dict_pre_hook(rename_legacy_keys)
         self._init_astra_layers()
 
     def _init_astra_layers(self) -> None:
@@ -284,9 +177,6 @@ class AstraBlock(nn.Module):
             nn.init.zeros_(self.projector.bias)
             nn.init.zeros_(self.cam_encoder.weight)
             nn.init.zeros_(self.cam_encoder.bias)
-            if self.cross_attention_actions:  # starts as the identity, like the ACT-Adapter
-                nn.init.zeros_(self.action_attn.o.weight)
-                nn.init.zeros_(self.action_attn.o.bias)
 
     def row_features(self, actions: ActionRows) -> Tensor:
         """This block's feature of every action row: [B, R, dim]."""
@@ -311,17 +201,9 @@ class AstraBlock(nn.Module):
 
     def added_features(self, actions: ActionRows | None) -> Tensor | None:
         """[B, S, dim] features added to the attention input (ACT-Adapter path), or None."""
-        if actions is None or self.cross_attention_actions:
+        if actions is None or self.action_attn is not None:
             return None
         return self.action_features(actions)
-
-    def _action_cross_attention(self, x: Tensor, actions: ActionRows | None) -> Tensor:
-        """The cross-attention ablation: ``x`` [B, S, dim] plus attention to the action rows."""
-        if actions is None or not self.cross_attention_actions:
-            return x
-        rows = self.row_features(actions).to(x.dtype)  # [B, R, dim]
-        mask = actions.key_mask[:, None, None, :]  # [B, 1, 1, R]
-        return x + self.action_attn(self.action_attn_norm(x), rows, attn_mask=mask).to(x.dtype)
 
     def forward(
         self,
@@ -367,7 +249,8 @@ class AstraBlock(nn.Module):
         text cross-attention and FFN; [B, S, dim]."""
         _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod
         x = (x.float() + gate_msa * attn.float()).to(x.dtype)
-        x = self._action_cross_attention(x, actions)
+        if self.action_attn is not None and actions is not None:  # the ablation
+            x = self.action_attn(x, self.row_features(actions), actions.key_mask)
         x = x + self.cross_attn(self.norm3(x), context).to(x.dtype)
         h = (self.norm2(x.float()) * (1 + scale_mlp) + shift_mlp).to(x.dtype)
         return (x.float() + gate_mlp * self.ffn(h).float()).to(x.dtype)
@@ -679,10 +562,9 @@ class AstraTransformer(nn.Module):
     def _target_tokens(self, latents: Tensor, frame_pack: FramePackInputs) -> Tokens:
         """Validates the target bookkeeping and embeds the noisy target with ``patch_embedding``."""
         batch, _, frames = latents.shape[:3]
-        for name in ("target_frame_pos", "target_action_row"):
-            shape = tuple(getattr(frame_pack, name).shape)
-            if shape != (batch, frames):
-                raise ValueError(f"FramePackInputs.{name} must be [B, F]=[{batch}, {frames}], got {shape}")
+        shape = tuple(frame_pack.target_frame_pos.shape)  # both [B, F] (checked by FramePackInputs)
+        if shape != (batch, frames):
+            raise ValueError(f"FramePackInputs targets must be [B, F]=[{batch}, {frames}], got {shape}")
         target = self.patch_embedding(latents.to(self.patch_embedding.weight.dtype))  # [B, dim, F, h, w]
         valid = torch.ones(batch, frames, dtype=torch.bool, device=latents.device)
         return _grid_tokens(target, frame_pack.target_frame_pos, frame_pack.target_action_row, valid, 1.0)
@@ -707,30 +589,28 @@ class AstraTransformer(nn.Module):
         return _grid_tokens(grid, group.frame_pos, group.action_row, group.valid, group.spatial_scale)
 
     def _check_group(self, group: TokenGroup, index: int, batch: int) -> None:
-        """Raises a ValueError naming the problem if ``group`` does not fit this model."""
+        """Raises a ValueError naming the problem if ``group`` does not fit this model.
+
+        The group's own shapes were checked where it was built (:class:`TokenGroup`).
+        """
         cfg, where = self.config, f"history group {index} (scale {group.scale})"
         if group.scale not in cfg.history_scales:
             raise ValueError(
                 f"{where}: the model has no clean_x_embedder for this scale; history_scales={cfg.history_scales}"
             )
-        if group.latents.ndim != 5 or group.latents.shape[:2] != (batch, cfg.in_channels):
+        if group.latents.shape[:2] != (batch, cfg.in_channels):
             raise ValueError(
                 f"{where}: latents must be [B, C, T, H, W] with B={batch}, C={cfg.in_channels}, "
                 f"got {tuple(group.latents.shape)}"
             )
         _, ph, pw = cfg.patch_size
         s = group.scale
-        _, _, length, height, width = group.latents.shape
-        if length % s or height % (s * ph) or width % (s * pw):
+        height, width = group.latents.shape[-2:]
+        if height % (s * ph) or width % (s * pw):
             raise ValueError(
-                f"{where}: latents T x H x W = {length} x {height} x {width} must be multiples of the kernel "
-                f"({s}, {s * ph}, {s * pw}); pad the group (FramePack replicate-pads) before packing"
+                f"{where}: latents H x W = {height} x {width} must be multiples of the kernel "
+                f"({s * ph}, {s * pw}); pad the group (FramePack replicate-pads) before packing"
             )
-        expected = (batch, length // s)
-        for name in ("frame_pos", "action_row", "valid"):
-            shape = tuple(getattr(group, name).shape)
-            if shape != expected:
-                raise ValueError(f"{where}: {name} must be [B, T // scale]={list(expected)}, got {list(shape)}")
 
     def _prepare_actions(
         self, actions: ActionInput | None, tokens: Tokens, batch: int, device: torch.device

@@ -222,7 +222,7 @@ def _fresh_cross_attention_model(config: AstraTransformerConfig) -> AstraTransfo
     model = AstraTransformer(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "action_attn.o." not in name:
+            if "action_attn.attn.o." not in name:
                 p.add_(0.1 * torch.randn_like(p))
     return model
 
@@ -238,21 +238,40 @@ def test_cross_attention_adapter_ablation():
         plain = model(latents, timestep, context, frame_pack)
         # Zero-initialised output projection: actions add nothing at init, as the ACT-Adapter.
         torch.testing.assert_close(model(latents, timestep, context, frame_pack, actions), plain)
-        model.blocks[0].action_attn.o.weight.normal_()
+        model.blocks[0].action_attn.attn.o.weight.normal_()
         with_actions = model(latents, timestep, context, frame_pack, actions)
         assert (with_actions - plain).abs().max() > 1e-3
         other = ActionInput(actions.values + 1.0, actions.modality)
         assert (model(latents, timestep, context, frame_pack, other) - with_actions).abs().max() > 1e-3
         # Actions reach the tokens only through action_attn: the additive path is off.
-        model.blocks[0].action_attn.o.weight.zero_()
+        model.blocks[0].action_attn.attn.o.weight.zero_()
         torch.testing.assert_close(model(latents, timestep, context, frame_pack, actions), plain)
+
+
+def test_cross_attention_adapter_loads_checkpoints_saved_before_its_module():
+    config = TINY.replace(action_injection="cross_attn")
+    model = _fresh_cross_attention_model(config)
+    with torch.no_grad():
+        model.blocks[0].action_attn.attn.o.weight.normal_()
+    legacy = {}
+    for key, value in model.state_dict().items():
+        key = key.replace(".action_attn.norm.", ".action_attn_norm.").replace(".action_attn.attn.", ".action_attn.")
+        legacy[key] = value
+    assert any(".action_attn_norm." in k for k in legacy) and any(".action_attn.q." in k for k in legacy)
+    loaded = AstraTransformer(config).eval()
+    loaded.load_state_dict(legacy, strict=True)
+    latents, timestep, context = _inputs(config)
+    frame_pack, actions = _frame_pack(config), _actions(config)
+    with torch.no_grad():
+        expected = model(latents, timestep, context, frame_pack, actions)
+        torch.testing.assert_close(loaded(latents, timestep, context, frame_pack, actions), expected)
 
 
 def test_cross_attention_adapter_ignores_unused_action_rows():
     config = TINY.replace(action_injection="cross_attn")
     model = _fresh_cross_attention_model(config)
     with torch.no_grad():
-        model.blocks[1].action_attn.o.weight.normal_()
+        model.blocks[1].action_attn.attn.o.weight.normal_()
         latents, timestep, context = _inputs(config)
         frame_pack, actions = _frame_pack(config), _actions(config, rows=6)
         base = model(latents, timestep, context, frame_pack, actions)
@@ -441,7 +460,7 @@ def test_bf16_autocast_and_bf16_weights_are_close_to_fp32():
         (lambda a: {**a, "timestep": torch.tensor(10.0)}, "timestep must be"),
         (lambda a: {**a, "context": torch.randn(2, 5, 17)}, "text_dim"),
         (lambda a: {**a, "actions": _actions(TINY, rows=3)}, "action_row values span"),
-        (lambda a: {**a, "frame_pack": _frame_pack(TINY, frames=3)}, "target_frame_pos must be"),
+        (lambda a: {**a, "frame_pack": _frame_pack(TINY, frames=3)}, "targets must be"),
     ],
 )
 def test_clear_errors(change, message):
@@ -452,6 +471,23 @@ def test_clear_errors(change, message):
     )
     with pytest.raises(ValueError, match=message):
         model(**change(args))
+
+
+def test_history_containers_reject_inconsistent_shapes_where_built():
+    latents, pos = torch.randn(2, 4, 4, 8, 8), torch.zeros(2, 2)
+    rows, valid = torch.zeros(2, 2, dtype=torch.long), torch.ones(2, 2, dtype=torch.bool)
+    TokenGroup(2, latents, pos, rows, valid)  # consistent
+    with pytest.raises(ValueError, match="not a multiple of the scale"):
+        TokenGroup(3, latents, pos, rows, valid)
+    with pytest.raises(ValueError, match=r"valid must be \[B, T // scale\]=\[2, 2\]"):
+        TokenGroup(2, latents, pos, rows, valid[:, :1])
+    with pytest.raises(ValueError, match=r"latents must be \[B, C, T, H, W\]"):
+        TokenGroup(2, latents[0], pos, rows, valid)
+    group = TokenGroup(2, latents, pos, rows, valid)
+    with pytest.raises(ValueError, match="must both be"):
+        FramePackInputs((group,), torch.zeros(2, 1), torch.zeros(2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="history group 0 has batch 2, the targets 3"):
+        FramePackInputs((group,), torch.zeros(3, 1), torch.zeros(3, 1, dtype=torch.long))
 
 
 def test_trainable_sets_and_defaults():
