@@ -16,6 +16,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from astra_gym.utils.atomic import atomic_write
+
 __all__ = ["MetricWriter"]
 
 logger = logging.getLogger(__name__)
@@ -63,10 +65,7 @@ class MetricWriter:
             os.replace(self.path, backup)
             return
         kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= resume_step]
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            csv.writer(handle).writerows(kept)
-        os.replace(tmp, self.path)
+        atomic_write(self.path, lambda tmp: _write_rows(tmp, kept))
 
     def write(self, step: int, values: Mapping[str, float]) -> None:
         """Logs ``values`` (keys must be among ``keys``) at ``step``."""
@@ -85,6 +84,12 @@ class MetricWriter:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _write_rows(path: Path, rows: Sequence[Sequence[str]]) -> None:
+    """Writes ``rows`` to the CSV file ``path``."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(rows)
 
 
 def _cell(value: float | None) -> str:
