@@ -84,6 +84,7 @@ __all__ = [
     "CachedEpisode",
     "WindowSpec",
     "vae_identity",
+    "same_latent_space",
     "encode_episodes",
     "build_latent_cache",
     "read_index",
@@ -220,6 +221,19 @@ def vae_identity(vae: LatentEncoder) -> dict[str, Any]:
         identity["weights_sha256"] = _weights_digest(vae)
     identity["hash"] = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return identity
+
+
+def same_latent_space(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two :func:`vae_identity` dicts encode frames to the same latents.
+
+    The same class, sizes and weights digest suffice: a config field that only the VAE's training
+    reads (a loss weight added in a later release, say) changes ``hash`` but not one latent. Without
+    weights digests the hashes decide.
+    """
+    keys = ("class", "latent_channels", "spatial_factor", "temporal_factor", "weights_sha256")
+    if a.get("weights_sha256") and b.get("weights_sha256"):
+        return all(a.get(k) == b.get(k) for k in keys)
+    return a.get("hash") == b.get("hash")
 
 
 # ---------------------------------------------------------------------------------------------

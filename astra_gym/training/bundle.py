@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import torch
 
+from astra_gym.data.latent_cache import same_latent_space
 from astra_gym.rollout.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST
 from astra_gym.utils.atomic import atomic_folder
 from astra_gym.utils.cli_args import arg, parse_config
@@ -49,9 +50,9 @@ STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16"
 
 
 def _check_vae(extra: Mapping[str, Any], vae_meta: Mapping[str, Any], allow_mismatch: bool) -> None:
-    expected = extra.get("vae", {}).get("identity", {}).get("hash")
-    found = vae_meta["identity"]["hash"]
-    if expected != found:
+    expected_identity = extra.get("vae", {}).get("identity", {})
+    expected, found = expected_identity.get("hash"), vae_meta["identity"]["hash"]
+    if not same_latent_space(expected_identity, vae_meta["identity"]):
         message = (
             f"the VAE (identity {found}) is not the one the world model's latent caches were built with ({expected}); "
             "pass the VAE whose weights encoded the caches"

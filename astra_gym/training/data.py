@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from astra_gym.data.action_codecs import FEATURES, INFERENCE_FEATURE, SCENARIO_FEATURES
-from astra_gym.data.latent_cache import LatentShardDataset, WindowSpec
+from astra_gym.data.latent_cache import LatentShardDataset, WindowSpec, same_latent_space
 from astra_gym.training.normalization import ActionNormalizer
 from astra_gym.world_model.action_encoders import flag_columns, make_action_rows
 from astra_gym.world_model.conditioning import ActionInput, FramePackInputs
@@ -290,8 +290,9 @@ class JointLatentData:
         clashes = {k: sorted(v) for k, v in features.items() if len(v) > 1}
         if clashes:
             raise ValueError(f"a scenario must train one action feature, got {clashes}; set feature= consistently")
-        hashes = {ds.index["vae"]["hash"] for ds in self.datasets}
-        if len(hashes) > 1:
+        first = self.datasets[0].index["vae"]
+        if not all(same_latent_space(first, ds.index["vae"]) for ds in self.datasets[1:]):
+            hashes = {ds.index["vae"]["hash"] for ds in self.datasets}
             raise ValueError(
                 f"the latent caches were built with different VAEs (hashes {sorted(hashes)}); rebuild them all "
                 "with the one VAE the world model will use"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 
@@ -181,6 +182,19 @@ def test_existing_cache_needs_overwrite_and_stale_shards_go(tmp_path):
         lc.build_latent_cache(_episodes(), PoolVAE(), tmp_path)
     index = lc.build_latent_cache(_episodes(), PoolVAE(), tmp_path, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([lc.INDEX_NAME, index["shards"][0]["file"]])
+
+
+def test_same_latent_space_ignores_training_only_config_but_not_weights():
+    torch.manual_seed(0)
+    vae = SmallVAE.from_preset("debug").eval()
+    reweighted = SmallVAE(dataclasses.replace(vae.config, detail_weight=2.0)).eval()
+    reweighted.load_state_dict(vae.state_dict())
+    a, b = lc.vae_identity(vae), lc.vae_identity(reweighted)
+    assert a["hash"] != b["hash"] and lc.same_latent_space(a, b)  # only a loss weight differs
+    with torch.no_grad():
+        next(reweighted.parameters()).add_(1e-3)
+    assert not lc.same_latent_space(a, lc.vae_identity(reweighted))
+    assert not lc.same_latent_space({"hash": "a"}, {"hash": "b"}) and lc.same_latent_space({"hash": "a"}, {"hash": "a"})
 
 
 def test_per_frame_vae_chunks_like_one_call(tmp_path):
