@@ -21,7 +21,8 @@ manipulation    ``reach-push``  ``-(|gripper - block| + |block - goal|)`` in met
 manipulation    ``progress``    how much the step shortened ``reach-push``'s distance, per 10 cm
                                 (potential-based shaping of it: an episode's return is the
                                 distance closed, so standing still scores 0, not a penalty that
-                                moving away can only add to)
+                                moving away can only add to); inside a world model it is read as
+                                the change of the ``reach-push`` reward model's prediction
 explore         ``my_way_home`` the simulator's: +1 at the vest (ends), -0.0001 per tic
 explore         ``progress``    the simulator's plus the walking distance to the vest gained in the
                                 step, per 100 map units (a step forward is ~10 units); walls count
@@ -54,12 +55,20 @@ class Task:
         reward: ``(poses before, poses after, simulator reward) -> reward``, or None for the
             simulator's reward unchanged.
         pose_keys: The poses ``reward`` reads.
+        potential: For potential-based shaping of another task of the scenario: that task, whose
+            per-step reward is a function of the state after the step (the potential phi). This
+            task's reward is then ``potential_scale * (phi(after) - phi(before))``, and inside a
+            world model it is read as the change of the potential's reward model
+            (:class:`~astra_gym.world_model.potential_reward.PotentialReward`).
+        potential_scale: The factor above.
     """
 
     name: str
     description: str
     reward: Callable[[Poses, Poses, float], float] | None = None
     pose_keys: tuple[str, ...] = ()
+    potential: str | None = None
+    potential_scale: float = 1.0
 
     @property
     def native(self) -> bool:
@@ -71,6 +80,9 @@ class Task:
         return float(sim_reward) if self.reward is None else float(self.reward(before, after, sim_reward))
 
 
+_PROGRESS_SCALE = 10.0  # Manipulation progress is counted per 10 cm
+
+
 def _reach_push(before: Poses, after: Poses, sim_reward: float) -> float:
     reach = np.linalg.norm(after["ee_pos"] - after["object_pos"])
     push = np.linalg.norm(after["object_pos"] - after["goal_pos"])
@@ -78,7 +90,7 @@ def _reach_push(before: Poses, after: Poses, sim_reward: float) -> float:
 
 
 def _closed_on_goal(before: Poses, after: Poses, sim_reward: float) -> float:
-    return 10.0 * (_reach_push(after, after, sim_reward) - _reach_push(before, before, sim_reward))
+    return _PROGRESS_SCALE * (_reach_push(after, after, sim_reward) - _reach_push(before, before, sim_reward))
 
 
 def _progress(before: Poses, after: Poses, sim_reward: float) -> float:
@@ -104,6 +116,8 @@ TASKS: dict[str, tuple[Task, ...]] = {
             "dense: the reach-push distance closed in the step, per 10 cm",
             _closed_on_goal,
             ("ee_pos", "object_pos", "goal_pos"),
+            potential="reach-push",
+            potential_scale=_PROGRESS_SCALE,
         ),
     ),
     "explore": (

@@ -15,6 +15,7 @@ scenario, and three loaders build it:
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from astra_gym.rollout.engine import DEFAULT_LAYOUT, RolloutConfig, WorldModelRo
 from astra_gym.world_model.checkpoints import CheckpointError
 from astra_gym.world_model.config import get_preset
 from astra_gym.world_model.framepack import FramePackLayout
+from astra_gym.world_model.potential_reward import PotentialReward
 from astra_gym.world_model.reward_model import RewardModel, get_reward_model_preset
 from astra_gym.world_model.vae import SmallVAE, VideoVAE, get_small_vae_preset
 
@@ -52,6 +54,8 @@ __all__ = [
     "release_bundle",
     "RELEASE_MODALITY",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Our env frames: 64x64 RGB (8x8 latents with the 8x spatial VAEs).
 DEFAULT_FRAME_SIZE = (64, 64)
@@ -100,7 +104,7 @@ class WorldModelBundle:
 
     transformer: nn.Module
     vae: VideoVAE
-    reward_model: RewardModel | None
+    reward_model: RewardModel | PotentialReward | None
     rollout: RolloutConfig
     scenario: str
     frame_size: tuple[int, int] = DEFAULT_FRAME_SIZE
@@ -246,7 +250,6 @@ def load_bundle(
     """
     from astra_gym.data.tasks import get_task
     from astra_gym.world_model.checkpoints import load_pretrained
-    from astra_gym.world_model.reward_io import load_reward_model
     from astra_gym.world_model.vae_io import load_vae
 
     folder = Path(folder)
@@ -258,7 +261,9 @@ def load_bundle(
         vae = vae if vae is not None else manifest["vae"]
         if vae is None:
             raise BundleError(f"{folder} does not name its VAE folder; pass the train_vae output as vae=")
-        reward_model = reward_model if reward_model is not None else _task_reward_model(entry, scenario, task, folder)
+        potential_scale = None
+        if reward_model is None:
+            reward_model, potential_scale = _task_reward_model(entry, scenario, task, folder)
         sampler = manifest.get("sampler") or {}
         rollout = RolloutConfig(
             modality=entry["modality"],
@@ -273,7 +278,7 @@ def load_bundle(
         return WorldModelBundle(
             transformer=load_pretrained(manifest["world_model"], device=device, dtype=torch.float32),
             vae=load_vae(vae, device=device),
-            reward_model=None if reward_model is None else load_reward_model(reward_model, device=device)[0],
+            reward_model=None if reward_model is None else _reward_model(reward_model, potential_scale, device),
             rollout=rollout,
             scenario=scenario,
             action_scale=tuple(entry["action_normalization"]["scale"]),
@@ -288,21 +293,45 @@ def load_bundle(
         ) from err
 
 
-def _task_reward_model(entry: dict, scenario: str, task: str | None, folder: Path) -> Path | None:
-    """The manifest's reward-model folder of ``task`` (None: the simulator's own reward)."""
+def _task_reward_model(entry: dict, scenario: str, task: str | None, folder: Path) -> tuple[Path | None, float | None]:
+    """The manifest's reward-model folder of ``task`` (None: the simulator's own reward), and the
+    potential scale when the folder holds the potential of a potential-based task (else None)."""
     from astra_gym.data.tasks import get_task
 
     if task is None or get_task(scenario, task).native:
-        return entry.get("reward_model")
+        return entry.get("reward_model"), None
     found = entry.get("task_reward_models", {})
-    if task not in found:
-        raise BundleError(
-            f"{folder} has no reward model for the {scenario} task {task!r} (it has: "
-            f"{sorted(found) or 'none'}); train one with `python -m astra_gym.training.train_reward --task {task} "
-            f"--action-norm {folder / 'world_model'} ...` and add it with `python -m astra_gym.training.add_reward "
-            f"--bundle {folder} --reward FOLDER`, or leave task unset for the simulator's own reward"
-        )
-    return found[task]
+    spec = get_task(scenario, task)
+    if spec.potential is not None and spec.potential in found:
+        return found[spec.potential], spec.potential_scale
+    if task in found:
+        if spec.potential is not None:
+            logger.warning(
+                "%s: the %s task %r is read from its own reward model; one of its potential %r reads it as the "
+                "change of a state's value, which an agent cannot exploit step by step (add one with "
+                "`python -m astra_gym.training.add_reward`)",
+                folder,
+                scenario,
+                task,
+                spec.potential,
+            )
+        return found[task], None
+    wanted = task if spec.potential is None else f"{spec.potential} (read as its change) or {task}"
+    train = spec.potential or task
+    raise BundleError(
+        f"{folder} has no reward model for the {scenario} task {task!r}: it needs one of {wanted} (it has: "
+        f"{sorted(found) or 'none'}); train one with `python -m astra_gym.training.train_reward --task {train} "
+        f"--action-norm {folder / 'world_model'} ...` and add it with `python -m astra_gym.training.add_reward "
+        f"--bundle {folder} --reward FOLDER`, or leave task unset for the simulator's own reward"
+    )
+
+
+def _reward_model(path: Path, potential_scale: float | None, device: str | torch.device) -> nn.Module:
+    """The reward model in ``path``; wrapped as the change of a potential when a scale is given."""
+    from astra_gym.world_model.reward_io import load_reward_model
+
+    model = load_reward_model(path, device=device)[0]
+    return model if potential_scale is None else PotentialReward(model, potential_scale).eval()
 
 
 def _action_stats(normalization: dict) -> tuple[tuple[float, ...], tuple[float, ...]] | None:

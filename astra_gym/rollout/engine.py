@@ -56,6 +56,7 @@ from astra_gym.utils.seeding import torch_generator
 from astra_gym.world_model.action_encoders import make_action_rows
 from astra_gym.world_model.conditioning import ActionInput, FramePackInputs, TokenGroup
 from astra_gym.world_model.framepack import FramePackHistory, FramePackLayout, pack
+from astra_gym.world_model.potential_reward import PotentialReward
 from astra_gym.world_model.reward_model import RewardModel
 from astra_gym.world_model.sampling import SamplerConfig, sample_chunk
 from astra_gym.world_model.vae import SmallVAE, VaeStreamState, VideoVAE
@@ -171,7 +172,7 @@ class WorldModelRollout:
             ``config.device``; never modified).
         vae: The :class:`~astra_gym.world_model.vae.VideoVAE` whose latents the model was trained on.
         config: Rollout settings.
-        reward_model: Optional :class:`RewardModel` used by :meth:`score`.
+        reward_model: Optional :class:`RewardModel` (or :class:`PotentialReward`) used by :meth:`score`.
         text_context: Optional [1, L, text_dim] text features every reset row gets by default
             (None = the model's text-free zero token).
         action_scale: Optional [d] per-column divisor of the action rows (the model's
@@ -192,7 +193,7 @@ class WorldModelRollout:
         model: nn.Module,
         vae: VideoVAE,
         config: RolloutConfig,
-        reward_model: RewardModel | None = None,
+        reward_model: RewardModel | PotentialReward | None = None,
         text_context: Tensor | None = None,
         action_scale: Sequence[float] | None = None,
     ) -> None:

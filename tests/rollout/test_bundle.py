@@ -4,13 +4,15 @@ import dataclasses
 import json
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
 from astra_gym.data.latent_cache import vae_identity
 from astra_gym.envs import AstraEnv
+from astra_gym.envs.spaces import action_rows as scenario_action_rows
 from astra_gym.rollout.bundle import BundleError, debug_bundle, load_bundle
-from astra_gym.rollout.engine import WorldModelRollout
+from astra_gym.rollout.engine import WorldModelRollout, uint8_to_pixels
 from astra_gym.training.bundle import make_bundle
 from astra_gym.training.normalization import ActionNormalizer
 from astra_gym.world_model.checkpoints import save_pretrained
@@ -163,6 +165,36 @@ def test_a_bundle_holds_a_reward_model_per_task_and_the_env_picks_it(tmp_path):
         AstraEnv(scenario="manipulation", checkpoint="debug", task="progress")
     with pytest.raises(ValueError, match="two reward models for 'manipulation', task 'progress'"):
         make_bundle("x", tmp_path / "wm", tmp_path / "vae", [rewards["progress"]] * 2, tmp_path / "x")
+
+
+def test_a_potential_based_task_reads_its_potentials_reward_model_as_a_change(tmp_path, caplog):
+    from astra_gym.training.add_reward import add_reward_model
+    from astra_gym.world_model.potential_reward import PotentialReward
+
+    folder, rewards = _manipulation_bundle_with_a_task(tmp_path)
+    with caplog.at_level("WARNING"):  # only the task's own model: used as before, with a pointer
+        assert _same_weights(load_bundle(folder, "manipulation", task="progress").reward_model,
+                             load_reward_model(rewards["progress"])[0])  # fmt: skip
+    assert "potential 'reach-push'" in caplog.text
+    potential = save_reward_model(debug_bundle("manipulation", seed=5).reward_model, tmp_path / "reach-push",
+                                  scenario="manipulation", feature="robot_command",
+                                  normalizer=ActionNormalizer("robot_command", SCALE), task="reach-push")  # fmt: skip
+    add_reward_model(folder, potential, weights_dtype="float32")
+    loaded = load_bundle(folder, "manipulation", task="progress").reward_model
+    assert isinstance(loaded, PotentialReward) and loaded.scale == 10.0  # the potential wins over the direct model
+    assert _same_weights(loaded.potential, load_reward_model(potential)[0])
+    assert _same_weights(load_bundle(folder, "manipulation", task="reach-push").reward_model, loaded.potential)
+    env = AstraEnv(scenario="manipulation", checkpoint=str(folder), task="progress", device="cpu")
+    assert env.engine.reward_frames == 2  # the frame before the step is kept for the potential
+    obs, _ = env.reset(seed=0)
+    before = obs
+    obs, reward, *_ = env.step(np.array([0.5, 0.0, 0.0, 0.0], np.float32))
+    pixels = uint8_to_pixels(torch.from_numpy(np.stack([before, obs])[None])).transpose(1, 2)  # [1, 2, 3, H, W]
+    raw = scenario_action_rows("manipulation", np.array([[0.5, 0.0, 0.0, 0.0]]), 7)  # [1, 7], feature units
+    row = torch.from_numpy(raw).float() / torch.tensor(SCALE)
+    with torch.no_grad():
+        phi = [loaded.potential(pixels[:, t : t + 1], row)[0].item() for t in (0, 1)]
+    assert reward == pytest.approx(10.0 * (phi[1] - phi[0]), abs=1e-4)
 
 
 def test_add_reward_puts_a_task_reward_model_into_an_existing_bundle(tmp_path):

@@ -33,3 +33,30 @@ def test_wrong_input_shapes_are_named():
         model(torch.zeros(2, 3, 64, 64), torch.zeros(2, 7))
     with pytest.raises(ValueError, match=r"actions must be \[B, 7\]"):
         model(torch.zeros(2, 1, 3, 64, 64), torch.zeros(2, 6))
+
+
+def test_a_potential_reward_is_the_scaled_change_of_its_model():
+    from astra_gym.world_model.potential_reward import PotentialReward
+
+    torch.manual_seed(0)
+    phi = RewardModel(get_reward_model_preset("debug", action_dim=7, num_frames=1)).eval()
+    with torch.no_grad():
+        phi.head[-1].bias[1].fill_(1.5)  # a termination logit that differs from the prior
+    reward = PotentialReward(phi, 10.0).eval()
+    assert reward.config.num_frames == 2 and phi.config.num_frames == 1
+    frames, actions = torch.rand(4, 2, 3, 64, 64) * 2 - 1, torch.randn(4, 7)
+    with torch.no_grad():
+        got, logit = reward(frames, actions)
+        after, after_logit = phi(frames[:, 1:], actions)
+        before, _ = phi(frames[:, :1], actions)
+    torch.testing.assert_close(got, 10.0 * (after - before))
+    torch.testing.assert_close(logit, after_logit)  # the newest frame's termination
+    assert got.abs().max() > 0
+    # Telescoping: an episode's return is scale * (phi(last) - phi(first)), whatever happened between.
+    video = torch.rand(1, 6, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        steps = [reward(video[:, t : t + 2], actions[:1])[0] for t in range(5)]
+        ends = [phi(video[:, t : t + 1], actions[:1])[0] for t in (0, 5)]
+    torch.testing.assert_close(sum(steps), 10.0 * (ends[1] - ends[0]))
+    with pytest.raises(ValueError, match=r"frames must be \[B, 2, 3, H, W\] \(the potential's frames plus"):
+        reward(frames[:, :1], actions)
