@@ -121,3 +121,36 @@ def test_planning_signal_scores_the_imagined_best_by_its_real_return():
     (row,) = summarise(runs, (2,))
     assert row["real_of_best"] == 1.0 and row["real_max"] == 6.0 and row["real_mean"] == 3.0
     assert row["imagined_mean"] == np.mean([0, 5, 2]) and row["spearman"] == pytest.approx(-1.0)
+
+
+def test_reward_readers_compares_a_tasks_own_model_with_its_potentials_change(tmp_path):
+    from astra_gym.data.episodes import save_episode
+    from astra_gym.data.synthetic import manipulation_episode
+    from astra_gym.data.tasks import get_task, relabel
+    from astra_gym.rollout.bundle import debug_bundle
+    from astra_gym.training.add_reward import add_reward_model
+    from astra_gym.training.normalization import ActionNormalizer
+    from astra_gym.world_model.reward_io import save_reward_model
+    from benchmarks import reward_readers
+    from tests.rollout.test_bundle import SCALE, _manipulation_bundle_with_a_task
+
+    folder, _ = _manipulation_bundle_with_a_task(tmp_path)
+    potential = save_reward_model(debug_bundle("manipulation", seed=5).reward_model, tmp_path / "reach-push",
+                                  scenario="manipulation", feature="robot_command",
+                                  normalizer=ActionNormalizer("robot_command", SCALE), task="reach-push")  # fmt: skip
+    add_reward_model(folder, potential, weights_dtype="float32")
+    episodes = [manipulation_episode(6, seed=s, size=64) for s in (0, 1)]
+    for n, ep in enumerate(episodes):
+        save_episode(ep, tmp_path / "eps" / f"episode_{n:06d}.hdf5")
+    row = reward_readers.main(["--checkpoint", str(folder), "--episodes", str(tmp_path / "eps"),
+                               "--out", str(tmp_path / "r.json")])  # fmt: skip
+    task = get_task("manipulation", "progress")
+    truth = [relabel(ep.poses, ep.rewards, task).sum() for ep in episodes]
+    np.testing.assert_allclose(row["truth"]["returns"], truth, rtol=1e-5)
+    assert set(row) == {"truth", "direct", "potential"} and row["truth"]["transitions"] == 12
+    for name in ("direct", "potential"):
+        assert np.isfinite(row[name]["step_mae"]) and len(row[name]["predicted_returns"]) == 2
+    assert json.loads((tmp_path / "r.json").read_text())["benchmark"] == "reward_readers"
+    truth = np.array([1.0, 2.0, 0.5, 3.0])
+    perfect = reward_readers.summary(truth, truth, np.array([0, 0, 1, 1]))
+    assert perfect["step_mae"] == 0 and perfect["step_corr"] == pytest.approx(1.0) and perfect["return_mae"] == 0
