@@ -21,8 +21,9 @@ manipulation    ``reach-push``  ``-(|gripper - block| + |block - goal|)`` in met
 manipulation    ``progress``    how much the step shortened ``reach-push``'s distance, per 10 cm
                                 (potential-based shaping of it: an episode's return is the
                                 distance closed, so standing still scores 0, not a penalty that
-                                moving away can only add to); inside a world model it is read as
-                                the change of the ``reach-push`` reward model's prediction
+                                moving away can only add to); inside a world model, a bundle
+                                without a ``progress`` reward model reads it as the change of
+                                its ``reach-push`` model's prediction
 explore         ``my_way_home`` the simulator's: +1 at the vest (ends), -0.0001 per tic
 explore         ``progress``    the simulator's plus the walking distance to the vest gained in the
                                 step, per 100 map units (a step forward is ~10 units); walls count

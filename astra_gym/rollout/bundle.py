@@ -15,7 +15,6 @@ scenario, and three loaders build it:
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +53,6 @@ __all__ = [
     "release_bundle",
     "RELEASE_MODALITY",
 ]
-
-logger = logging.getLogger(__name__)
 
 # Our env frames: 64x64 RGB (8x8 latents with the 8x spatial VAEs).
 DEFAULT_FRAME_SIZE = (64, 64)
@@ -295,32 +292,26 @@ def load_bundle(
 
 def _task_reward_model(entry: dict, scenario: str, task: str | None, folder: Path) -> tuple[Path | None, float | None]:
     """The manifest's reward-model folder of ``task`` (None: the simulator's own reward), and the
-    potential scale when the folder holds the potential of a potential-based task (else None)."""
+    potential scale when the folder holds the potential of a potential-based task (else None).
+
+    A task's own reward model comes first. A potential-based task without one is read as the change
+    of its potential's reward model (on Manipulation ``progress`` the own model plans better:
+    ``benchmarks/RESULTS.md``, session 8).
+    """
     from astra_gym.data.tasks import get_task
 
     if task is None or get_task(scenario, task).native:
         return entry.get("reward_model"), None
     found = entry.get("task_reward_models", {})
     spec = get_task(scenario, task)
+    if task in found:
+        return found[task], None
     if spec.potential is not None and spec.potential in found:
         return found[spec.potential], spec.potential_scale
-    if task in found:
-        if spec.potential is not None:
-            logger.warning(
-                "%s: the %s task %r is read from its own reward model; one of its potential %r reads it as the "
-                "change of a state's value, which an agent cannot exploit step by step (add one with "
-                "`python -m astra_gym.training.add_reward`)",
-                folder,
-                scenario,
-                task,
-                spec.potential,
-            )
-        return found[task], None
-    wanted = task if spec.potential is None else f"{spec.potential} (read as its change) or {task}"
-    train = spec.potential or task
+    wanted = task if spec.potential is None else f"{task} or its potential {spec.potential} (read as its change)"
     raise BundleError(
         f"{folder} has no reward model for the {scenario} task {task!r}: it needs one of {wanted} (it has: "
-        f"{sorted(found) or 'none'}); train one with `python -m astra_gym.training.train_reward --task {train} "
+        f"{sorted(found) or 'none'}); train one with `python -m astra_gym.training.train_reward --task {task} "
         f"--action-norm {folder / 'world_model'} ...` and add it with `python -m astra_gym.training.add_reward "
         f"--bundle {folder} --reward FOLDER`, or leave task unset for the simulator's own reward"
     )

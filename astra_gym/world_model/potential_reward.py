@@ -8,7 +8,10 @@ imagined return climbs while the real one falls). Reading the potential instead 
 gripper, the block and the goal are: large, single-frame facts) and differencing it makes an
 episode's imagined return telescope to ``scale * (phi(s_T) - phi(s_0))``: per-step errors cancel
 instead of accumulating, and the only way to exploit it is to reach states whose potential the
-model gets wrong.
+model gets wrong. Measured on ``small-v0`` (``benchmarks/RESULTS.md``, session 8), this trades a
+worse per-step reading for a better per-episode one and an imagined return that no longer climbs
+under PPO; it did not plan better, so a bundle's own model of the task comes first and this
+reader serves bundles that have only the potential's.
 
 :class:`PotentialReward` wraps the potential's :class:`~astra_gym.world_model.reward_model.RewardModel`
 so the rollout core scores it like any reward model: it sees one frame more than the potential

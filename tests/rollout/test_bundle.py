@@ -167,21 +167,20 @@ def test_a_bundle_holds_a_reward_model_per_task_and_the_env_picks_it(tmp_path):
         make_bundle("x", tmp_path / "wm", tmp_path / "vae", [rewards["progress"]] * 2, tmp_path / "x")
 
 
-def test_a_potential_based_task_reads_its_potentials_reward_model_as_a_change(tmp_path, caplog):
+def test_a_potential_based_task_without_its_own_model_reads_its_potentials_change(tmp_path):
     from astra_gym.training.add_reward import add_reward_model
     from astra_gym.world_model.potential_reward import PotentialReward
 
-    folder, rewards = _manipulation_bundle_with_a_task(tmp_path)
-    with caplog.at_level("WARNING"):  # only the task's own model: used as before, with a pointer
-        assert _same_weights(load_bundle(folder, "manipulation", task="progress").reward_model,
-                             load_reward_model(rewards["progress"])[0])  # fmt: skip
-    assert "potential 'reach-push'" in caplog.text
+    _, rewards = _manipulation_bundle_with_a_task(tmp_path)
+    folder = make_bundle("plain", tmp_path / "wm", tmp_path / "vae", [rewards[None]], tmp_path / "plain")
     potential = save_reward_model(debug_bundle("manipulation", seed=5).reward_model, tmp_path / "reach-push",
                                   scenario="manipulation", feature="robot_command",
                                   normalizer=ActionNormalizer("robot_command", SCALE), task="reach-push")  # fmt: skip
+    with pytest.raises(BundleError, match="needs one of progress or its potential reach-push"):
+        load_bundle(folder, "manipulation", task="progress")
     add_reward_model(folder, potential, weights_dtype="float32")
     loaded = load_bundle(folder, "manipulation", task="progress").reward_model
-    assert isinstance(loaded, PotentialReward) and loaded.scale == 10.0  # the potential wins over the direct model
+    assert isinstance(loaded, PotentialReward) and loaded.scale == 10.0
     assert _same_weights(loaded.potential, load_reward_model(potential)[0])
     assert _same_weights(load_bundle(folder, "manipulation", task="reach-push").reward_model, loaded.potential)
     env = AstraEnv(scenario="manipulation", checkpoint=str(folder), task="progress", device="cpu")
@@ -195,6 +194,9 @@ def test_a_potential_based_task_reads_its_potentials_reward_model_as_a_change(tm
     with torch.no_grad():
         phi = [loaded.potential(pixels[:, t : t + 1], row)[0].item() for t in (0, 1)]
     assert reward == pytest.approx(10.0 * (phi[1] - phi[0]), abs=1e-4)
+    add_reward_model(folder, rewards["progress"], weights_dtype="float32")  # the task's own model comes first
+    assert _same_weights(load_bundle(folder, "manipulation", task="progress").reward_model,
+                         load_reward_model(rewards["progress"])[0])  # fmt: skip
 
 
 def test_add_reward_puts_a_task_reward_model_into_an_existing_bundle(tmp_path):
