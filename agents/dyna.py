@@ -46,7 +46,7 @@ from astra_gym.data.policies import Policy, RandomHold, car_sampler, fetch_sampl
 from astra_gym.data.recorder import Recorder
 from astra_gym.data.sims import make_simulator
 from astra_gym.envs.spaces import EXPLORE_BUTTONS
-from astra_gym.envs.variants import bundled_model_path, variant
+from astra_gym.envs.variants import bundle_folder, variant
 from astra_gym.rollout.bundle import read_bundle
 from astra_gym.training import train_reward, train_world_model
 from astra_gym.training.bundle import make_bundle
@@ -140,7 +140,7 @@ class Loop:
         self.out = Path(cfg.out)
         self.scenario = variant(cfg.env).scenario
         start = cfg.start_bundle or variant(cfg.env).checkpoint
-        self.start = Path(start) if Path(start).exists() else bundled_model_path(start)
+        self.start = bundle_folder(start)
         self.manifest = read_bundle(self.start)
 
     def _dir(self, kind: str, i: int) -> Path:

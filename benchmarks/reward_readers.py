@@ -32,7 +32,7 @@ import torch
 from astra_gym.data.action_codecs import INFERENCE_FEATURE
 from astra_gym.data.episodes import episode_paths, load_episode
 from astra_gym.data.tasks import get_task, relabel
-from astra_gym.envs.variants import bundled_model_path, variant
+from astra_gym.envs.variants import bundle_folder, variant
 from astra_gym.rollout.bundle import read_bundle
 from astra_gym.training.normalization import ActionNormalizer
 from astra_gym.training.train_reward import TransitionPool
@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     spec = variant(args.env)
     scenario = spec.scenario
-    name = args.checkpoint or spec.checkpoint
-    folder = Path(name) if Path(name).is_dir() else bundled_model_path(name)
+    folder = bundle_folder(args.checkpoint or spec.checkpoint)
     manifest = read_bundle(folder)
     found = readers(folder, scenario, args.task)
     task = get_task(scenario, args.task)
@@ -118,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         episodes.append(dataclasses.replace(ep, rewards=rewards, frames=reconstruct_frames(vae, ep.frames)))
     feature = INFERENCE_FEATURE[scenario]
     normalizer = ActionNormalizer.from_dict(manifest["scenarios"][scenario]["action_normalization"])
-    pool = TransitionPool(episodes, feature, normalizer, num_frames=2)
+    pool = TransitionPool(episodes, feature, normalizer, num_frames=1)
     truth = pool.rewards.double().numpy()
     ids = np.unique(pool.episode)
     results = {
@@ -129,17 +128,15 @@ def main(argv: list[str] | None = None) -> dict:
             "returns": [float(truth[pool.episode == i].sum()) for i in ids],
         }
     }
-    for name, reader in found.items():
-        if reader.config.num_frames != 2:
-            pool.num_frames = reader.config.num_frames
-        results[name] = summary(score(reader, pool), truth, pool.episode)
-        pool.num_frames = 2
+    for kind, reader in found.items():
+        pool.num_frames = reader.config.num_frames  # the frames this reader sees per transition
+        results[kind] = summary(score(reader, pool), truth, pool.episode)
     config = {**dataclasses.asdict(args), "checkpoint": str(folder), "seconds": time.perf_counter() - started}
     write_results(args.out, "reward_readers", config, [results], torch.device("cpu"))
-    for name in found:
-        r = results[name]
+    for kind in found:
+        r = results[kind]
         print(
-            f"{name}: step MAE {r['step_mae']:.4f} (mean: {results['truth']['step_mae_of_the_mean']:.4f}), "
+            f"{kind}: step MAE {r['step_mae']:.4f} (mean: {results['truth']['step_mae_of_the_mean']:.4f}), "
             f"step corr {r['step_corr']:+.2f}; return MAE {r['return_mae']:.3f}, return corr {r['return_corr']:+.2f}"
         )
     return results

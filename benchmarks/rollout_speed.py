@@ -39,7 +39,6 @@ import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -98,11 +97,11 @@ def variants(args: Args) -> list[Variant]:
 
 def _load(checkpoint: str, device: torch.device) -> AstraTransformer:
     """A trained transformer from a bundle name, a bundle folder or a save_pretrained folder."""
-    from astra_gym.envs.variants import bundled_model_path
+    from astra_gym.envs.variants import bundle_folder
     from astra_gym.rollout.bundle import read_bundle
     from astra_gym.world_model.checkpoints import load_pretrained
 
-    folder = Path(checkpoint) if Path(checkpoint).exists() else bundled_model_path(checkpoint)
+    folder = bundle_folder(checkpoint)
     if (folder / "bundle.json").is_file():
         folder = read_bundle(folder)["world_model"]
     if not folder.is_dir():

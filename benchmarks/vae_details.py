@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from astra_gym.data.episodes import episode_paths, load_episode
-from astra_gym.envs.variants import bundled_model_path
+from astra_gym.envs.variants import bundle_folder
 from astra_gym.evaluation.details import detail_report
 from astra_gym.evaluation.metrics import psnr
 from astra_gym.utils.cli_args import arg, parse_config
@@ -43,9 +43,7 @@ def held_out_frames(folder: str, count: int) -> np.ndarray:
 
 def vae_folder(name_or_path: str) -> Path:
     """A VAE folder from a bundle name or a path (a bundle folder or a VAE folder)."""
-    path = Path(name_or_path)
-    if not path.exists():
-        path = bundled_model_path(name_or_path)
+    path = bundle_folder(name_or_path)
     return path / "vae" if (path / "vae").is_dir() else path
 
 

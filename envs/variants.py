@@ -7,6 +7,7 @@ is ``envs/README.md``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,12 @@ def _models_root() -> Path:
 def bundled_model_path(name: str) -> Path:
     """``astra_gym/assets/models/<name>/`` inside the installed package."""
     return _models_root() / name
+
+
+def bundle_folder(name_or_path: str | os.PathLike) -> Path:
+    """A model folder: ``name_or_path`` itself when it exists, else the bundled model of that name."""
+    path = Path(name_or_path)
+    return path if path.exists() else bundled_model_path(str(name_or_path))
 
 
 def installed_bundles() -> list[str]:

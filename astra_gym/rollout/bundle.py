@@ -300,10 +300,10 @@ def _task_reward_model(entry: dict, scenario: str, task: str | None, folder: Pat
     """
     from astra_gym.data.tasks import get_task
 
-    if task is None or get_task(scenario, task).native:
+    spec = None if task is None else get_task(scenario, task)
+    if spec is None or spec.native:
         return entry.get("reward_model"), None
     found = entry.get("task_reward_models", {})
-    spec = get_task(scenario, task)
     if task in found:
         return found[task], None
     if spec.potential is not None and spec.potential in found:
