@@ -74,6 +74,7 @@ from astra_gym.data.action_codecs import (
 )
 from astra_gym.utils.atomic import atomic_write, atomic_write_text
 from astra_gym.utils.cli_args import arg, parse_config
+from astra_gym.utils.pixels import uint8_to_pixels
 
 __all__ = [
     "FORMAT_NAME",
@@ -256,7 +257,7 @@ def _pixels(frames: np.ndarray) -> Tensor:
     """uint8 [P, H, W, 3] -> float32 [3, P, H, W] in [-1, 1]."""
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"episode frames must be uint8 [T+1, H, W, 3], got {frames.dtype} {frames.shape}")
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float() / 127.5 - 1.0
+    return uint8_to_pixels(frames, channel_dim=0)
 
 
 def _vae_device(vae: LatentEncoder) -> torch.device:

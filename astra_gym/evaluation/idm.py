@@ -81,6 +81,7 @@ from torch import Tensor, nn
 
 from astra_gym.data.episodes import Episode
 from astra_gym.utils.atomic import atomic_write
+from astra_gym.utils.pixels import uint8_to_pixels
 
 __all__ = [
     "LabelThresholds",
@@ -356,7 +357,7 @@ class InverseDynamicsModel(nn.Module):
         n = self.config.num_frames
         if windows.ndim != 5 or windows.shape[1] != n or windows.shape[-1] != 3:
             raise ValueError(f"windows must be uint8 [B, {n}, H, W, 3], got {windows.dtype} {tuple(windows.shape)}")
-        pixels = windows.permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0  # [B, n, 3, H, W]
+        pixels = uint8_to_pixels(windows, channel_dim=-3)  # [B, n, 3, H, W]
         diffs = pixels[:, 1:] - pixels[:, :-1]
         features = self.encoder(torch.cat([pixels, diffs], 1).flatten(1, 2))
         logits = self.head(features)

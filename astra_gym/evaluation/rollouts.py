@@ -53,7 +53,8 @@ from astra_gym.evaluation.idm import (
     score_predictions,
     transition_windows,
 )
-from astra_gym.rollout.engine import WorldModelRollout, pixels_to_uint8, uint8_to_pixels
+from astra_gym.rollout.engine import WorldModelRollout
+from astra_gym.utils.pixels import pixels_to_uint8, uint8_to_pixels
 
 __all__ = [
     "EvalPlan",
@@ -401,7 +402,7 @@ def _reward(engine: WorldModelRollout, video: np.ndarray, rows: np.ndarray) -> t
     newest = video[:, -k:]
     if newest.shape[1] < k:  # too few frames: repeat the first
         newest = np.concatenate([np.repeat(newest[:, :1], k - newest.shape[1], 1), newest], 1)
-    pixels = uint8_to_pixels(torch.from_numpy(np.ascontiguousarray(newest)).to(engine.device)).transpose(1, 2)
+    pixels = uint8_to_pixels(newest, channel_dim=-3).to(engine.device)  # [B, k, 3, H, W]
     return model(pixels, torch.from_numpy(rows).float().to(engine.device) / engine.action_scale)
 
 

@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from astra_gym.rollout.batch_invariance import batch_invariant_cpu
 from astra_gym.rollout.state import RolloutState, clone_generator, derive_generator
 from astra_gym.utils.device import resolve_device, resolve_dtype
+from astra_gym.utils.pixels import pixels_to_uint8, uint8_to_pixels
 from astra_gym.utils.seeding import torch_generator
 from astra_gym.world_model.action_encoders import make_action_rows
 from astra_gym.world_model.conditioning import ActionInput, FramePackInputs, TokenGroup
@@ -61,7 +62,7 @@ from astra_gym.world_model.reward_model import RewardModel
 from astra_gym.world_model.sampling import SamplerConfig, sample_chunk
 from astra_gym.world_model.vae import SmallVAE, VaeStreamState, VideoVAE
 
-__all__ = ["RolloutConfig", "WorldModelRollout", "DEFAULT_LAYOUT", "pixels_to_uint8", "uint8_to_pixels"]
+__all__ = ["RolloutConfig", "WorldModelRollout", "DEFAULT_LAYOUT"]
 
 # The layout of our models: exact token bookkeeping; the start token is kept at most 30 latents
 # before the first target, the longest history our trainer conditions on, so the temporal RoPE
@@ -133,26 +134,6 @@ class RolloutConfig:
     def replace(self, **changes) -> RolloutConfig:
         """Returns a copy with ``changes`` applied (validated)."""
         return dataclasses.replace(self, **changes)
-
-
-# ------------------------------------------------------------------------------------------------
-# Pixel conversions (the only place uint8 HWC meets float CTHW)
-# ------------------------------------------------------------------------------------------------
-
-
-def uint8_to_pixels(frames: Tensor) -> Tensor:
-    """uint8 [B, T, H, W, 3] -> float32 [B, 3, T, H, W] in [-1, 1], contiguous.
-
-    Contiguous on purpose: a channels-last view would send convolutions down another kernel whose
-    per-sample result depends on the batch size.
-    """
-    return (frames.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0).contiguous()
-
-
-def pixels_to_uint8(pixels: Tensor) -> Tensor:
-    """float [B, 3, T, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3] (rounded, clamped)."""
-    scaled = ((pixels.float() + 1.0) * 127.5).round().clamp(0.0, 255.0)
-    return scaled.to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,13 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import Tensor
 
 from astra_gym.data.episodes import Episode, episode_paths, load_episode
 
-__all__ = ["EpisodeSplit", "load_split", "uint8_to_pixels"]
+__all__ = ["EpisodeSplit", "load_split"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +71,3 @@ def load_split(
         holdout.append(tuple(ep for i, ep in enumerate(episodes) if i in held))
         logger.info("%s: %d training and %d held-out episodes", folder, len(train[-1]), len(holdout[-1]))
     return EpisodeSplit(tuple(train), tuple(holdout), tuple(Path(f) for f in folders))
-
-
-def uint8_to_pixels(frames: np.ndarray | Tensor) -> Tensor:
-    """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] in [-1, 1]."""
-    frames = torch.as_tensor(np.ascontiguousarray(frames))
-    return frames.permute(0, 3, 1, 2).float() / 127.5 - 1.0

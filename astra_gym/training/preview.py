@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from astra_gym.rollout.engine import pixels_to_uint8
 from astra_gym.training.checkpointing import step_generator
 from astra_gym.training.data import JointLatentData, frame_pack_to
+from astra_gym.utils.pixels import pixels_to_uint8
 from astra_gym.world_model.action_encoders import flag_columns, make_action_rows
 from astra_gym.world_model.conditioning import ActionInput
 from astra_gym.world_model.framepack import FramePackHistory, pack

@@ -36,13 +36,14 @@ from astra_gym.data.action_codecs import INFERENCE_FEATURE, episode_rows
 from astra_gym.data.episodes import Episode
 from astra_gym.data.tasks import Task, get_task, relabel
 from astra_gym.training.checkpointing import step_generator
-from astra_gym.training.episode_data import load_split, uint8_to_pixels
+from astra_gym.training.episode_data import load_split
 from astra_gym.training.loop import config_dict, run_steps
 from astra_gym.training.metrics import MetricWriter
 from astra_gym.training.normalization import ActionNormalizer
 from astra_gym.training.optim import cosine_schedule, make_adamw, optimizer_step
 from astra_gym.utils.cli_args import arg, parse_preset_config
 from astra_gym.utils.device import resolve_device
+from astra_gym.utils.pixels import uint8_to_pixels
 from astra_gym.world_model.reward_io import save_reward_model
 from astra_gym.world_model.reward_model import RewardModel, get_reward_model_preset
 

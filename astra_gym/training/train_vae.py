@@ -27,12 +27,13 @@ import numpy as np
 import torch
 
 from astra_gym.training.checkpointing import step_generator
-from astra_gym.training.episode_data import load_split, uint8_to_pixels
+from astra_gym.training.episode_data import load_split
 from astra_gym.training.loop import config_dict, run_steps
 from astra_gym.training.metrics import MetricWriter
 from astra_gym.training.optim import cosine_schedule, make_adamw, optimizer_step
 from astra_gym.utils.cli_args import arg, parse_preset_config
 from astra_gym.utils.device import resolve_device
+from astra_gym.utils.pixels import uint8_to_pixels
 from astra_gym.world_model.vae import SmallVAE, get_small_vae_preset
 from astra_gym.world_model.vae_io import save_vae
 

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from astra_gym.data.latent_cache import vae_identity
 from astra_gym.utils.atomic import atomic_folder
+from astra_gym.utils.pixels import pixels_to_uint8, uint8_to_pixels
 from astra_gym.world_model.vae import SmallVAE, SmallVAEConfig
 
 __all__ = ["VAE_FORMAT", "VAE_WEIGHTS", "save_vae", "load_vae", "read_vae_config", "reconstruct_frames"]
@@ -98,8 +99,6 @@ def reconstruct_frames(vae: SmallVAE, frames, batch: int = 256):
 
     out = []
     for i in range(0, len(frames), batch):
-        chunk = torch.as_tensor(np.ascontiguousarray(frames[i : i + batch]))
-        pixels = (chunk.permute(0, 3, 1, 2).float() / 127.5 - 1.0)[:, :, None].to(vae.device)  # [n, 3, 1, H, W]
-        recon = vae.decode(vae.encode(pixels))[:, :, 0].float().clamp(-1, 1)
-        out.append(((recon + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+        pixels = uint8_to_pixels(frames[i : i + batch])[:, :, None].to(vae.device)  # [n, 3, 1, H, W]
+        out.append(pixels_to_uint8(vae.decode(vae.encode(pixels))[:, :, 0]).cpu().numpy())
     return np.concatenate(out)

@@ -12,9 +12,10 @@ from astra_gym.data.latent_cache import vae_identity
 from astra_gym.envs import AstraEnv
 from astra_gym.envs.spaces import action_rows as scenario_action_rows
 from astra_gym.rollout.bundle import BundleError, debug_bundle, load_bundle
-from astra_gym.rollout.engine import WorldModelRollout, uint8_to_pixels
+from astra_gym.rollout.engine import WorldModelRollout
 from astra_gym.training.bundle import make_bundle
 from astra_gym.training.normalization import ActionNormalizer
+from astra_gym.utils.pixels import uint8_to_pixels
 from astra_gym.world_model.checkpoints import save_pretrained
 from astra_gym.world_model.reward_io import load_reward_model, save_reward_model
 from astra_gym.world_model.vae_io import save_vae
@@ -188,7 +189,7 @@ def test_a_potential_based_task_without_its_own_model_reads_its_potentials_chang
     obs, _ = env.reset(seed=0)
     before = obs
     obs, reward, *_ = env.step(np.array([0.5, 0.0, 0.0, 0.0], np.float32))
-    pixels = uint8_to_pixels(torch.from_numpy(np.stack([before, obs])[None])).transpose(1, 2)  # [1, 2, 3, H, W]
+    pixels = uint8_to_pixels(np.stack([before, obs])[None], channel_dim=-3)  # [1, 2, 3, H, W]
     raw = scenario_action_rows("manipulation", np.array([[0.5, 0.0, 0.0, 0.0]]), 7)  # [1, 7], feature units
     row = torch.from_numpy(raw).float() / torch.tensor(SCALE)
     with torch.no_grad():
