@@ -18,6 +18,11 @@ How one batch is drawn (all draws from one generator, in this order):
 4. **Offset** s ~ U{0 .. W - n - chunk} of the history inside the window; the history is latents
    [s, s + n) and the target chunk [s + n, s + n + chunk).
 
+With ``episode_start_p`` > 0, a row is instead drawn, with that probability, from an episode's
+first window with offset 0: its history begins at the episode's reset frame. Uniform windows
+almost never do (one window in ~200 per episode), yet every real episode an agent plays starts
+there (one extra draw per row, before step 2; p = 0 draws nothing extra).
+
 Rows are normalised (:mod:`~astra_gym.training.normalization`), the history is put in a
 :class:`~astra_gym.world_model.framepack.FramePackHistory` at its true episode indices and packed
 with the ``exact`` layout; the targets' rows get flag 0 and the history rows flag 1 (set by
@@ -201,6 +206,7 @@ class JointLatentData:
         fixed_normalizers: ``{feature: normaliser}`` used as they are instead of fitting them to the
             caches (fine-tuning keeps the normalisation the model learned with, see
             :func:`~astra_gym.training.train_world_model.init_normalizers`).
+        episode_start_p: Probability that a row's history starts at an episode's first frame.
     """
 
     def __init__(
@@ -213,6 +219,7 @@ class JointLatentData:
         action_norm: Literal["rms", "none"] = "rms",
         mixing: Literal["sample", "step"] = "sample",
         fixed_normalizers: Mapping[str, ActionNormalizer] | None = None,
+        episode_start_p: float = 0.0,
     ) -> None:
         if not specs:
             raise ValueError("no datasets given; pass at least one --dataset scenario=...,path=...")
@@ -220,10 +227,14 @@ class JointLatentData:
             raise ValueError(f"layout.mode={layout.mode!r}: our models train with the 'exact' FramePack layout")
         if mixing not in ("sample", "step"):
             raise ValueError(f"mixing={mixing!r} must be 'sample' or 'step'")
+        if not 0.0 <= episode_start_p <= 1.0:
+            raise ValueError(f"episode_start_p={episode_start_p} must be a probability in [0, 1]")
+        self.episode_start_p = episode_start_p
         self.specs, self.config, self.layout, self.mixing = tuple(specs), model_config, layout, mixing
         self.chunk_latents, self.max_history = chunk_latents, max_history
         window = WindowSpec(history=max_history, target=chunk_latents)
         self.datasets = [self._open(spec, window) for spec in self.specs]
+        self.first_windows = [torch.from_numpy((ds.windows[:, 1] == 0).nonzero()[0]) for ds in self.datasets]
         self.modality = [self._modality_index(spec) for spec in self.specs]
         self.width = max(model_config.modalities[m].dim for m in self.modality)
         self.normalizers = self._normalizers(action_norm, fixed_normalizers or {})
@@ -321,11 +332,16 @@ class JointLatentData:
 
     def _draw_row(self, dataset: int, generator: torch.Generator) -> WindowDraw:
         ds = self.datasets[dataset]
-        window = int(ds.sample_indices(1, generator)[0])
+        from_start = self.episode_start_p > 0 and float(torch.rand((), generator=generator)) < self.episode_start_p
+        if from_start:
+            firsts = self.first_windows[dataset]
+            window = int(firsts[torch.randint(len(firsts), (), generator=generator)])
+        else:
+            window = int(ds.sample_indices(1, generator)[0])
         length = ds.window.length
         history = sample_history_length(generator, self.max_history, target_len=self.chunk_latents, clip_len=length)
         high = length - history - self.chunk_latents
-        offset = int(torch.randint(0, high + 1, (), generator=generator))
+        offset = 0 if from_start else int(torch.randint(0, high + 1, (), generator=generator))
         return WindowDraw(dataset, window, history, offset)
 
     # ------------------------------------------------------------------------------ loading

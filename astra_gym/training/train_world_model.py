@@ -90,6 +90,9 @@ class TrainConfig:
     mixing: Literal["sample", "step"] = arg("sample", "dataset choice per batch row (mixed batches) or per step")
     chunk_latents: int = arg(1, "target latents per sample (the env's chunk; release: 8)")
     max_history: int = arg(30, "longest history in latents (release: 30)")
+    episode_start_p: float = arg(
+        0.0, "probability that a row's history starts at an episode's reset frame (0 = uniform windows only)"
+    )
     action_norm: Literal["rms", "none"] = arg(
         "rms", "action rows divided by their per-column RMS from the cache stats"
     )
@@ -603,6 +606,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         cfg.action_norm,
         cfg.mixing,
         fixed_normalizers=init_normalizers(cfg.init_from) if cfg.init_from else None,
+        episode_start_p=cfg.episode_start_p,
     )
     model = model.to(accelerator.device)
     optimizer = make_adamw(model, cfg.lr, cfg.weight_decay, cfg.betas)

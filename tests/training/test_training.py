@@ -132,6 +132,23 @@ def test_data_parallel_ranks_draw_their_rows_of_the_global_draws(cache):
     torch.testing.assert_close(loss, sum(halves) / 2)  # DDP averages the ranks' gradients of these losses
 
 
+def test_episode_start_rows_begin_at_the_reset_frame(cache):
+    """episode_start_p = 1 draws only histories that start at an episode's first latent; 0 changes nothing."""
+    uniform = _data(cache).draw(64, torch.Generator().manual_seed(0))
+    assert any(int(_data(cache).datasets[d.dataset].windows[d.window][1]) + d.offset > 0 for d in uniform)
+    plain = JointLatentData(_specs(cache), get_preset("debug"), 1, 6, LAYOUT, episode_start_p=0.0)
+    assert plain.draw(64, torch.Generator().manual_seed(0)) == uniform  # no extra draw when off
+    data = JointLatentData(_specs(cache), get_preset("debug"), 1, 6, LAYOUT, episode_start_p=1.0)
+    draws = data.draw(64, torch.Generator().manual_seed(0))
+    assert {d.offset for d in draws} == {0}
+    assert {int(data.datasets[d.dataset].windows[d.window][1]) for d in draws} == {0}
+    assert len({(d.dataset, d.window) for d in draws}) > 3  # every episode's first window, not one
+    batch = data.load(draws[:4])
+    assert batch.target.shape[0] == 4
+    with pytest.raises(ValueError, match="episode_start_p"):
+        JointLatentData(_specs(cache), get_preset("debug"), 1, 6, LAYOUT, episode_start_p=1.5)
+
+
 def _long_history_batch(data: JointLatentData, rows: int = 6):
     """Every row with a 6-latent history, so the 4x, 2x and 1x groups all hold latents."""
     draws = [WindowDraw(dataset=i % 3, window=i, history=6, offset=0) for i in range(rows)]
