@@ -197,6 +197,8 @@ def summarise(scenario: str, kind: str, runs: list[dict], horizon: int, long: in
             row[f"car_{step}"] = float(np.mean([r["car"][:, step - 1].mean() for r in runs]))
     if scenario == "drive":
         row["car_all_steps"] = float(np.mean([r["car"].mean() for r in runs]))
+        per_action = np.stack([r["car"].mean(axis=1) for r in runs]).mean(axis=0)  # [K]
+        row["car_all_steps_per_action"] = dict(zip(ACTIONS[scenario], per_action.tolist(), strict=True))
         row["car_real_all_steps"] = float(np.mean([r["car_real"].mean() for r in runs]))
     real_ret = np.stack([r["real_return"] for r in runs])  # [S, K]
     imag_ret = np.stack([r["imagined_return"] for r in runs])

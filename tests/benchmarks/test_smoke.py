@@ -60,6 +60,9 @@ def test_action_following_runs_against_the_real_simulator(tmp_path):
         assert 0.0 <= row["identification"] <= 1.0 and row["chance"] == 0.25
         assert set(row["real_return"]) == {"steer left", "steer right", "full gas", "brake"}
         assert row["car_real_all_steps"] == 1.0  # real CarRacing frames always show the car
+        per_action = row["car_all_steps_per_action"]
+        assert set(per_action) == set(row["real_return"])
+        assert np.mean(list(per_action.values())) == pytest.approx(row["car_all_steps"])
         assert np.isfinite(row["teacher_forced_psnr_1_to_h"]) and np.isfinite(row["reward_mae_real_frames"])
 
 
