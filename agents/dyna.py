@@ -49,6 +49,7 @@ from astra_gym.envs.spaces import EXPLORE_BUTTONS
 from astra_gym.envs.variants import bundle_folder, variant
 from astra_gym.rollout.bundle import read_bundle
 from astra_gym.training import train_reward, train_world_model
+from astra_gym.training.steps import StepConfig
 from astra_gym.training.bundle import make_bundle
 from astra_gym.training.data import DatasetSpec
 from astra_gym.utils.atomic import atomic_write_text
@@ -209,6 +210,7 @@ class Loop:
             progress=True,
             checkpoint_every=max(1, self.cfg.wm_steps // 4),
             **_sampler_flags(extra),
+            **_recipe_flags(extra),
         )
         return train_world_model.train(cfg).final
 
@@ -280,6 +282,24 @@ def _sampler_flags(saved: dict) -> dict:
         "sampler_guidance": float(sampler["guidance_scale"]),
         "sampler_shift": float(sampler["shift"]),
     }
+
+
+def _recipe_flags(saved: dict) -> dict:
+    """The start model's per-step recipe and row sampling (its training config), so fine-tuning continues it.
+
+    Without them the preset's release defaults (timestep shift 5, the release's loss weighting,
+    noise-as-mask p 0.8) would retrain a model made with other settings (Drive's: shift 1, no
+    weighting, p 0.3, reset rows 0.25). A model exported without a training config keeps the preset's.
+    """
+    training = saved["extra"].get("training", {}).get("config", {})
+    flags = {}
+    if "step" in training:
+        names = {f.name for f in dataclasses.fields(StepConfig)}
+        step = {k: tuple(v) if isinstance(v, list) else v for k, v in training["step"].items() if k in names}
+        flags["step"] = StepConfig(**step)
+    if "episode_start_p" in training:
+        flags["episode_start_p"] = float(training["episode_start_p"])
+    return flags
 
 
 def _plot(curve: list[dict], path: Path) -> None:

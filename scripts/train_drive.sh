@@ -51,6 +51,7 @@ stamp "world model ($WM_MODEL, $WM_STEPS steps at batch $WM_BS, at most $WM_MIN 
     --model-preset "$WM_MODEL" --run-dir "$RUNS/wm" --vae "$RUNS/vae/final" \
     --dataset "scenario=drive,path=$DATA/cache-train,weight=1" --batch-size "$WM_BS" --total-steps "$WM_STEPS" \
     --warmup-steps $((WM_STEPS / 20 + 1)) --time-budget-min "$WM_MIN" --timestep-shift 1 --loss-weighting none \
+    --history-noise-p 0.3 --episode-start-p 0.25 \
     --sampler-steps 2 --sampler-guidance 3 --sampler-shift 1 --checkpoint-every 1000 --preview-every 0 \
     --data-workers "$([[ $DEV == cuda ]] && echo "$WORKERS" || echo 0)" --no-tensorboard --no-progress --log-every 50
 

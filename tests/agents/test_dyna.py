@@ -34,6 +34,11 @@ def test_dyna_loop_runs_plots_and_resumes(tiny_bundle, tmp_path):
     assert curve[0]["real_return_mean"] is not None and (tmp_path / "curve.png").stat().st_size > 0
     for stage in ("data", "cache", "wm", "reward", "bundles", "agent"):
         assert (tmp_path / stage / "iter_000").is_dir(), stage
+    # the fine-tune continues the start model's recipe (the script's), not the preset's release defaults
+    trained = json.loads((tmp_path / "wm" / "iter_000" / "final" / "config.json").read_text())
+    recipe = trained["extra"]["training"]["config"]
+    assert recipe["step"]["timestep_shift"] == 1.0 and recipe["step"]["loss_weighting"] == "none"
+    assert recipe["step"]["history_noise_p"] == 0.3 and recipe["episode_start_p"] == 0.25
     stamp = (tmp_path / "bundles" / "iter_000" / "bundle.json").stat().st_mtime_ns
     assert dyna.main(args) == curve  # a second run finds everything done
     assert (tmp_path / "bundles" / "iter_000" / "bundle.json").stat().st_mtime_ns == stamp
