@@ -49,9 +49,9 @@ from astra_gym.envs.spaces import EXPLORE_BUTTONS
 from astra_gym.envs.variants import bundle_folder, variant
 from astra_gym.rollout.bundle import read_bundle
 from astra_gym.training import train_reward, train_world_model
-from astra_gym.training.steps import StepConfig
 from astra_gym.training.bundle import make_bundle
 from astra_gym.training.data import DatasetSpec
+from astra_gym.training.steps import StepConfig
 from astra_gym.utils.atomic import atomic_write_text
 from astra_gym.utils.cli_args import arg, parse_preset_config
 
