@@ -402,7 +402,8 @@ def _reward(engine: WorldModelRollout, video: np.ndarray, rows: np.ndarray) -> t
     newest = video[:, -k:]
     if newest.shape[1] < k:  # too few frames: repeat the first
         newest = np.concatenate([np.repeat(newest[:, :1], k - newest.shape[1], 1), newest], 1)
-    pixels = uint8_to_pixels(newest, channel_dim=-3).to(engine.device)  # [B, k, 3, H, W]
+    frames = torch.from_numpy(np.ascontiguousarray(newest)).to(engine.device)  # uint8 travels, not float32
+    pixels = uint8_to_pixels(frames, channel_dim=-3)  # [B, k, 3, H, W]
     return model(pixels, torch.from_numpy(rows).float().to(engine.device) / engine.action_scale)
 
 
