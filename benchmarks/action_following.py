@@ -168,17 +168,18 @@ def teacher_forced(envs, scenario: str, start: Start, real: np.ndarray, steps: i
     return out
 
 
-def identification(imagined: np.ndarray, real: np.ndarray) -> np.ndarray:
-    """bool [K]: imagined frame k is closest to real branch k. Args: uint8 [K, H, W, 3] each."""
+def closest_branch(imagined: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """int [K]: the real branch closest (pixel MSE) to each imagined frame. Args: uint8 [K, H, W, 3] each."""
     a = imagined.astype(np.float32)[:, None]
     b = real.astype(np.float32)[None]
     distance = ((a - b) ** 2).mean(axis=(2, 3, 4))  # [K, K]
-    return distance.argmin(axis=1) == np.arange(len(imagined))
+    return distance.argmin(axis=1)
 
 
 def summarise(scenario: str, kind: str, runs: list[dict], horizon: int, long: int) -> dict:
     """One result row from the per-start runs of one kind."""
-    ident = np.concatenate([r["identified"] for r in runs])
+    closest = np.stack([r["closest"] for r in runs])  # [S, K]
+    ident = closest == np.arange(closest.shape[1])
     row = {
         "scenario": scenario,
         "kind": kind,
@@ -188,8 +189,11 @@ def summarise(scenario: str, kind: str, runs: list[dict], horizon: int, long: in
         "identification": float(ident.mean()),
         "chance": 1.0 / len(ACTIONS[scenario]),
     }
-    per_action = np.stack([r["identified"] for r in runs]).mean(axis=0)
-    row["identification_per_action"] = dict(zip(ACTIONS[scenario], per_action.tolist(), strict=True))
+    names = list(ACTIONS[scenario])
+    row["identification_per_action"] = dict(zip(names, ident.mean(axis=0).tolist(), strict=True))
+    # confusion[a][b]: share of the starts whose imagined branch of action a is closest to the real branch of b
+    shares = [[float((closest[:, i] == j).mean()) for j in range(len(names))] for i in range(len(names))]
+    row["confusion"] = {a: dict(zip(names, shares[i], strict=True)) for i, a in enumerate(names)}
     for step in (s for s in REPORT_STEPS if s <= long):
         row[f"psnr_{step}"] = float(np.mean([r["psnr"][:, step - 1].mean() for r in runs]))
         row[f"ssim_{step}"] = float(np.mean([r["ssim"][:, step - 1].mean() for r in runs]))
@@ -222,7 +226,7 @@ def run_start(envs, scenario: str, start: Start, long: int, horizon: int, seed: 
     real, real_rewards = real_branches(scenario, start, long, task)
     imagined, imagined_rewards = imagined_branches(envs, scenario, start, long, seed)
     out = {
-        "identified": identification(imagined[:, horizon - 1], real[:, horizon - 1]),
+        "closest": closest_branch(imagined[:, horizon - 1], real[:, horizon - 1]),
         "psnr": np.minimum(psnr(real, imagined), PSNR_CAP_DB),  # [K, long]
         "ssim": ssim(real, imagined),
         "real_return": real_rewards.sum(axis=1),
