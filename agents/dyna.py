@@ -14,12 +14,20 @@ collect     ``--collect-episodes`` real episodes (unseen seeds) with the current
             mix, or the agent of ``--init-agent``) -> ``OUT/data/iter_i/``
 encode      the new episodes into a latent cache with the start bundle's VAE (kept fixed)
 wm          fine-tune the world model (from the previous iteration's) on every cache so far
+distill     only when the start model is a distilled student (one forward, guidance baked in, e.g.
+            ``drive-v4``): distil the fine-tuned model into a new student with the start model's
+            distillation settings; the fine-tunes themselves stay guided teachers
 reward      retrain the reward model on every episode so far, on the VAE's reconstructions
 bundle      ``OUT/bundles/iter_i`` (world model stored in float16); usable as ``checkpoint=``
 agent       PPO inside the new bundle for ``--agent-steps`` imagined steps, continuing the policy
 evaluate    ``--eval-episodes`` real episodes on seeds never collected from -> ``OUT/curve.json``,
             ``OUT/curve.png`` (real return against the real steps used so far)
 ==========  =====================================================================================
+
+A distilled start model is fine-tuned as the teacher it reproduces: with its teacher's sampler and
+its teacher's recipe (the training record a student keeps, ``extra.teacher``). Iteration 0 starts
+from the student's weights (the teacher is not shipped); the flow-matching loss turns them back into
+a guided model within the fine-tune, and later iterations continue the previous teacher.
 
 Real steps counted: every collected step (the start bundle's own training data is not counted;
 its model card says how much it used) and no evaluation step.
@@ -51,9 +59,11 @@ from astra_gym.rollout.bundle import read_bundle
 from astra_gym.training import train_reward, train_world_model
 from astra_gym.training.bundle import make_bundle
 from astra_gym.training.data import DatasetSpec
+from astra_gym.training.distill import DistillConfig
 from astra_gym.training.steps import StepConfig
 from astra_gym.utils.atomic import atomic_write_text
 from astra_gym.utils.cli_args import arg, parse_preset_config
+from astra_gym.world_model.sampling import SamplerConfig
 
 __all__ = ["DynaConfig", "PRESETS", "AgentPolicy", "run", "main"]
 
@@ -76,6 +86,9 @@ class DynaConfig:
     wm_steps: int = arg(1500, help="world-model fine-tuning steps per iteration")
     wm_batch: int = arg(8, help="world-model batch size")
     wm_lr: float = arg(1e-4, help="world-model fine-tuning learning rate")
+    distill_steps: int = arg(
+        1500, help="distillation steps per iteration if the start model is a distilled student (0: bundle the teacher)"
+    )
     reward_steps: int = arg(1500, help="reward-model training steps per iteration")
     agent_steps: int = arg(20_000, help="imagined PPO steps per iteration")
     num_envs: int = arg(16, help="imagined envs stepped in one batch")
@@ -88,11 +101,12 @@ class DynaConfig:
 
 
 PRESETS: dict[str, DynaConfig] = {
-    "debug": DynaConfig(iterations=1, collect_episodes=2, collect_steps=40, wm_steps=2, wm_batch=2, reward_steps=2,
+    "debug": DynaConfig(iterations=1, collect_episodes=2, collect_steps=40, wm_steps=2, wm_batch=2, distill_steps=2,
+                        reward_steps=2,
                         agent_steps=32, num_envs=2, imagined_horizon=8, eval_episodes=1, eval_max_steps=20),
     "cpu": DynaConfig(),
-    "gpu": DynaConfig(iterations=8, collect_episodes=32, wm_steps=4000, wm_batch=64, reward_steps=3000,
-                      agent_steps=100_000, num_envs=64, eval_episodes=10, device="cuda"),
+    "gpu": DynaConfig(iterations=8, collect_episodes=32, wm_steps=4000, wm_batch=64, distill_steps=3000,
+                      reward_steps=3000, agent_steps=100_000, num_envs=64, eval_episodes=10, device="cuda"),
 }  # fmt: skip
 
 
@@ -143,6 +157,11 @@ class Loop:
         start = cfg.start_bundle or variant(cfg.env).checkpoint
         self.start = bundle_folder(start)
         self.manifest = read_bundle(self.start)
+        self.start_extra = json.loads((self.start / self.manifest["world_model"] / "config.json").read_text())
+        training = self.start_extra["extra"].get("training", {})
+        distill = training.get("config", {}).get("distill_from") and training["config"].get("distill")
+        self.distill = DistillConfig(**distill) if distill else None  # the start model's distillation, if any
+        self.recipe = self.start_extra["extra"].get("teacher", training) if self.distill else training
 
     def _dir(self, kind: str, i: int) -> Path:
         return self.out / kind / f"iter_{i:03d}"
@@ -191,28 +210,45 @@ class Loop:
         if (run_dir / "final" / "config.json").exists():
             return run_dir / "final"
         previous = self.start / self.manifest["world_model"] if i == 0 else self._dir("wm", i - 1) / "final"
-        extra = json.loads((self.start / self.manifest["world_model"] / "config.json").read_text())
+        sampler = self.distill.teacher_sampler if self.distill else _sampler(self.start_extra)
+        cfg = self._train_config(i, run_dir, previous, self.cfg.wm_steps, sampler)
+        return train_world_model.train(cfg).final
+
+    def student(self, i: int, teacher: Path) -> Path:
+        """The fine-tuned ``teacher`` distilled as the start model was; the teacher itself when it was not."""
+        if self.distill is None or self.cfg.distill_steps == 0:
+            return teacher
+        run_dir = self._dir("distill", i)
+        if (run_dir / "final" / "config.json").exists():
+            return run_dir / "final"
+        cfg = self._train_config(i, run_dir, teacher, self.cfg.distill_steps, _sampler(self.start_extra))
+        cfg = dataclasses.replace(cfg, distill_from=str(teacher), distill=self.distill)
+        return train_world_model.train(cfg).final
+
+    def _train_config(self, i: int, run_dir: Path, init: Path, steps: int, sampler: SamplerConfig):
+        """A fine-tune of ``init`` on every cache so far, exporting ``sampler`` as its recommended one."""
         datasets = tuple(
             DatasetSpec(root=str(self._dir("cache", j)), scenario=self.scenario, name=f"iter{j}") for j in range(i + 1)
         )
-        cfg = dataclasses.replace(
+        return dataclasses.replace(
             train_world_model.PRESETS["small-gpu" if self.cfg.device.startswith("cuda") else "small-cpu"],
             datasets=datasets,
-            init_from=str(previous),
+            init_from=str(init),
             batch_size=self.cfg.wm_batch,
-            total_steps=self.cfg.wm_steps,
-            warmup_steps=max(1, self.cfg.wm_steps // 20),
+            total_steps=steps,
+            warmup_steps=max(1, steps // 20),
             lr=self.cfg.wm_lr,
             run_dir=str(run_dir),
             vae=str(self.start / self.manifest["vae"]),
             preview_every=0,
             tensorboard=False,
             progress=True,
-            checkpoint_every=max(1, self.cfg.wm_steps // 4),
-            **_sampler_flags(extra),
-            **_recipe_flags(extra),
+            checkpoint_every=max(1, steps // 4),
+            sampler_steps=sampler.num_steps,
+            sampler_guidance=sampler.guidance_scale,
+            sampler_shift=sampler.shift,
+            **_recipe_flags(self.recipe),
         )
-        return train_world_model.train(cfg).final
 
     def reward(self, i: int, world_model: Path) -> Path:
         out = self._dir("reward", i)
@@ -274,24 +310,21 @@ def _reward_frames(folder: Path) -> int:
     return int(json.loads((folder / "config.json").read_text())["config"]["num_frames"])
 
 
-def _sampler_flags(saved: dict) -> dict:
-    """The start model's sampler (its folder's ``config.json``), so the exported folder recommends the same."""
+def _sampler(saved: dict) -> SamplerConfig:
+    """The sampler a model folder's ``config.json`` recommends, so the exported folder recommends the same."""
     sampler = saved["extra"]["sampler"]
-    return {
-        "sampler_steps": int(sampler["num_denoise_steps"]),
-        "sampler_guidance": float(sampler["guidance_scale"]),
-        "sampler_shift": float(sampler["shift"]),
-    }
+    return SamplerConfig(int(sampler["num_denoise_steps"]), float(sampler["shift"]), float(sampler["guidance_scale"]))
 
 
-def _recipe_flags(saved: dict) -> dict:
-    """The start model's per-step recipe and row sampling (its training config), so fine-tuning continues it.
+def _recipe_flags(record: dict) -> dict:
+    """The per-step recipe and row sampling of a training record (``extra.training`` of a model folder, or a
+    student's ``extra.teacher``), so fine-tuning continues it.
 
     Without them the preset's release defaults (timestep shift 5, the release's loss weighting,
     noise-as-mask p 0.8) would retrain a model made with other settings (Drive's: shift 1, no
     weighting, p 0.3, reset rows 0.25). A model exported without a training config keeps the preset's.
     """
-    training = saved["extra"].get("training", {}).get("config", {})
+    training = record.get("config", {})
     flags = {}
     if "step" in training:
         names = {f.name for f in dataclasses.fields(StepConfig)}
@@ -332,9 +365,12 @@ def run(cfg: DynaConfig) -> list[dict]:
         loop.encode(i)
         logger.info("iteration %d: world model", i)
         world_model = loop.world_model(i)
+        if loop.distill is not None:
+            logger.info("iteration %d: distil the world model", i)
+        student = loop.student(i, world_model)
         logger.info("iteration %d: reward model", i)
         reward = loop.reward(i, world_model)
-        bundle = loop.bundle(i, world_model, reward)
+        bundle = loop.bundle(i, student, reward)
         logger.info("iteration %d: agent inside %s", i, bundle)
         summary = loop.agent(i, bundle)
         final = summary["final_eval"] or {}

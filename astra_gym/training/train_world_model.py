@@ -348,8 +348,12 @@ def _metric_keys(data: JointLatentData) -> list[str]:
 
 
 def extra_config(cfg: TrainConfig, data: JointLatentData, step: int, samples: int, weights: str) -> dict[str, Any]:
-    """The metadata stored with every exported model folder (what an env needs to use it)."""
-    return {
+    """The metadata stored with every exported model folder (what an env needs to use it).
+
+    A distilled student also keeps its teacher's training record (``teacher``): the recipe that
+    made the dynamics it reproduces, which a later fine-tune of the student continues.
+    """
+    extra = {
         "kind": "astra-gym-world-model",
         "scenarios": data.scenario_metadata(),
         "vae": {"identity": dict(data.vae_identity()), "folder": cfg.vae},
@@ -364,6 +368,9 @@ def extra_config(cfg: TrainConfig, data: JointLatentData, step: int, samples: in
         },
         "training": {"step": step, "samples_seen": samples, "weights": weights, "config": cfg.to_dict()},
     }
+    if cfg.distill_from is not None:
+        extra["teacher"] = read_pretrained_config(cfg.distill_from)[1].get("training", {})
+    return extra
 
 
 def _export_model(model: nn.Module, ema: ExponentialMovingAverage | None) -> nn.Module:

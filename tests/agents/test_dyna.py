@@ -44,3 +44,41 @@ def test_dyna_loop_runs_plots_and_resumes(tiny_bundle, tmp_path):
     assert (tmp_path / "bundles" / "iter_000" / "bundle.json").stat().st_mtime_ns == stamp
     cfg = dyna.config_from_args(["--preset", "gpu"])
     assert cfg.device == "cuda" and cfg.agent_steps >= 100_000
+
+
+def test_dyna_loop_fine_tunes_a_distilled_start_as_its_teacher_and_distils_again(tiny_bundle, tmp_path):
+    """A student start (one forward, guidance baked in): the fine-tune is a guided teacher with the teacher's
+    recipe, and the bundled model is that teacher distilled with the start model's settings."""
+    import dataclasses
+
+    from astra_gym.training import train_world_model
+    from astra_gym.training.bundle import make_bundle
+    from astra_gym.training.data import DatasetSpec
+    from astra_gym.training.distill import DistillConfig
+
+    teacher = tiny_bundle / "world_model"
+    cfg = dataclasses.replace(
+        train_world_model.PRESETS["small-cpu"],  # its own step recipe: the release defaults (p 0.8)
+        datasets=(DatasetSpec(root=str(tiny_bundle.parent / "data" / "cache-train"), scenario="drive"),),
+        init_from=str(teacher), distill_from=str(teacher), distill=DistillConfig(teacher_steps=1, student_steps=1),
+        batch_size=2, total_steps=1, warmup_steps=1, checkpoint_every=1, run_dir=str(tmp_path / "student"),
+        vae=str(tiny_bundle / "vae"), sampler_steps=1, sampler_guidance=1.0, sampler_shift=1.0, preview_every=0,
+        tensorboard=False, progress=False,
+    )  # fmt: skip
+    student = train_world_model.train(cfg).final
+    saved = json.loads((student / "config.json").read_text())["extra"]
+    assert saved["training"]["config"]["step"]["history_noise_p"] == 0.8
+    assert saved["teacher"]["config"]["step"]["history_noise_p"] == 0.3  # the teacher's record travels with it
+    start = make_bundle("student", student, tiny_bundle / "vae", [tiny_bundle / "reward" / "drive"], tmp_path / "s")
+
+    out = tmp_path / "loop"
+    curve = dyna.main(["--preset", "debug", "--start-bundle", str(start), "--out", str(out)])
+    assert len(curve) == 1 and curve[0]["real_return_mean"] is not None
+    tuned = json.loads((out / "wm" / "iter_000" / "final" / "config.json").read_text())["extra"]
+    assert tuned["sampler"]["guidance_scale"] == 3.0 and tuned["training"]["config"]["distill_from"] is None
+    assert tuned["training"]["config"]["step"]["history_noise_p"] == 0.3  # the teacher's recipe, not the student's
+    distilled = json.loads((out / "distill" / "iter_000" / "final" / "config.json").read_text())["extra"]
+    assert distilled["training"]["config"]["distill_from"] == str(out / "wm" / "iter_000" / "final")
+    assert distilled["teacher"]["config"]["step"]["history_noise_p"] == 0.3
+    manifest = json.loads((out / "bundles" / "iter_000" / "bundle.json").read_text())
+    assert manifest["sampler"] == {"num_denoise_steps": 1, "guidance_scale": 1.0, "shift": 1.0}
