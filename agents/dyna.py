@@ -157,11 +157,11 @@ class Loop:
         start = cfg.start_bundle or variant(cfg.env).checkpoint
         self.start = bundle_folder(start)
         self.manifest = read_bundle(self.start)
-        self.start_extra = json.loads((self.start / self.manifest["world_model"] / "config.json").read_text())
-        training = self.start_extra["extra"].get("training", {})
-        distill = training.get("config", {}).get("distill_from") and training["config"].get("distill")
-        self.distill = DistillConfig(**distill) if distill else None  # the start model's distillation, if any
-        self.recipe = self.start_extra["extra"].get("teacher", training) if self.distill else training
+        self.start_saved = json.loads((self.start / self.manifest["world_model"] / "config.json").read_text())
+        training = self.start_saved["extra"].get("training", {})
+        config = training.get("config", {})
+        self.distill = DistillConfig(**config["distill"]) if config.get("distill_from") else None  # if a student
+        self.recipe = self.start_saved["extra"].get("teacher", training) if self.distill else training
 
     def _dir(self, kind: str, i: int) -> Path:
         return self.out / kind / f"iter_{i:03d}"
@@ -210,7 +210,7 @@ class Loop:
         if (run_dir / "final" / "config.json").exists():
             return run_dir / "final"
         previous = self.start / self.manifest["world_model"] if i == 0 else self._dir("wm", i - 1) / "final"
-        sampler = self.distill.teacher_sampler if self.distill else _sampler(self.start_extra)
+        sampler = self.distill.teacher_sampler if self.distill else _sampler(self.start_saved)
         cfg = self._train_config(i, run_dir, previous, self.cfg.wm_steps, sampler)
         return train_world_model.train(cfg).final
 
@@ -221,7 +221,8 @@ class Loop:
         run_dir = self._dir("distill", i)
         if (run_dir / "final" / "config.json").exists():
             return run_dir / "final"
-        cfg = self._train_config(i, run_dir, teacher, self.cfg.distill_steps, _sampler(self.start_extra))
+        logger.info("iteration %d: distil the world model", i)
+        cfg = self._train_config(i, run_dir, teacher, self.cfg.distill_steps, _sampler(self.start_saved))
         cfg = dataclasses.replace(cfg, distill_from=str(teacher), distill=self.distill)
         return train_world_model.train(cfg).final
 
@@ -365,8 +366,6 @@ def run(cfg: DynaConfig) -> list[dict]:
         loop.encode(i)
         logger.info("iteration %d: world model", i)
         world_model = loop.world_model(i)
-        if loop.distill is not None:
-            logger.info("iteration %d: distil the world model", i)
         student = loop.student(i, world_model)
         logger.info("iteration %d: reward model", i)
         reward = loop.reward(i, world_model)
