@@ -26,8 +26,13 @@ evaluate    ``--eval-episodes`` real episodes on seeds never collected from -> `
 
 A distilled start model is fine-tuned as the teacher it reproduces: with its teacher's sampler and
 its teacher's recipe (the training record a student keeps, ``extra.teacher``). Iteration 0 starts
-from the student's weights (the teacher is not shipped); the flow-matching loss turns them back into
-a guided model within the fine-tune, and later iterations continue the previous teacher.
+from the teacher's weights when ``--teacher`` gives them, otherwise from the student's (the teacher
+is not shipped; the flow-matching loss turns them back into a guided model within the fine-tune);
+later iterations continue the previous teacher.
+
+``--replay`` adds the start model's own training caches to every fine-tune (``--replay-share`` of the
+rows), as DIAMOND's replay buffer keeps all data: otherwise iteration 0 fine-tunes the whole model on
+a few collected episodes.
 
 Real steps counted: every collected step (the start bundle's own training data is not counted;
 its model card says how much it used) and no evaluation step.
@@ -79,6 +84,17 @@ class DynaConfig:
     out: str = arg("runs/dyna", help="output folder; re-running the same command resumes")
     start_bundle: str | None = arg(None, help="bundle to start from (name or folder); none = the variant's")
     init_agent: str | None = arg(None, help="saved SB3 model (.zip) to collect with and continue; none = fresh")
+    teacher: str | None = arg(
+        None,
+        help="world-model folder of a distilled start model's teacher, fine-tuned in iteration 0 instead of "
+        "the student's weights; none = the student's",
+    )
+    replay: tuple[str, ...] = arg(
+        (),
+        help="latent caches of the start model's own training data, replayed in every fine-tune with the "
+        "collected ones (DIAMOND keeps all data); none = the collected data alone",
+    )
+    replay_share: float = arg(0.5, help="share of the fine-tuning rows drawn from --replay (the rest: the collected)")
     iterations: int = arg(4, help="loop iterations")
     collect_episodes: int = arg(8, help="real episodes collected per iteration")
     collect_steps: int = arg(250, help="steps per collected episode")
@@ -162,6 +178,7 @@ class Loop:
         config = training.get("config", {})
         self.distill = DistillConfig(**config["distill"]) if config.get("distill_from") else None  # if a student
         self.recipe = self.start_saved["extra"].get("teacher", training) if self.distill else training
+        _check_inputs(cfg, self.distill is not None)
 
     def _dir(self, kind: str, i: int) -> Path:
         return self.out / kind / f"iter_{i:03d}"
@@ -209,10 +226,14 @@ class Loop:
         run_dir = self._dir("wm", i)
         if (run_dir / "final" / "config.json").exists():
             return run_dir / "final"
-        previous = self.start / self.manifest["world_model"] if i == 0 else self._dir("wm", i - 1) / "final"
+        previous = self._dir("wm", i - 1) / "final" if i > 0 else self._first_init()
         sampler = self.distill.teacher_sampler if self.distill else _sampler(self.start_saved)
         cfg = self._train_config(i, run_dir, previous, self.cfg.wm_steps, sampler)
         return train_world_model.train(cfg).final
+
+    def _first_init(self) -> Path:
+        """The weights iteration 0 fine-tunes: the start model's, or its teacher's when ``--teacher`` gives them."""
+        return Path(self.cfg.teacher) if self.cfg.teacher else self.start / self.manifest["world_model"]
 
     def student(self, i: int, teacher: Path) -> Path:
         """The fine-tuned ``teacher`` distilled as the start model was; the teacher itself when it was not."""
@@ -227,10 +248,9 @@ class Loop:
         return train_world_model.train(cfg).final
 
     def _train_config(self, i: int, run_dir: Path, init: Path, steps: int, sampler: SamplerConfig):
-        """A fine-tune of ``init`` on every cache so far, exporting ``sampler`` as its recommended one."""
-        datasets = tuple(
-            DatasetSpec(root=str(self._dir("cache", j)), scenario=self.scenario, name=f"iter{j}") for j in range(i + 1)
-        )
+        """A fine-tune of ``init`` on every cache so far (and the replayed ones), exporting ``sampler`` as its
+        recommended one."""
+        datasets = _datasets(self.scenario, [self._dir("cache", j) for j in range(i + 1)], self.cfg)
         return dataclasses.replace(
             train_world_model.PRESETS["small-gpu" if self.cfg.device.startswith("cuda") else "small-cpu"],
             datasets=datasets,
@@ -300,6 +320,38 @@ class Loop:
             seed=self.cfg.seed,
         )
         return train_sb3.train(args)[1]
+
+
+def _check_inputs(cfg: DynaConfig, distilled_start: bool) -> None:
+    """Clear errors for a teacher or replayed cache the loop cannot use, before any stage runs."""
+    if cfg.teacher is not None:
+        if not distilled_start:
+            raise ValueError(f"--teacher {cfg.teacher}: the start model is not a distilled student; drop the flag")
+        if not (Path(cfg.teacher) / "config.json").exists():
+            raise ValueError(f"--teacher {cfg.teacher}: no config.json there; give an exported world-model folder")
+    for cache in cfg.replay:
+        if not (Path(cache) / "index.json").exists():
+            raise ValueError(
+                f"--replay {cache}: not a latent cache (no index.json); build one with python -m "
+                "astra_gym.data.latent_cache --episodes DIR --vae PRESET --vae-weights <the start bundle's VAE>"
+            )
+    if cfg.replay and not 0 < cfg.replay_share < 1:
+        raise ValueError(f"--replay-share {cfg.replay_share}: give a share strictly between 0 and 1")
+
+
+def _datasets(scenario: str, collected: list[Path], cfg: DynaConfig) -> tuple[DatasetSpec, ...]:
+    """Row sampling over the caches: ``--replay-share`` spread over the replayed ones, the rest over the
+    collected ones, each share split evenly between its caches."""
+    replay = cfg.replay_share if cfg.replay else 0.0
+    specs = [
+        DatasetSpec(root=str(c), scenario=scenario, weight=(1 - replay) / len(collected), name=f"iter{j}")
+        for j, c in enumerate(collected)
+    ]
+    specs += [
+        DatasetSpec(root=str(r), scenario=scenario, weight=replay / len(cfg.replay), name=f"replay{j}")
+        for j, r in enumerate(cfg.replay)
+    ]
+    return tuple(specs)
 
 
 def _steps(folder: Path) -> int:

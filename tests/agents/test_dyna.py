@@ -72,13 +72,33 @@ def test_dyna_loop_fine_tunes_a_distilled_start_as_its_teacher_and_distils_again
     start = make_bundle("student", student, tiny_bundle / "vae", [tiny_bundle / "reward" / "drive"], tmp_path / "s")
 
     out = tmp_path / "loop"
-    curve = dyna.main(["--preset", "debug", "--start-bundle", str(start), "--out", str(out)])
+    replay = str(tiny_bundle.parent / "data" / "cache-train")  # the start model's own training data
+    loop_args = ["--preset", "debug", "--start-bundle", str(start), "--out", str(out), "--teacher", str(teacher)]
+    curve = dyna.main([*loop_args, "--replay", replay, "--replay-share", "0.75"])
     assert len(curve) == 1 and curve[0]["real_return_mean"] is not None
     tuned = json.loads((out / "wm" / "iter_000" / "final" / "config.json").read_text())["extra"]
     assert tuned["sampler"]["guidance_scale"] == 3.0 and tuned["training"]["config"]["distill_from"] is None
     assert tuned["training"]["config"]["step"]["history_noise_p"] == 0.3  # the teacher's recipe, not the student's
+    assert tuned["training"]["config"]["init_from"] == str(teacher)  # --teacher, not the student's weights
+    rows = {d["name"]: (d["root"], d["weight"]) for d in tuned["training"]["config"]["datasets"]}
+    assert rows == {"iter0": (str(out / "cache" / "iter_000"), 0.25), "replay0": (replay, 0.75)}
     distilled = json.loads((out / "distill" / "iter_000" / "final" / "config.json").read_text())["extra"]
     assert distilled["training"]["config"]["distill_from"] == str(out / "wm" / "iter_000" / "final")
     assert distilled["teacher"]["config"]["step"]["history_noise_p"] == 0.3
     manifest = json.loads((out / "bundles" / "iter_000" / "bundle.json").read_text())
     assert manifest["sampler"] == {"num_denoise_steps": 1, "guidance_scale": 1.0, "shift": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--teacher", "{bundle}/world_model"], "not a distilled student"),
+        (["--replay", "{tmp}"], "not a latent cache"),
+        (["--replay", "{bundle}/../data/cache-train", "--replay-share", "1"], "strictly between 0 and 1"),
+    ],
+)
+def test_dyna_loop_rejects_a_teacher_or_replay_it_cannot_use(tiny_bundle, tmp_path, flags, message):
+    flags = [f.format(bundle=tiny_bundle, tmp=tmp_path) for f in flags]
+    with pytest.raises(ValueError, match=message):
+        dyna.main(["--preset", "debug", "--start-bundle", str(tiny_bundle), "--out", str(tmp_path / "o"), *flags])
+    assert not (tmp_path / "o" / "data").exists()  # nothing ran
