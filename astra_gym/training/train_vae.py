@@ -13,6 +13,7 @@ training frames, the reconstruction PSNR is measured on frames of held-out episo
 logged every ``--eval-every`` steps as ``eval/psnr``), and the VAE is saved atomically to
 ``<out>/final`` (:mod:`astra_gym.world_model.vae_io`). Metrics go to ``<out>/metrics.csv`` and
 TensorBoard. The run is short on purpose and not resumable; a failed run is simply restarted.
+``--init-from`` fine-tunes a saved VAE instead (e.g. Drive's detail VAE on other simulators' frames).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from astra_gym.utils.cli_args import arg, parse_preset_config
 from astra_gym.utils.device import resolve_device
 from astra_gym.utils.pixels import uint8_to_pixels
 from astra_gym.world_model.vae import SmallVAE, get_small_vae_preset
-from astra_gym.world_model.vae_io import save_vae
+from astra_gym.world_model.vae_io import load_vae, save_vae
 
 __all__ = ["VaeTrainConfig", "PRESETS", "FramePool", "psnr", "train_vae", "main"]
 
@@ -48,6 +49,9 @@ class VaeTrainConfig:
 
     episodes: tuple[str, ...] = arg((), "episode folder (one per scenario); repeat the flag", parse=str, append=True)
     vae_preset: str = arg("small", "SmallVAE preset (architecture): small, detail or debug")
+    init_from: str | None = arg(
+        None, "saved VAE folder to fine-tune (its architecture must be --vae-preset's); none = a fresh init"
+    )
     kl_weight: float | None = arg(None, "override of the preset's KL weight (none = keep)")
     batch_size: int = arg(32, "frames per step")
     total_steps: int = arg(20000, "optimizer steps")
@@ -170,9 +174,7 @@ def train_vae(cfg: VaeTrainConfig) -> Path:
     split = load_split(cfg.episodes, cfg.holdout_fraction, step_generator(cfg.seed, "split", 0))
     pool, held = FramePool(split.train), FramePool(split.holdout) if any(split.holdout) else None
     device = resolve_device(cfg.device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(step_generator(cfg.seed, "init", 0).initial_seed())
-        vae = SmallVAE(cfg.vae_config()).to(device).train()
+    vae = _initial_vae(cfg).to(device).train()
     optimizer = make_adamw(vae, cfg.lr, cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio)
     keys = ["train/loss", "train/recon", "train/kl", "train/lr", "train/grad_norm", "perf/samples_per_s", "eval/psnr"]
@@ -192,6 +194,22 @@ def train_vae(cfg: VaeTrainConfig) -> Path:
     folder = save_vae(vae.cpu(), Path(cfg.out) / "final", cfg.vae_preset, metrics)
     logger.info("saved VAE to %s (held-out PSNR %s dB)", folder, metrics.get("holdout_psnr_db"))
     return folder
+
+
+def _initial_vae(cfg: VaeTrainConfig) -> SmallVAE:
+    """A fresh seeded SmallVAE of the preset, or the ``--init-from`` one (same architecture, checked)."""
+    if cfg.init_from is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(step_generator(cfg.seed, "init", 0).initial_seed())
+            return SmallVAE(cfg.vae_config())
+    vae, wanted = load_vae(cfg.init_from), cfg.vae_config()
+    if vae.config.replace(kl_weight=wanted.kl_weight) != wanted:
+        raise ValueError(
+            f"--init-from {cfg.init_from}: its SmallVAE config {vae.config} is not --vae-preset "
+            f"{cfg.vae_preset!r}'s {wanted}; pass the preset it was trained with"
+        )
+    vae.config = wanted  # the --kl-weight override applies to the fine-tune
+    return vae
 
 
 def _loop(vae, pool, eval_pixels, optimizer, scheduler, cfg: VaeTrainConfig, writer: MetricWriter) -> None:

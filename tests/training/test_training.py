@@ -381,6 +381,22 @@ def test_vae_trainer_writes_a_loadable_normalised_vae(episode_dirs, tmp_path):
     assert "eval/psnr" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
 
 
+def test_vae_trainer_fine_tunes_a_saved_vae_of_the_same_preset(episode_dirs, tmp_path):
+    base = dataclasses.replace(
+        train_vae.PRESETS["debug"], episodes=(str(episode_dirs / "drive"),), total_steps=2, progress=False
+    )
+    first = load_vae(train_vae.train_vae(dataclasses.replace(base, out=str(tmp_path / "a"))))
+    # lr 0: the fine-tune keeps the weights it started from, which a fresh init with another seed does not
+    again = dataclasses.replace(base, out=str(tmp_path / "b"), lr=0.0, seed=1)
+    tuned = load_vae(train_vae.train_vae(dataclasses.replace(again, init_from=str(tmp_path / "a" / "final"))))
+    fresh = load_vae(train_vae.train_vae(dataclasses.replace(again, out=str(tmp_path / "c"))))
+    key = "encoder.0.weight"
+    assert torch.equal(tuned.state_dict()[key], first.state_dict()[key])
+    assert not torch.equal(fresh.state_dict()[key], first.state_dict()[key])
+    with pytest.raises(ValueError, match="pass the preset it was trained with"):
+        train_vae.train_vae(dataclasses.replace(again, vae_preset="small", init_from=str(tmp_path / "a" / "final")))
+
+
 def test_reward_trainer_writes_a_loadable_model_with_metrics(episode_dirs, tmp_path):
     cfg = dataclasses.replace(
         train_reward.PRESETS["debug"],
