@@ -12,6 +12,9 @@ data's expert policy):
 * **ego-car presence** (drive): share of imagined frames, at those steps and over all steps, in
   which CarRacing's car is visible (:func:`astra_gym.evaluation.details.car_present`); the real
   frames' share is reported next to it.
+* **scene change** at H per action: mean absolute pixel change from the start frame, real and
+  imagined (an imagined branch that changes less than the real one under-acts: e.g. a car that
+  neither speeds up under gas nor stops under brake).
 * **diagnosis** (what to blame): the real return of each branch next to the reward model's return
   on the REAL frames and on the imagined frames, their per-step MAE, and the rank agreement
   (Spearman) of the K actions' returns within each start; and the PSNR of teacher-forced one-step
@@ -176,6 +179,16 @@ def closest_branch(imagined: np.ndarray, real: np.ndarray) -> np.ndarray:
     return distance.argmin(axis=1)
 
 
+def scene_change(start: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """float [K]: mean absolute pixel change of each frame from the start frame.
+
+    Args:
+        start: uint8 [H, W, 3] start frame.
+        frames: uint8 [K, H, W, 3] one frame per branch.
+    """
+    return np.abs(frames.astype(np.float32) - start.astype(np.float32)).mean(axis=(1, 2, 3))
+
+
 def summarise(scenario: str, kind: str, runs: list[dict], horizon: int, long: int) -> dict:
     """One result row from the per-start runs of one kind."""
     closest = np.stack([r["closest"] for r in runs])  # [S, K]
@@ -194,6 +207,8 @@ def summarise(scenario: str, kind: str, runs: list[dict], horizon: int, long: in
     # confusion[a][b]: share of the starts whose imagined branch of action a is closest to the real branch of b
     shares = [[float((closest[:, i] == j).mean()) for j in range(len(names))] for i in range(len(names))]
     row["confusion"] = {a: dict(zip(names, shares[i], strict=True)) for i, a in enumerate(names)}
+    change = {k: np.stack([r[f"change_{k}"] for r in runs]).mean(axis=0) for k in ("real", "imagined")}  # [K]
+    row["scene_change_at_h"] = {a: {k: float(v[i]) for k, v in change.items()} for i, a in enumerate(names)}
     for step in (s for s in REPORT_STEPS if s <= long):
         row[f"psnr_{step}"] = float(np.mean([r["psnr"][:, step - 1].mean() for r in runs]))
         row[f"ssim_{step}"] = float(np.mean([r["ssim"][:, step - 1].mean() for r in runs]))
@@ -227,6 +242,8 @@ def run_start(envs, scenario: str, start: Start, long: int, horizon: int, seed: 
     imagined, imagined_rewards = imagined_branches(envs, scenario, start, long, seed)
     out = {
         "closest": closest_branch(imagined[:, horizon - 1], real[:, horizon - 1]),
+        "change_real": scene_change(start.frames[-1], real[:, horizon - 1]),
+        "change_imagined": scene_change(start.frames[-1], imagined[:, horizon - 1]),
         "psnr": np.minimum(psnr(real, imagined), PSNR_CAP_DB),  # [K, long]
         "ssim": ssim(real, imagined),
         "real_return": real_rewards.sum(axis=1),

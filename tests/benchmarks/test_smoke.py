@@ -78,7 +78,7 @@ def test_action_following_scores_the_real_branches_with_a_task():
 
 
 def test_action_identification_counts_the_closest_real_branch():
-    from benchmarks.action_following import closest_branch, summarise
+    from benchmarks.action_following import closest_branch, scene_change, summarise
 
     real = np.stack([np.full((4, 4, 3), v, np.uint8) for v in (0, 80, 160, 240)])
     imagined = real[[0, 2, 1, 3]].copy()  # branches 1 and 2 swapped
@@ -86,10 +86,12 @@ def test_action_identification_counts_the_closest_real_branch():
     zeros = np.zeros((4, 1))
     run = {"closest": closest_branch(imagined, real), "psnr": zeros, "ssim": zeros, "real_return": zeros[:, 0],
            "imagined_return": zeros[:, 0], "reward_model_real_return": zeros[:, 0], "reward_mae_real_frames": 0.0,
-           "reward_mae_imagined_frames": 0.0, "teacher_forced_psnr": zeros}  # fmt: skip
+           "reward_mae_imagined_frames": 0.0, "teacher_forced_psnr": zeros,
+           "change_real": scene_change(real[0], real), "change_imagined": scene_change(real[0], imagined)}  # fmt: skip
     row = summarise("manipulation", "reset", [run], horizon=1, long=1)
     assert row["identification"] == 0.5 and row["identification_per_action"]["-x"] == 0.0
     assert row["confusion"]["-x"] == {"+x": 0.0, "-x": 0.0, "+y": 1.0, "-y": 0.0}
+    assert row["scene_change_at_h"]["-x"] == {"real": 80.0, "imagined": 160.0}  # swapped: -x moved too far
 
 
 def test_transfer_and_vae_details_run(tmp_path):
