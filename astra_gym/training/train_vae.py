@@ -171,10 +171,10 @@ def _step(vae: SmallVAE, pool: FramePool, optimizer, scheduler, cfg: VaeTrainCon
 
 def train_vae(cfg: VaeTrainConfig) -> Path:
     """Trains, normalises, evaluates and saves a SmallVAE; returns the saved folder."""
+    device = resolve_device(cfg.device)
+    vae = _initial_vae(cfg).to(device).train()  # first: a wrong --init-from fails before the frames load
     split = load_split(cfg.episodes, cfg.holdout_fraction, step_generator(cfg.seed, "split", 0))
     pool, held = FramePool(split.train), FramePool(split.holdout) if any(split.holdout) else None
-    device = resolve_device(cfg.device)
-    vae = _initial_vae(cfg).to(device).train()
     optimizer = make_adamw(vae, cfg.lr, cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio)
     keys = ["train/loss", "train/recon", "train/kl", "train/lr", "train/grad_norm", "perf/samples_per_s", "eval/psnr"]
