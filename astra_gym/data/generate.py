@@ -64,7 +64,7 @@ class GenerateConfig:
     size: int | None = arg(64, help="frame side in pixels; 0 or none = native size")
     workers: int = arg(1, help="parallel recording processes")
     frame_skip: int | None = arg(None, help="override the scenario's frame skip")
-    epsilon: float = arg(0.25, help="share of random segments in --policy mix")
+    epsilon: float = arg(0.25, help="share of random segments in --policy mix and probe")
     overwrite: bool = arg(False, help="re-record existing episodes instead of resuming")
 
     def __post_init__(self) -> None:

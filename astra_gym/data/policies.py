@@ -14,7 +14,11 @@ actions are a function of (sim seed, policy seed).
 * :class:`Mixture` - switches between policies per episode or per segment (epsilon-random
   segments inside expert driving), and records which one acted when (``trace``).
 
-:func:`make_policy` builds ``random`` / ``expert`` / ``mix`` for a scenario.
+:func:`make_policy` builds ``random`` / ``expert`` / ``mix`` / ``probe`` for a scenario. ``probe`` is
+``mix`` whose random segments hold the corners of the action box (full lock or straight, full gas,
+coast or full brake) for 8-24 steps, from rest and at speed: the sustained extreme actions whose
+consequences a world model must carry (steering at rest does not move the car, braking at speed
+stops it), which short held random actions rarely show.
 """
 
 from __future__ import annotations
@@ -37,12 +41,14 @@ __all__ = [
     "car_sampler",
     "fetch_sampler",
     "button_sampler",
+    "car_corner_sampler",
+    "fetch_corner_sampler",
     "make_policy",
     "POLICY_NAMES",
 ]
 
 ActionSampler = Callable[[np.random.Generator], np.ndarray]
-POLICY_NAMES = ("random", "expert", "mix")
+POLICY_NAMES = ("random", "expert", "mix", "probe")
 
 
 class Policy(ABC):
@@ -80,6 +86,13 @@ def car_sampler(rng: np.random.Generator) -> np.ndarray:
     return np.array([steer, gas, brake], np.float32)
 
 
+def car_corner_sampler(rng: np.random.Generator) -> np.ndarray:
+    """CarRacing action at a corner of its box: steer -1, 0 or +1; full gas, coast or full brake."""
+    steer = rng.choice([-1.0, 0.0, 1.0])
+    pedal = rng.choice(3)  # gas, coast, brake
+    return np.array([steer, float(pedal == 0), float(pedal == 2)], np.float32)
+
+
 def fetch_sampler(rng: np.random.Generator) -> np.ndarray:
     """Fetch action: each of dx, dy, dz uniform, full +-1 or 0; gripper fully open or closed (or between)."""
     xyz = rng.uniform(-1.0, 1.0, 3)
@@ -87,6 +100,11 @@ def fetch_sampler(rng: np.random.Generator) -> np.ndarray:
     xyz = np.where(snap < 0.3, np.sign(xyz), np.where(snap < 0.45, 0.0, xyz))
     gripper = rng.choice([-1.0, 1.0]) if rng.random() < 0.8 else rng.uniform(-1.0, 1.0)
     return np.array([*xyz, gripper], np.float32)
+
+
+def fetch_corner_sampler(rng: np.random.Generator) -> np.ndarray:
+    """Fetch action at a corner of its box: each of dx, dy, dz -1, 0 or +1; gripper open or closed."""
+    return np.array([*rng.choice([-1.0, 0.0, 1.0], 3), rng.choice([-1.0, 1.0])], np.float32)
 
 
 def button_sampler(button_names: Sequence[str]) -> ActionSampler:
@@ -441,15 +459,16 @@ def make_policy(name: str, scenario: str, button_names: Sequence[str] = (), epsi
     """Builds a named behaviour policy for a scenario.
 
     Args:
-        name: "random" (held random actions), "expert" (the scenario's scripted policy) or "mix"
-            (expert segments with epsilon-random segments in between).
+        name: "random" (held random actions), "expert" (the scenario's scripted policy), "mix"
+            (expert segments with epsilon-random segments in between) or "probe" (as "mix", the
+            random segments holding corners of the action box for 8-24 steps).
         scenario: "drive" | "manipulation" | "explore".
         button_names: ViZDoom buttons, in action order (explore only).
-        epsilon: Probability of a random segment in "mix".
+        epsilon: Probability of a random segment in "mix" and "probe".
     """
     if name not in POLICY_NAMES:
         raise ValueError(f"unknown policy {name!r}; choose one of {POLICY_NAMES}")
-    random, expert = _scenario_policies(scenario, button_names)
+    random, expert = _scenario_policies(scenario, button_names, corners=name == "probe")
     if name == "random":
         return random
     if name == "expert":
@@ -457,14 +476,19 @@ def make_policy(name: str, scenario: str, button_names: Sequence[str] = (), epsi
     return Mixture({"expert": expert, "random": random}, [1.0 - epsilon, epsilon], per="segment")
 
 
-def _scenario_policies(scenario: str, button_names: Sequence[str]) -> tuple[Policy, Policy]:
-    """(random, expert) policies of a scenario."""
+def _scenario_policies(scenario: str, button_names: Sequence[str], corners: bool = False) -> tuple[Policy, Policy]:
+    """(random, expert) policies of a scenario; ``corners``: the random one holds box corners for 8-24 steps."""
+    probe = (8, 24)
     if scenario == "drive":
-        return RandomHold(car_sampler, hold=(4, 20)), PurePursuitDriver()
+        return RandomHold(car_corner_sampler, probe) if corners else RandomHold(
+            car_sampler, (4, 20)
+        ), PurePursuitDriver()
     if scenario == "manipulation":
-        return WorkspaceGuard(RandomHold(fetch_sampler, hold=(3, 15))), FetchPusher()
+        random = RandomHold(fetch_corner_sampler, probe) if corners else RandomHold(fetch_sampler, (3, 15))
+        return WorkspaceGuard(random), FetchPusher()
     if scenario == "explore":
         if not button_names:
             raise ValueError("the explore policies need the ViZDoom button_names")
-        return RandomHold(button_sampler(button_names), hold=(2, 10)), CorridorWalker(button_names)
+        hold = probe if corners else (2, 10)  # buttons are binary: every sampled action is a corner
+        return RandomHold(button_sampler(button_names), hold), CorridorWalker(button_names)
     raise ValueError(f"unknown scenario {scenario!r}; choose drive, manipulation or explore")

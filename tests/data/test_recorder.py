@@ -12,7 +12,9 @@ from astra_gym.data.policies import (
     Mixture,
     RandomHold,
     button_sampler,
+    car_corner_sampler,
     car_sampler,
+    fetch_corner_sampler,
     fetch_sampler,
     make_policy,
 )
@@ -132,6 +134,31 @@ def test_any_gymnasium_env_can_be_recorded():
         ep = rec.record(seed=0, steps=8)
     assert ep.frames.shape[1:] == (32, 32, 3) and ep.actions.dtype == np.int8
     assert ep.step_index[0] == 1 and ep.poses == {}
+
+
+def test_corner_samplers_draw_every_corner_and_nothing_else():
+    rng = np.random.default_rng(0)
+    car = {tuple(car_corner_sampler(rng).tolist()) for _ in range(500)}
+    assert car == {(s, g, b) for s in (-1.0, 0.0, 1.0) for g, b in ((1.0, 0.0), (0.0, 0.0), (0.0, 1.0))}
+    fetch = np.stack([fetch_corner_sampler(rng) for _ in range(500)])
+    assert set(np.unique(fetch[:, :3]).tolist()) == {-1.0, 0.0, 1.0} and set(fetch[:, 3].tolist()) == {-1.0, 1.0}
+
+
+@pytest.mark.sims
+def test_drive_probe_holds_corner_actions():
+    _, eps = record("drive", "probe", steps=80, seeds=(0, 1, 2, 3), size=16)
+    trace = [(e, name) for e in eps for _, name in e.attrs["policy_trace"]]
+    assert {name for _, name in trace} == {"expert", "random"}
+    for episode in eps:
+        starts = [step for step, _ in episode.attrs["policy_trace"]] + [len(episode.actions)]
+        for (step, name), end in zip(episode.attrs["policy_trace"], starts[1:], strict=False):
+            if name != "random":
+                continue
+            held = episode.actions[step:end]
+            assert set(np.unique(held[:, 0]).tolist()) <= {-1.0, 0.0, 1.0}
+            assert ((held[:, 1:] == 0) | (held[:, 1:] == 1)).all() and not (held[:, 1:].sum(1) > 1).any()
+            runs = np.flatnonzero(np.any(np.diff(held, axis=0) != 0, axis=1))  # where a held action changes
+            assert len(runs) <= len(held) // 8 + 1  # holds last >= 8 steps (a segment may cut one short)
 
 
 @pytest.mark.sims
