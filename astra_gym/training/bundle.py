@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -95,7 +96,12 @@ def _reward_entries(
     return entries
 
 
-def _manifest(name: str, extra: Mapping[str, Any], rewards: Mapping[RewardKey, tuple[Path, dict]]) -> dict[str, Any]:
+def _manifest(
+    name: str, extra: Mapping[str, Any], rewards: Mapping[RewardKey, tuple[Path, dict]], guidance: float | None
+) -> dict[str, Any]:
+    sampler = extra.get("sampler")
+    if guidance is not None:
+        sampler = {**(sampler or {}), "guidance_scale": float(guidance)}
     scenarios = {}
     for scenario, entry in extra["scenarios"].items():
         scenarios[scenario] = {
@@ -114,7 +120,7 @@ def _manifest(name: str, extra: Mapping[str, Any], rewards: Mapping[RewardKey, t
         "scenarios": scenarios,
         "chunk_latents": extra.get("chunk_latents"),
         "layout": extra.get("layout"),
-        "sampler": extra.get("sampler"),
+        "sampler": sampler,
     }
 
 
@@ -181,20 +187,25 @@ def make_bundle(
     out: str | os.PathLike,
     allow_vae_mismatch: bool = False,
     weights_dtype: str = "float32",
+    guidance: float | None = None,
 ) -> Path:
     """Checks and copies the parts into ``out`` (replaced atomically as a whole); returns it.
 
     ``weights_dtype`` (``float32``, ``float16`` or ``bfloat16``) is the storage dtype of the
     world-model and reward-model weights (float16 halves the size; the envs compute in float32
     either way). The VAE is copied as it is: its weights digest is the identity its latents carry.
+    ``guidance`` replaces the action-free guidance scale of the sampler the world model was trained
+    with (1 = none): a model warm-started from another variant's teacher may need another scale.
     """
     if weights_dtype not in STORAGE_DTYPES:
         raise ValueError(f"weights_dtype={weights_dtype!r}: choose one of {sorted(STORAGE_DTYPES)}")
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f"guidance={guidance} must be a finite scale >= 0 (1 = no action-free guidance)")
     config, extra = read_pretrained_config(world_model)
     vae_meta = read_vae_config(vae)
     _check_vae(extra, vae_meta, allow_vae_mismatch)
     reward_entries = _reward_entries(extra, rewards)
-    manifest = _manifest(name, extra, reward_entries)
+    manifest = _manifest(name, extra, reward_entries, guidance)
     card = _model_card(name, config, extra, vae_meta, reward_entries)
     with atomic_folder(out) as tmp:
         if weights_dtype == "float32":
@@ -227,6 +238,9 @@ class Args:
         "float32",
         help="storage dtype of the world-model and reward weights (float16 halves the size; compute stays float32)",
     )
+    guidance: float | None = arg(
+        None, help="action-free guidance scale of the bundle's sampler (none: the world model's training sampler)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -234,7 +248,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_config(Args, argv, __doc__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     make_bundle(
-        args.name, args.world_model, args.vae, args.reward, args.out, args.allow_vae_mismatch, args.weights_dtype
+        args.name,
+        args.world_model,
+        args.vae,
+        args.reward,
+        args.out,
+        args.allow_vae_mismatch,
+        args.weights_dtype,
+        args.guidance,
     )
 
 

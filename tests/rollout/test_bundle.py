@@ -82,6 +82,16 @@ def test_a_trained_bundle_loads_with_its_settings_and_reproduces_the_modules(tmp
     assert torch.equal(outputs[0][1][0], outputs[1][1][0])
 
 
+def test_a_bundle_can_override_its_training_guidance(tmp_path, bundle):
+    _write_bundle(tmp_path, bundle)
+    folder = make_bundle("g1", tmp_path / "wm", tmp_path / "vae", [tmp_path / "reward"], tmp_path / "g1", guidance=1.0)
+    config = load_bundle(folder, "drive").rollout
+    assert (config.num_denoise_steps, config.guidance_scale, config.shift) == (3, 1.0, 4.0)  # trained with 1.5
+    with pytest.raises(ValueError, match="guidance=-1.0 must be a finite scale >= 0"):
+        make_bundle("bad", tmp_path / "wm", tmp_path / "vae", [tmp_path / "reward"], tmp_path / "bad", guidance=-1.0)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_bundle_errors_name_the_folder_and_the_fix(tmp_path, bundle):
     with pytest.raises(BundleError, match="training.bundle"):
         load_bundle(tmp_path / "missing", "drive")
