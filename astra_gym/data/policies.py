@@ -480,9 +480,8 @@ def _scenario_policies(scenario: str, button_names: Sequence[str], corners: bool
     """(random, expert) policies of a scenario; ``corners``: the random one holds box corners for 8-24 steps."""
     probe = (8, 24)
     if scenario == "drive":
-        return RandomHold(car_corner_sampler, probe) if corners else RandomHold(
-            car_sampler, (4, 20)
-        ), PurePursuitDriver()
+        random = RandomHold(car_corner_sampler, probe) if corners else RandomHold(car_sampler, (4, 20))
+        return random, PurePursuitDriver()
     if scenario == "manipulation":
         random = RandomHold(fetch_corner_sampler, probe) if corners else RandomHold(fetch_sampler, (3, 15))
         return WorkspaceGuard(random), FetchPusher()

@@ -96,12 +96,7 @@ def _reward_entries(
     return entries
 
 
-def _manifest(
-    name: str, extra: Mapping[str, Any], rewards: Mapping[RewardKey, tuple[Path, dict]], guidance: float | None
-) -> dict[str, Any]:
-    sampler = extra.get("sampler")
-    if guidance is not None:
-        sampler = {**(sampler or {}), "guidance_scale": float(guidance)}
+def _manifest(name: str, extra: Mapping[str, Any], rewards: Mapping[RewardKey, tuple[Path, dict]]) -> dict[str, Any]:
     scenarios = {}
     for scenario, entry in extra["scenarios"].items():
         scenarios[scenario] = {
@@ -120,7 +115,7 @@ def _manifest(
         "scenarios": scenarios,
         "chunk_latents": extra.get("chunk_latents"),
         "layout": extra.get("layout"),
-        "sampler": sampler,
+        "sampler": extra.get("sampler"),
     }
 
 
@@ -205,8 +200,11 @@ def make_bundle(
     vae_meta = read_vae_config(vae)
     _check_vae(extra, vae_meta, allow_vae_mismatch)
     reward_entries = _reward_entries(extra, rewards)
-    manifest = _manifest(name, extra, reward_entries, guidance)
-    card = _model_card(name, config, extra, vae_meta, reward_entries)
+    bundled = dict(extra)  # what the bundle runs: the training sampler unless --guidance replaces its scale
+    if guidance is not None:
+        bundled["sampler"] = {**(extra.get("sampler") or {}), "guidance_scale": float(guidance)}
+    manifest = _manifest(name, bundled, reward_entries)
+    card = _model_card(name, config, bundled, vae_meta, reward_entries)
     with atomic_folder(out) as tmp:
         if weights_dtype == "float32":
             shutil.copytree(world_model, tmp / "world_model")

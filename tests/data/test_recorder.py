@@ -147,8 +147,7 @@ def test_corner_samplers_draw_every_corner_and_nothing_else():
 @pytest.mark.sims
 def test_drive_probe_holds_corner_actions():
     _, eps = record("drive", "probe", steps=80, seeds=(0, 1, 2, 3), size=16)
-    trace = [(e, name) for e in eps for _, name in e.attrs["policy_trace"]]
-    assert {name for _, name in trace} == {"expert", "random"}
+    assert {name for e in eps for _, name in e.attrs["policy_trace"]} == {"expert", "random"}
     for episode in eps:
         starts = [step for step, _ in episode.attrs["policy_trace"]] + [len(episode.actions)]
         for (step, name), end in zip(episode.attrs["policy_trace"], starts[1:], strict=False):
