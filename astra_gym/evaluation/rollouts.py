@@ -300,7 +300,7 @@ class RolloutOutputs:
 
     Attributes:
         gen_true: uint8 [S, H, H_px, W_px, 3] rollouts under the real actions.
-        gen_random: uint8 [S, H, H_px, W_px, 3] rollouts under the random actions.
+        gen_random: uint8 [S, H, H_px, W_px, 3] rollouts under the random actions (None when not rolled).
         vae_recon: uint8 [S, H, H_px, W_px, 3] VAE reconstruction of the real continuation.
         reward_gen: [S, N] predicted reward of each chunk of ``gen_true`` (None without reward model).
         reward_real: [S, N] predicted reward of each real chunk.
@@ -309,7 +309,7 @@ class RolloutOutputs:
     """
 
     gen_true: np.ndarray
-    gen_random: np.ndarray
+    gen_random: np.ndarray | None
     vae_recon: np.ndarray
     reward_gen: np.ndarray | None = None
     reward_real: np.ndarray | None = None
@@ -323,6 +323,7 @@ def run_rollouts(
     plan: EvalPlan,
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
+    random: bool = True,
 ) -> RolloutOutputs:
     """Rolls out every start under its true and its random actions (2 engine rows per start).
 
@@ -332,6 +333,7 @@ def run_rollouts(
         plan: The evaluation plan.
         batch_size: Starts per engine call (2 * batch_size rows).
         progress: Called with (starts done, total) after each batch.
+        random: Also roll out the random actions (False: one engine row per start, ``gen_random`` None).
 
     Returns:
         The rollouts, VAE reconstructions and (if the engine has a reward model) reward predictions.
@@ -343,32 +345,40 @@ def run_rollouts(
         )
     parts: list[dict[str, np.ndarray]] = []
     for lo in range(0, len(starts), batch_size):
-        parts.append(_rollout_batch(engine, starts[lo : lo + batch_size], plan))
+        parts.append(_rollout_batch(engine, starts[lo : lo + batch_size], plan, random))
         if progress is not None:
             progress(min(lo + batch_size, len(starts)), len(starts))
-    merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
+    merged = {key: _concat([p[key] for p in parts]) for key in parts[0]} if parts else {}
     return RolloutOutputs(**merged)
 
 
-def _rollout_batch(engine: WorldModelRollout, starts: Sequence[EvalStart], plan: EvalPlan) -> dict[str, np.ndarray]:
-    """Rollouts of one batch: rows 0..b-1 true actions, rows b..2b-1 random actions, same noise."""
-    b, c = len(starts), plan.context
+def _concat(parts: list[np.ndarray | None]) -> np.ndarray | None:
+    return None if parts[0] is None else np.concatenate(parts)
+
+
+def _rollout_batch(
+    engine: WorldModelRollout, starts: Sequence[EvalStart], plan: EvalPlan, random: bool = True
+) -> dict[str, np.ndarray | None]:
+    """Rollouts of one batch: rows 0..b-1 true actions, rows b..2b-1 (if ``random``) random actions, same noise."""
+    b, c, copies = len(starts), plan.context, 2 if random else 1
     context = np.stack([st.frames[:c] for st in starts])
     ctx_rows = np.stack([context_rows(st, plan) for st in starts])
-    seeds = [st.noise_seed for st in starts] * 2
+    seeds = [st.noise_seed for st in starts] * copies
     state = engine.reset(
-        np.concatenate([context, context]), seeds, context_actions=np.concatenate([ctx_rows, ctx_rows])
+        np.concatenate([context] * copies), seeds, context_actions=np.concatenate([ctx_rows] * copies)
     )
     real = np.stack([st.frames for st in starts])  # [b, C + H, ...]
     frames, rewards = [], []
     for k in range(plan.chunks):
-        rows = np.concatenate([_chunk_rows(starts, plan, k, False), _chunk_rows(starts, plan, k, True)])
+        rows = [_chunk_rows(starts, plan, k, False)] + ([_chunk_rows(starts, plan, k, True)] if random else [])
+        rows = np.concatenate(rows)
         state, chunk = engine.step(state, rows)
         frames.append(chunk.cpu().numpy())
         if engine.reward_model is not None:
             rewards.append(_score_chunk(engine, real, np.concatenate(frames, 1)[:b], rows[:b], c, plan, k))
-    video = np.concatenate(frames, 1)  # [2b, H, ...]
-    out = {"gen_true": video[:b], "gen_random": video[b:], "vae_recon": reconstruct(engine, real)[:, c:]}
+    video = np.concatenate(frames, 1)  # [copies * b, H, ...]
+    gen_random = video[b:] if random else None
+    out = {"gen_true": video[:b], "gen_random": gen_random, "vae_recon": reconstruct(engine, real)[:, c:]}
     if rewards:
         for i, key in enumerate(("reward_gen", "termination_gen", "reward_real", "termination_real")):
             out[key] = np.stack([r[i] for r in rewards], 1)
@@ -491,6 +501,8 @@ def evaluate_rollouts(
     """
     if not starts:
         raise ValueError("no evaluation starts: the held-out episodes are shorter than context - 1 + chunks x frames")
+    if outputs.gen_random is None:
+        raise ValueError("these outputs have no random-action rollouts; make them with run_rollouts(..., random=True)")
     real = np.stack([st.frames[plan.context :] for st in starts])  # [S, H, ...]
     frame = _frame_metrics(real, outputs)
     per_chunk = _per_chunk_frames(frame, plan.frames_per_chunk)

@@ -14,7 +14,13 @@ positive class by ``(negatives / positives) ** termination_balance`` (1 = fully 
 
 Held-out episodes (``--holdout-fraction``) give ``eval/reward_mae`` (and the MAE of always predicting
 the training mean, for reference) and termination accuracy, balanced accuracy, precision and
-recall at the env's decision threshold (logit > 0). The model is saved atomically to
+recall at the env's decision threshold (logit > 0).
+
+``--imagined BUNDLE`` also trains on the world model's own frames: every episode is re-imagined by
+that bundle from ``--imagined-starts`` starts, ``--imagined-horizon`` steps under its recorded
+actions, with the simulator's rewards (:mod:`astra_gym.training.imagined_data`). Those pieces join
+the training transitions, and the held-out episodes' pieces give the same scores under
+``eval_imagined/``: how right the model is on what an agent inside will show it. The model is saved atomically to
 ``<out>/final`` (:mod:`astra_gym.world_model.reward_io`) with those numbers in its metadata.
 """
 
@@ -73,6 +79,14 @@ class RewardTrainConfig:
         "VAE folder (train_vae output): train and evaluate on its reconstructions of the frames, the image "
         "domain the world model generates in (none = the real frames)",
     )
+    imagined: str | None = arg(
+        None,
+        "bundle (name or folder) whose rollouts of the episodes' recorded actions, with the real rewards, are "
+        "added to the training transitions and scored under eval_imagined/ (none = recorded frames only)",
+    )
+    imagined_horizon: int = arg(32, "--imagined: imagined steps per piece")
+    imagined_starts: int = arg(6, "--imagined: pieces per episode, evenly spaced")
+    imagined_context: int = arg(4, "--imagined: real frames the world model is reset on")
     batch_size: int = arg(64, "transitions per step")
     total_steps: int = arg(5000, "optimizer steps")
     lr: float = arg(1e-3, "peak AdamW learning rate")
@@ -93,7 +107,7 @@ class RewardTrainConfig:
     progress: bool = arg(True, "show a tqdm progress bar")
 
     def __post_init__(self) -> None:
-        for name in ("num_frames", "batch_size", "total_steps", "log_every"):
+        for name in ("num_frames", "batch_size", "total_steps", "log_every", "imagined_horizon", "imagined_starts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)} must be >= 1")
         if self.termination_balance < 0 or self.termination_weight < 0:
@@ -204,8 +218,11 @@ def _losses(model: RewardModel, batch, cfg: RewardTrainConfig, pos_weight: float
 
 
 @torch.no_grad()
-def evaluate(model: RewardModel, pool: TransitionPool, reward_mean: float, batch: int = 256) -> dict[str, float]:
-    """Held-out reward MAE (and the constant-mean baseline's) and termination classification scores."""
+def evaluate(
+    model: RewardModel, pool: TransitionPool, reward_mean: float, batch: int = 256, prefix: str = "eval"
+) -> dict[str, float]:
+    """Held-out reward MAE (and the constant-mean baseline's) and termination classification scores,
+    keyed ``{prefix}/...``."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -220,24 +237,26 @@ def evaluate(model: RewardModel, pool: TransitionPool, reward_mean: float, batch
     truth = pool.terminated
     tp, tn = int((predicted & truth).sum()), int((~predicted & ~truth).sum())
     pos, neg = int(truth.sum()), int((~truth).sum())
-    return {
-        "eval/reward_mae": float((reward - pool.rewards).abs().mean()),
-        "eval/reward_mae_mean_baseline": float((pool.rewards - reward_mean).abs().mean()),
-        "eval/termination_accuracy": (tp + tn) / len(pool),
-        "eval/termination_balanced_accuracy": 0.5 * (tp / pos if pos else 1.0) + 0.5 * (tn / neg if neg else 1.0),
-        "eval/termination_precision": tp / int(predicted.sum()) if int(predicted.sum()) else math.nan,
-        "eval/termination_recall": tp / pos if pos else math.nan,
+    scores = {
+        "reward_mae": float((reward - pool.rewards).abs().mean()),
+        "reward_mae_mean_baseline": float((pool.rewards - reward_mean).abs().mean()),
+        "termination_accuracy": (tp + tn) / len(pool),
+        "termination_balanced_accuracy": 0.5 * (tp / pos if pos else 1.0) + 0.5 * (tn / neg if neg else 1.0),
+        "termination_precision": tp / int(predicted.sum()) if int(predicted.sum()) else math.nan,
+        "termination_recall": tp / pos if pos else math.nan,
     }
+    return {f"{prefix}/{name}": value for name, value in scores.items()}
 
 
-_EVAL_KEYS = [
-    "eval/reward_mae",
-    "eval/reward_mae_mean_baseline",
-    "eval/termination_accuracy",
-    "eval/termination_balanced_accuracy",
-    "eval/termination_precision",
-    "eval/termination_recall",
+_SCORES = [
+    "reward_mae",
+    "reward_mae_mean_baseline",
+    "termination_accuracy",
+    "termination_balanced_accuracy",
+    "termination_precision",
+    "termination_recall",
 ]
+_EVAL_KEYS = [f"{prefix}/{name}" for prefix in ("eval", "eval_imagined") for name in _SCORES]
 _TRAIN_KEYS = ["train/loss", "train/reward_loss", "train/termination_loss", "train/lr", "perf/samples_per_s"]
 
 
@@ -259,6 +278,32 @@ def _reconstructed(episodes: Sequence[Episode], vae_folder: str, device: torch.d
     return [dataclasses.replace(ep, frames=reconstruct_frames(vae, ep.frames)) for ep in episodes]
 
 
+def _imagined(cfg: RewardTrainConfig, scenario: str, episodes: Sequence[Episode], device: torch.device) -> list:
+    """``--imagined``: the episodes' pieces as imagined by that bundle (progress bar per batch)."""
+    from tqdm.auto import tqdm
+
+    from astra_gym.envs.variants import bundle_folder
+    from astra_gym.rollout.bundle import load_bundle
+    from astra_gym.training.imagined_data import imagine_episodes
+
+    engine = load_bundle(bundle_folder(cfg.imagined), scenario, device).engine()
+    with tqdm(desc="imagine episodes", unit="piece", disable=not cfg.progress) as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        return imagine_episodes(
+            episodes,
+            engine,
+            cfg.imagined_horizon,
+            cfg.imagined_starts,
+            cfg.imagined_context,
+            seed=cfg.seed,
+            progress=advance,
+        )
+
+
 def train_reward(cfg: RewardTrainConfig) -> Path:
     """Trains, evaluates and saves one scenario's reward model; returns the saved folder."""
     split = load_split(cfg.episodes, cfg.holdout_fraction, step_generator(cfg.seed, "split", 0))
@@ -270,10 +315,17 @@ def train_reward(cfg: RewardTrainConfig) -> Path:
     feature = INFERENCE_FEATURE[scenario]
     normalizer = _normalizer(cfg, scenario, feature, train_eps)
     device = resolve_device(cfg.device)
+    imagined_train, imagined_held = [], []
+    if cfg.imagined is not None:
+        imagined_train, imagined_held = (_imagined(cfg, scenario, eps, device) for eps in (train_eps, held_eps))
     if cfg.vae is not None:
         train_eps, held_eps = _reconstructed(train_eps, cfg.vae, device), _reconstructed(held_eps, cfg.vae, device)
-    pool = TransitionPool(train_eps, feature, normalizer, cfg.num_frames)
-    held = TransitionPool(held_eps, feature, normalizer, cfg.num_frames) if held_eps else None
+    pool = TransitionPool(train_eps + imagined_train, feature, normalizer, cfg.num_frames)
+    held = {
+        prefix: TransitionPool(eps, feature, normalizer, cfg.num_frames)
+        for prefix, eps in (("eval", held_eps), ("eval_imagined", imagined_held))
+        if eps
+    }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(step_generator(cfg.seed, "init", 0).initial_seed())
         config = get_reward_model_preset(cfg.model_preset, pool.rows.shape[1], num_frames=cfg.num_frames)
@@ -282,9 +334,13 @@ def train_reward(cfg: RewardTrainConfig) -> Path:
     reward_mean = float(pool.rewards.mean())
     try:
         _loop(model, pool, held, reward_mean, _pos_weight(pool, cfg.termination_balance), cfg, writer)
-        metrics: dict[str, Any] = {"steps": cfg.total_steps, "train_transitions": len(pool)}
-        if held is not None:
-            metrics.update(evaluate(model, held, reward_mean))
+        metrics: dict[str, Any] = {
+            "steps": cfg.total_steps,
+            "train_transitions": len(pool),
+            "imagined_train_transitions": sum(ep.num_steps for ep in imagined_train),
+        }
+        if held:
+            metrics.update(_evaluate_all(model, held, reward_mean))
             writer.write(cfg.total_steps, metrics_only(metrics))
     finally:
         writer.close()
@@ -321,8 +377,17 @@ def _loop(model, pool, held, reward_mean, pos_weight, cfg: RewardTrainConfig, wr
         logs["train/lr"], _ = optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
         return logs
 
-    held_eval = (lambda: evaluate(model, held, reward_mean)) if held is not None else None
+    held_eval = (lambda: _evaluate_all(model, held, reward_mean)) if held else None
     run_steps(cfg, writer, step, held_eval, "train reward model")
+
+
+def _evaluate_all(model: RewardModel, held: dict[str, TransitionPool], reward_mean: float) -> dict[str, float]:
+    """:func:`evaluate` on every held-out pool, keyed by its prefix."""
+    return {
+        key: value
+        for prefix, pool in held.items()
+        for key, value in evaluate(model, pool, reward_mean, prefix=prefix).items()
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:

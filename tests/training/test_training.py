@@ -528,6 +528,15 @@ def test_pipeline_vae_cache_world_model_reward_bundle(episode_dirs, tmp_path):
     )
     assert load_vae(manifest["vae"]).latent_channels == load_pretrained(manifest["world_model"]).config.in_channels
     assert "drive" in (out / "MODEL_CARD.md").read_text()
+    # The bundle's own rollouts of the recorded actions as reward training data, scored apart.
+    imagined_cfg = dataclasses.replace(
+        reward_cfg, out=str(tmp_path / "reward-imagined"), holdout_fraction=0.3, imagined=str(out),
+        imagined_horizon=2, imagined_starts=3, imagined_context=1,
+    )  # fmt: skip
+    metrics = load_reward_model(train_reward.train_reward(imagined_cfg))[1]["metrics"]
+    assert metrics["imagined_train_transitions"] == 2 * 3 * 2  # 2 training episodes, 3 pieces of 2 steps each
+    assert metrics["train_transitions"] == 2 * 14 + 12
+    assert {"eval/reward_mae", "eval_imagined/reward_mae", "eval_imagined/reward_mae_mean_baseline"} <= set(metrics)
     half = bundle.make_bundle(
         "half", wm.final, vae_folder, [reward_folder], tmp_path / "half", weights_dtype="float16"
     )
