@@ -14,6 +14,12 @@ Per reader: per-step MAE (next to always predicting the mean), the per-step corr
 truth, and per episode the error of the summed return and its correlation with the true return
 (what an agent maximises).
 
+With ``--imagined-horizon H`` the readers are also scored on what an agent inside shows them: the
+bundle's world model re-imagines ``--imagined-starts`` pieces of H steps per episode under the
+recorded actions (:mod:`astra_gym.training.imagined_data`), and each piece's imagined frames are
+read against the rewards the simulator paid for those actions (block ``imagined``; its "episodes"
+are the pieces).
+
     python -m benchmarks.reward_readers --env Astra-Manipulation-v0 --task progress \
         --checkpoint runs/bundles/small-v0-potential --episodes data/heldout/manipulation \
         --out benchmarks/results/reward_readers_manipulation_progress.json
@@ -33,7 +39,8 @@ from astra_gym.data.action_codecs import INFERENCE_FEATURE
 from astra_gym.data.episodes import episode_paths, load_episode
 from astra_gym.data.tasks import get_task, relabel
 from astra_gym.envs.variants import bundle_folder, variant
-from astra_gym.rollout.bundle import read_bundle
+from astra_gym.rollout.bundle import load_bundle, read_bundle
+from astra_gym.training.imagined_data import imagine_episodes
 from astra_gym.training.normalization import ActionNormalizer
 from astra_gym.training.train_reward import TransitionPool
 from astra_gym.utils.cli_args import arg, parse_config
@@ -49,6 +56,10 @@ class Args:
     task: str = arg("progress", "the agent task (astra_gym.data.tasks)")
     checkpoint: str | None = arg(None, "model bundle (name or folder); none = the variant's")
     episodes: str = arg("data/heldout/manipulation", "held-out recorded episodes of the scenario")
+    imagined_horizon: int = arg(
+        0, "also read the bundle's own rollouts of the recorded actions: steps per piece (0 = off)"
+    )
+    imagined_starts: int = arg(6, "imagined pieces per episode (with --imagined-horizon)")
     threads: int = arg(1, "torch CPU threads")
     out: str = arg("benchmarks/results/reward_readers.json", "JSON written here")
 
@@ -98,6 +109,27 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def read_all(
+    found: dict[str, torch.nn.Module], episodes: list, feature: str, normalizer: ActionNormalizer
+) -> dict[str, dict]:
+    """The truth of ``episodes`` and every reader's :func:`summary` on them."""
+    pool = TransitionPool(episodes, feature, normalizer, num_frames=1)
+    truth = pool.rewards.double().numpy()
+    ids = np.unique(pool.episode)
+    results: dict[str, dict] = {
+        "truth": {
+            "transitions": len(pool),
+            "episodes": len(ids),
+            "step_mae_of_the_mean": float(np.abs(truth - truth.mean()).mean()),
+            "returns": [float(truth[pool.episode == i].sum()) for i in ids],
+        }
+    }
+    for kind, reader in found.items():
+        pool.num_frames = reader.config.num_frames  # the frames this reader sees per transition
+        results[kind] = summary(score(reader, pool), truth, pool.episode)
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Runs the comparison and writes ``--out``."""
     args = parse_config(Args, argv, __doc__)
@@ -110,35 +142,28 @@ def main(argv: list[str] | None = None) -> dict:
     task = get_task(scenario, args.task)
     vae = load_vae(manifest["vae"], "cpu")
     started = time.perf_counter()
-    episodes = []
+    real = []
     for path in episode_paths(args.episodes):
         ep = load_episode(path)
-        rewards = relabel(ep.poses, ep.rewards, task).astype(np.float32)
-        episodes.append(dataclasses.replace(ep, rewards=rewards, frames=reconstruct_frames(vae, ep.frames)))
+        real.append(dataclasses.replace(ep, rewards=relabel(ep.poses, ep.rewards, task).astype(np.float32)))
+    episodes = [dataclasses.replace(ep, frames=reconstruct_frames(vae, ep.frames)) for ep in real]
     feature = INFERENCE_FEATURE[scenario]
     normalizer = ActionNormalizer.from_dict(manifest["scenarios"][scenario]["action_normalization"])
-    pool = TransitionPool(episodes, feature, normalizer, num_frames=1)
-    truth = pool.rewards.double().numpy()
-    ids = np.unique(pool.episode)
-    results = {
-        "truth": {
-            "transitions": len(pool),
-            "episodes": len(ids),
-            "step_mae_of_the_mean": float(np.abs(truth - truth.mean()).mean()),
-            "returns": [float(truth[pool.episode == i].sum()) for i in ids],
-        }
-    }
-    for kind, reader in found.items():
-        pool.num_frames = reader.config.num_frames  # the frames this reader sees per transition
-        results[kind] = summary(score(reader, pool), truth, pool.episode)
+    results = read_all(found, episodes, feature, normalizer)
+    if args.imagined_horizon:
+        engine = load_bundle(folder, scenario).engine()
+        pieces = imagine_episodes(real, engine, args.imagined_horizon, args.imagined_starts)
+        results["imagined"] = read_all(found, pieces, feature, normalizer)
     config = {**dataclasses.asdict(args), "checkpoint": str(folder), "seconds": time.perf_counter() - started}
     write_results(args.out, "reward_readers", config, [results], torch.device("cpu"))
-    for kind in found:
-        r = results[kind]
-        print(
-            f"{kind}: step MAE {r['step_mae']:.4f} (mean: {results['truth']['step_mae_of_the_mean']:.4f}), "
-            f"step corr {r['step_corr']:+.2f}; return MAE {r['return_mae']:.3f}, return corr {r['return_corr']:+.2f}"
-        )
+    for block, name in ((results, "recorded"), (results.get("imagined"), "imagined")):
+        for kind in found if block else ():
+            r = block[kind]
+            print(
+                f"{name} {kind}: step MAE {r['step_mae']:.4f} (mean: {block['truth']['step_mae_of_the_mean']:.4f}), "
+                f"step corr {r['step_corr']:+.2f}; return MAE {r['return_mae']:.3f}, "
+                f"return corr {r['return_corr']:+.2f}"
+            )
     return results
 
 

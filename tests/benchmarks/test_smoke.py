@@ -163,6 +163,14 @@ def test_reward_readers_compares_a_tasks_own_model_with_its_potentials_change(tm
     for name in ("direct", "potential"):
         assert np.isfinite(row[name]["step_mae"]) and len(row[name]["predicted_returns"]) == 2
     assert json.loads((tmp_path / "r.json").read_text())["benchmark"] == "reward_readers"
+    # The same readers on the bundle's own rollouts: 2 pieces of 2 steps per episode, after 4 context frames.
+    row = reward_readers.main(["--checkpoint", str(folder), "--episodes", str(tmp_path / "eps"), "--imagined-horizon",
+                               "2", "--imagined-starts", "2", "--out", str(tmp_path / "r.json")])  # fmt: skip
+    rewards = [relabel(ep.poses, ep.rewards, task) for ep in episodes]
+    pieces = [r[lo : lo + 2].sum() for r in rewards for lo in (3, 4)]  # starts 0 and 1 -> steps 3-4 and 4-5
+    np.testing.assert_allclose(row["imagined"]["truth"]["returns"], pieces, rtol=1e-5)
+    assert set(row["imagined"]) == {"truth", "direct", "potential"} and row["imagined"]["truth"]["transitions"] == 8
+    assert row["imagined"]["direct"]["step_mae"] != row["direct"]["step_mae"]  # other frames, other rewards
     truth = np.array([1.0, 2.0, 0.5, 3.0])
     perfect = reward_readers.summary(truth, truth, np.array([0, 0, 1, 1]))
     assert perfect["step_mae"] == 0 and perfect["step_corr"] == pytest.approx(1.0) and perfect["return_mae"] == 0
