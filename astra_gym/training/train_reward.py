@@ -27,6 +27,7 @@ the training transitions, and the held-out episodes' pieces give the same scores
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -39,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from astra_gym.data.action_codecs import INFERENCE_FEATURE, episode_rows
-from astra_gym.data.episodes import Episode
+from astra_gym.data.episodes import Episode, episode_filename, episode_paths, load_episode, save_episode
 from astra_gym.data.tasks import Task, get_task, relabel
 from astra_gym.training.checkpointing import step_generator
 from astra_gym.training.episode_data import load_split
@@ -47,6 +48,7 @@ from astra_gym.training.loop import config_dict, run_steps
 from astra_gym.training.metrics import MetricWriter
 from astra_gym.training.normalization import ActionNormalizer
 from astra_gym.training.optim import cosine_schedule, make_adamw, optimizer_step
+from astra_gym.utils.atomic import atomic_write_text
 from astra_gym.utils.cli_args import arg, parse_preset_config
 from astra_gym.utils.device import resolve_device
 from astra_gym.utils.pixels import uint8_to_pixels
@@ -69,7 +71,7 @@ class RewardTrainConfig:
         "the agent task whose reward to learn (astra_gym.data.tasks; relabelled from the recorded poses); "
         "none = the simulator's own",
     )
-    model_preset: str = arg("small", "RewardModel size preset: small or debug")
+    model_preset: str = arg("small", "RewardModel preset: small, keypoints (reads where small objects are) or debug")
     num_frames: int = arg(1, "newest frames the model sees")
     action_norm: str = arg(
         "rms", "rms (from these episodes), none, or a world-model folder whose normalisation to reuse"
@@ -87,6 +89,11 @@ class RewardTrainConfig:
     imagined_horizon: int = arg(32, "--imagined: imagined steps per piece")
     imagined_starts: int = arg(6, "--imagined: pieces per episode, evenly spaced")
     imagined_context: int = arg(4, "--imagined: real frames the world model is reset on")
+    imagined_cache: str | None = arg(
+        None,
+        "--imagined: folder keeping the imagined pieces (train/, heldout/), reused by later runs with the same "
+        "episodes and settings (none = imagine anew)",
+    )
     batch_size: int = arg(64, "transitions per step")
     total_steps: int = arg(5000, "optimizer steps")
     lr: float = arg(1e-3, "peak AdamW learning rate")
@@ -278,30 +285,66 @@ def _reconstructed(episodes: Sequence[Episode], vae_folder: str, device: torch.d
     return [dataclasses.replace(ep, frames=reconstruct_frames(vae, ep.frames)) for ep in episodes]
 
 
-def _imagined(cfg: RewardTrainConfig, scenario: str, episodes: Sequence[Episode], device: torch.device) -> list:
-    """``--imagined``: the episodes' pieces as imagined by that bundle (progress bar per batch)."""
+def _imagined(
+    cfg: RewardTrainConfig, scenario: str, episodes: Sequence[Episode], device: torch.device, split: str
+) -> list[Episode]:
+    """``--imagined``: the episodes' pieces as imagined by that bundle (progress bar per batch), read
+    from and written to ``--imagined-cache``/``split`` when given."""
     from tqdm.auto import tqdm
 
     from astra_gym.envs.variants import bundle_folder
     from astra_gym.rollout.bundle import load_bundle
     from astra_gym.training.imagined_data import imagine_episodes
 
-    engine = load_bundle(bundle_folder(cfg.imagined), scenario, device).engine()
-    with tqdm(desc="imagine episodes", unit="piece", disable=not cfg.progress) as bar:
+    folder = bundle_folder(cfg.imagined).resolve()
+    settings = {
+        "bundle": str(folder),
+        "horizon": cfg.imagined_horizon,
+        "starts": cfg.imagined_starts,
+        "context": cfg.imagined_context,
+        "seed": cfg.seed,
+        "episodes": [[ep.env_id, ep.seed, ep.num_steps] for ep in episodes],
+    }
+    cache = None if cfg.imagined_cache is None else Path(cfg.imagined_cache) / split
+    if cache is not None and (cache / _CACHE_SETTINGS).exists():
+        return _cached_pieces(cache, settings)
+    engine = load_bundle(folder, scenario, device).engine()
+    with tqdm(desc=f"imagine {split} episodes", unit="piece", disable=not cfg.progress) as bar:
 
         def advance(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        return imagine_episodes(
+        pieces = imagine_episodes(
             episodes,
             engine,
             cfg.imagined_horizon,
             cfg.imagined_starts,
             cfg.imagined_context,
-            seed=cfg.seed,
+            cfg.seed,
             progress=advance,
         )
+    if cache is not None:
+        for index, piece in enumerate(pieces):
+            save_episode(piece, cache / episode_filename(index))
+        atomic_write_text(cache / _CACHE_SETTINGS, json.dumps(settings, indent=1))  # last: marks the folder complete
+    return pieces
+
+
+_CACHE_SETTINGS = "imagined.json"
+
+
+def _cached_pieces(cache: Path, settings: dict) -> list[Episode]:
+    """The pieces kept in ``cache``; a ValueError if they were imagined with other settings or episodes."""
+    kept = json.loads((cache / _CACHE_SETTINGS).read_text())
+    if kept != settings:
+        changed = sorted(key for key in settings if kept.get(key) != settings[key])
+        raise ValueError(
+            f"--imagined-cache {cache.parent} holds pieces imagined with other {changed}; give a new folder "
+            "or delete that one"
+        )
+    logger.info("reusing the imagined pieces in %s", cache)
+    return [load_episode(path) for path in episode_paths(cache)]
 
 
 def train_reward(cfg: RewardTrainConfig) -> Path:
@@ -317,7 +360,8 @@ def train_reward(cfg: RewardTrainConfig) -> Path:
     device = resolve_device(cfg.device)
     imagined_train, imagined_held = [], []
     if cfg.imagined is not None:
-        imagined_train, imagined_held = (_imagined(cfg, scenario, eps, device) for eps in (train_eps, held_eps))
+        imagined_train = _imagined(cfg, scenario, train_eps, device, "train")
+        imagined_held = _imagined(cfg, scenario, held_eps, device, "heldout") if held_eps else []
     if cfg.vae is not None:
         train_eps, held_eps = _reconstructed(train_eps, cfg.vae, device), _reconstructed(held_eps, cfg.vae, device)
     pool = TransitionPool(train_eps + imagined_train, feature, normalizer, cfg.num_frames)

@@ -13,8 +13,16 @@ Architecture (all sizes from :class:`RewardModelConfig`)::
     frames [B, k, 3, H, W] in [-1, 1]  ->  [B, 3k, H, W]
       -> (Conv 3x3 stride 2, GroupNorm, SiLU) x len(channels)      [B, c_last, H / 2^n, W / 2^n]
       -> global average pool                                        [B, c_last]
+         (+ with ``keypoints``: spatial soft-argmax, each channel's
+            expected (x, y) under a softmax over its positions)    [B, c_last + 2 c_last]
     action [B, d] -> Linear(d, hidden) -> SiLU                      [B, hidden]
-    concat -> Linear(c_last + hidden, hidden) -> SiLU -> Linear(hidden, 2) -> (reward, termination_logit)
+    concat -> Linear(pooled + hidden, hidden) -> SiLU -> Linear(hidden, 2) -> (reward, termination_logit)
+
+Average pooling keeps what is in the picture but not where: a task whose reward is a distance
+between small objects (Manipulation ``progress``: gripper to block to goal, 20-40 px apart at 64x64,
+beyond the convolutions' 7-15 px receptive field) cannot be read from it. ``keypoints`` adds the
+spatial soft-argmax of Levine et al. (2016, "End-to-End Training of Deep Visuomotor Policies"):
+one learned image point per channel, from which the head can compute distances.
 
 Initialisation: PyTorch defaults, except the output layer: its reward weights are scaled by
 ``output_init_scale`` and its termination bias is ``termination_prior_logit`` (default -8, a
@@ -32,7 +40,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["RewardModelConfig", "RewardModel", "REWARD_MODEL_PRESETS", "get_reward_model_preset"]
+__all__ = [
+    "RewardModelConfig",
+    "RewardModel",
+    "REWARD_MODEL_PRESETS",
+    "get_reward_model_preset",
+    "spatial_soft_argmax",
+]
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,7 @@ class RewardModelConfig:
         num_frames: Newest frames k it sees (the last k frames of a chunk).
         channels: Widths of the stride-2 conv stages.
         hidden: Width of the action embedding and of the head.
+        keypoints: Also read each last-stage channel's expected image position (spatial soft-argmax).
         output_init_scale: Factor on the initial reward weights (small = near-zero rewards).
         termination_prior_logit: Initial bias of the termination logit.
     """
@@ -53,6 +68,7 @@ class RewardModelConfig:
     num_frames: int = 1
     channels: tuple[int, ...] = (32, 64, 128)
     hidden: int = 128
+    keypoints: bool = False
     output_init_scale: float = 0.1
     termination_prior_logit: float = -8.0
 
@@ -90,6 +106,8 @@ class RewardModelConfig:
 REWARD_MODEL_PRESETS: dict[str, dict] = {
     # Widths only; action_dim comes from the scenario.
     "small": {"channels": (32, 64, 128), "hidden": 128},
+    # Where small objects are, at 1/4 resolution: for rewards that are distances between them.
+    "keypoints": {"channels": (32, 64), "hidden": 128, "keypoints": True},
     "debug": {"channels": (8, 16), "hidden": 16},
 }
 
@@ -103,6 +121,24 @@ def get_reward_model_preset(name: str, action_dim: int, **changes) -> RewardMode
             f"unknown reward model preset {name!r}; choose one of {sorted(REWARD_MODEL_PRESETS)}"
         ) from None
     return RewardModelConfig(action_dim=action_dim, **{**sizes, **changes})
+
+
+def spatial_soft_argmax(maps: Tensor) -> Tensor:
+    """Each channel's expected position under a softmax over its positions.
+
+    Args:
+        maps: [B, C, h, w] feature maps.
+
+    Returns:
+        [B, 2C]: (x, y) per channel, channel by channel, in [-1, 1] (-1 = left / top pixel centre).
+    """
+    b, c, h, w = maps.shape
+    weights = maps.flatten(2).float().softmax(dim=-1).view(b, c, h, w)
+    ys = torch.linspace(-1.0, 1.0, h, device=maps.device)
+    xs = torch.linspace(-1.0, 1.0, w, device=maps.device)
+    x = (weights.sum(dim=2) * xs).sum(dim=-1)  # [B, C]
+    y = (weights.sum(dim=3) * ys).sum(dim=-1)
+    return torch.stack([x, y], dim=-1).flatten(1).to(maps.dtype)
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -126,8 +162,9 @@ class RewardModel(nn.Module):
             width = out
         self.frame_encoder = nn.Sequential(*stages)
         self.action_encoder = nn.Sequential(nn.Linear(config.action_dim, config.hidden), nn.SiLU())
+        pooled = 3 * width if config.keypoints else width
         self.head = nn.Sequential(
-            nn.Linear(width + config.hidden, config.hidden), nn.SiLU(), nn.Linear(config.hidden, 2)
+            nn.Linear(pooled + config.hidden, config.hidden), nn.SiLU(), nn.Linear(config.hidden, 2)
         )
         self._init_output()
 
@@ -154,8 +191,11 @@ class RewardModel(nn.Module):
         self._check_inputs(frames, actions)
         dtype = self.head[0].weight.dtype
         images = frames.flatten(1, 2).to(dtype).contiguous()  # [B, k, 3, H, W] -> [B, 3k, H, W]
-        pooled = self.frame_encoder(images).mean(dim=(2, 3))  # [B, c_last]
-        features = torch.cat([pooled, self.action_encoder(actions.to(dtype))], dim=1)  # [B, c_last + hidden]
+        maps = self.frame_encoder(images)  # [B, c_last, h, w]
+        pooled = maps.mean(dim=(2, 3))  # [B, c_last]
+        if self.config.keypoints:
+            pooled = torch.cat([pooled, spatial_soft_argmax(maps)], dim=1)  # [B, 3 c_last]
+        features = torch.cat([pooled, self.action_encoder(actions.to(dtype))], dim=1)  # [B, pooled + hidden]
         out = self.head(features).float()  # [B, 2]
         return out[:, 0], out[:, 1]
 

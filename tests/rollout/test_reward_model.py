@@ -60,3 +60,32 @@ def test_a_potential_reward_is_the_scaled_change_of_its_model():
     torch.testing.assert_close(sum(steps), 10.0 * (ends[1] - ends[0]))
     with pytest.raises(ValueError, match=r"frames must be \[B, 2, 3, H, W\] \(the potential's frames plus"):
         reward(frames[:, :1], actions)
+
+
+def test_spatial_soft_argmax_finds_each_channels_peak():
+    from astra_gym.world_model.reward_model import spatial_soft_argmax
+
+    maps = torch.zeros(1, 2, 5, 9)
+    maps[0, 0, 0, 8] = 50.0  # top right
+    maps[0, 1, 2, 4] = 50.0  # centre
+    torch.testing.assert_close(spatial_soft_argmax(maps), torch.tensor([[1.0, -1.0, 0.0, 0.0]]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(spatial_soft_argmax(torch.zeros(1, 1, 4, 4)), torch.zeros(1, 2))  # flat: the centre
+
+
+def test_the_keypoints_preset_reads_where_an_object_is():
+    """Mean pooling hardly tells a small object's place; the keypoints' soft-argmax does, and it round-trips."""
+    from astra_gym.world_model.reward_model import spatial_soft_argmax
+
+    torch.manual_seed(0)
+    config = get_reward_model_preset("keypoints", action_dim=7, num_frames=2)
+    assert config.keypoints and RewardModelConfig.from_dict(config.to_dict()) == config
+    assert not get_reward_model_preset("small", action_dim=7).keypoints  # saved models without the field load as before
+    model = RewardModel(config).eval()
+    frames = -torch.ones(2, 2, 3, 64, 64)
+    frames[0, :, :, 8:12, 8:12] = 1.0  # the same 4x4 object, top left ...
+    frames[1, :, :, 48:52, 48:52] = 1.0  # ... and bottom right
+    maps = model.frame_encoder(frames.flatten(1, 2))
+    mean, points = maps.mean(dim=(2, 3)), spatial_soft_argmax(maps)
+    assert (points[0] - points[1]).abs().max() > 10 * (mean[0] - mean[1]).abs().max()
+    reward, _ = model(frames, torch.zeros(2, 7))
+    assert reward.shape == (2,) and reward[0] != reward[1]

@@ -531,12 +531,20 @@ def test_pipeline_vae_cache_world_model_reward_bundle(episode_dirs, tmp_path):
     # The bundle's own rollouts of the recorded actions as reward training data, scored apart.
     imagined_cfg = dataclasses.replace(
         reward_cfg, out=str(tmp_path / "reward-imagined"), holdout_fraction=0.3, imagined=str(out),
-        imagined_horizon=2, imagined_starts=3, imagined_context=1,
+        imagined_horizon=2, imagined_starts=3, imagined_context=1, imagined_cache=str(tmp_path / "pieces"),
     )  # fmt: skip
     metrics = load_reward_model(train_reward.train_reward(imagined_cfg))[1]["metrics"]
     assert metrics["imagined_train_transitions"] == 2 * 3 * 2  # 2 training episodes, 3 pieces of 2 steps each
     assert metrics["train_transitions"] == 2 * 14 + 12
     assert {"eval/reward_mae", "eval_imagined/reward_mae", "eval_imagined/reward_mae_mean_baseline"} <= set(metrics)
+    # The kept pieces are read back by the next run (same numbers), and refused for other settings.
+    assert len(list((tmp_path / "pieces" / "train").glob("*.hdf5"))) == 6
+    again = dataclasses.replace(imagined_cfg, out=str(tmp_path / "reward-imagined-2"))
+    assert load_reward_model(train_reward.train_reward(again))[1]["metrics"][
+        "eval_imagined/reward_mae"
+    ] == pytest.approx(metrics["eval_imagined/reward_mae"])
+    with pytest.raises(ValueError, match=r"other \['horizon'\]; give a new folder"):
+        train_reward.train_reward(dataclasses.replace(again, imagined_horizon=1))
     half = bundle.make_bundle(
         "half", wm.final, vae_folder, [reward_folder], tmp_path / "half", weights_dtype="float16"
     )
