@@ -299,6 +299,7 @@ def _imagined(
     folder = bundle_folder(cfg.imagined).resolve()
     settings = {
         "bundle": str(folder),
+        "task": cfg.task,  # the pieces carry the task's rewards
         "horizon": cfg.imagined_horizon,
         "starts": cfg.imagined_starts,
         "context": cfg.imagined_context,

@@ -545,6 +545,8 @@ def test_pipeline_vae_cache_world_model_reward_bundle(episode_dirs, tmp_path):
     ] == pytest.approx(metrics["eval_imagined/reward_mae"])
     with pytest.raises(ValueError, match=r"other \['horizon'\]; give a new folder"):
         train_reward.train_reward(dataclasses.replace(again, imagined_horizon=1))
+    with pytest.raises(ValueError, match=r"other \['task'\]"):  # the kept pieces carry the other task's rewards
+        train_reward.train_reward(dataclasses.replace(again, task="tiles"))
     half = bundle.make_bundle(
         "half", wm.final, vae_folder, [reward_folder], tmp_path / "half", weights_dtype="float16"
     )
