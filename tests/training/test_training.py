@@ -450,6 +450,28 @@ def _check_float16_bundle(half, world_model, reward_folder) -> None:
         torch.testing.assert_close(value, full, rtol=1e-3, atol=1e-4)
 
 
+def _check_reward_on_imagined_pieces(reward_cfg, bundle_folder, tmp_path) -> None:
+    """The bundle's own rollouts of the recorded actions as reward training data, scored apart."""
+    imagined_cfg = dataclasses.replace(
+        reward_cfg, out=str(tmp_path / "reward-imagined"), holdout_fraction=0.3, imagined=str(bundle_folder),
+        imagined_horizon=2, imagined_starts=3, imagined_context=1, imagined_cache=str(tmp_path / "pieces"),
+    )  # fmt: skip
+    metrics = load_reward_model(train_reward.train_reward(imagined_cfg))[1]["metrics"]
+    assert metrics["imagined_train_transitions"] == 2 * 3 * 2  # 2 training episodes, 3 pieces of 2 steps each
+    assert metrics["train_transitions"] == 2 * 14 + 12
+    assert {"eval/reward_mae", "eval_imagined/reward_mae", "eval_imagined/reward_mae_mean_baseline"} <= set(metrics)
+    # The kept pieces are read back by the next run (same numbers), and refused for other settings.
+    assert len(list((tmp_path / "pieces" / "train").glob("*.hdf5"))) == 6
+    again = dataclasses.replace(imagined_cfg, out=str(tmp_path / "reward-imagined-2"))
+    assert load_reward_model(train_reward.train_reward(again))[1]["metrics"][
+        "eval_imagined/reward_mae"
+    ] == pytest.approx(metrics["eval_imagined/reward_mae"])
+    with pytest.raises(ValueError, match=r"other \['horizon'\]; give a new folder"):
+        train_reward.train_reward(dataclasses.replace(again, imagined_horizon=1))
+    with pytest.raises(ValueError, match=r"other \['task'\]"):  # the kept pieces carry the other task's rewards
+        train_reward.train_reward(dataclasses.replace(again, task="tiles"))
+
+
 def test_reward_trainer_learns_a_dense_task_relabelled_from_the_poses(episode_dirs, tmp_path):
     from astra_gym.data.tasks import get_task, relabel
 
@@ -528,25 +550,7 @@ def test_pipeline_vae_cache_world_model_reward_bundle(episode_dirs, tmp_path):
     )
     assert load_vae(manifest["vae"]).latent_channels == load_pretrained(manifest["world_model"]).config.in_channels
     assert "drive" in (out / "MODEL_CARD.md").read_text()
-    # The bundle's own rollouts of the recorded actions as reward training data, scored apart.
-    imagined_cfg = dataclasses.replace(
-        reward_cfg, out=str(tmp_path / "reward-imagined"), holdout_fraction=0.3, imagined=str(out),
-        imagined_horizon=2, imagined_starts=3, imagined_context=1, imagined_cache=str(tmp_path / "pieces"),
-    )  # fmt: skip
-    metrics = load_reward_model(train_reward.train_reward(imagined_cfg))[1]["metrics"]
-    assert metrics["imagined_train_transitions"] == 2 * 3 * 2  # 2 training episodes, 3 pieces of 2 steps each
-    assert metrics["train_transitions"] == 2 * 14 + 12
-    assert {"eval/reward_mae", "eval_imagined/reward_mae", "eval_imagined/reward_mae_mean_baseline"} <= set(metrics)
-    # The kept pieces are read back by the next run (same numbers), and refused for other settings.
-    assert len(list((tmp_path / "pieces" / "train").glob("*.hdf5"))) == 6
-    again = dataclasses.replace(imagined_cfg, out=str(tmp_path / "reward-imagined-2"))
-    assert load_reward_model(train_reward.train_reward(again))[1]["metrics"][
-        "eval_imagined/reward_mae"
-    ] == pytest.approx(metrics["eval_imagined/reward_mae"])
-    with pytest.raises(ValueError, match=r"other \['horizon'\]; give a new folder"):
-        train_reward.train_reward(dataclasses.replace(again, imagined_horizon=1))
-    with pytest.raises(ValueError, match=r"other \['task'\]"):  # the kept pieces carry the other task's rewards
-        train_reward.train_reward(dataclasses.replace(again, task="tiles"))
+    _check_reward_on_imagined_pieces(reward_cfg, out, tmp_path)
     half = bundle.make_bundle(
         "half", wm.final, vae_folder, [reward_folder], tmp_path / "half", weights_dtype="float16"
     )
