@@ -37,12 +37,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from astra_gym.utils.cli_args import arg, parse_config
+
+if TYPE_CHECKING:
+    from astra_gym.data.episodes import Episode
 
 __all__ = [
     "FrameBank",
@@ -53,6 +58,7 @@ __all__ = [
     "save_frame_bank",
     "synthetic_frame_bank",
     "build_frame_bank",
+    "frame_bank_from_episodes",
     "main",
 ]
 
@@ -252,6 +258,65 @@ def build_frame_bank(
     )
 
 
+def frame_bank_from_episodes(
+    episodes: Sequence[Episode],
+    count: int,
+    context_frames: int = 4,
+    start_steps: tuple[int, int] = (3, 49),
+    seed: int = 0,
+) -> FrameBank:
+    """Start contexts drawn from recorded episodes (DIAMOND's burn-in from the replay buffer).
+
+    Imagined episodes then start where the recorded behaviour went, e.g. where an agent's own real
+    episodes went, instead of a few expert states. Context i ends at frame ``s`` of an episode, ``s``
+    drawn uniformly (without replacement) over every episode's frames with ``s`` in ``start_steps``
+    (clipped to ``[context_frames - 1, T]``); its prefix is the episode's first ``s`` actions, so
+    :func:`~astra_gym.data.replay.replay` rebuilds it from the episode's seed.
+
+    Args:
+        episodes: Recorded episodes of one scenario (:class:`~astra_gym.data.episodes.Episode`).
+        count: Contexts to draw (at most the number of valid end frames).
+        context_frames: Frames T per context.
+        start_steps: Inclusive range of the context's last frame index.
+        seed: Seed of the draw.
+
+    Raises:
+        ValueError: No episodes, mixed scenarios, or fewer valid end frames than ``count``.
+    """
+    if not episodes:
+        raise ValueError("frame_bank_from_episodes needs at least one episode")
+    scenarios = {ep.scenario for ep in episodes}
+    if len(scenarios) != 1:
+        raise ValueError(f"episodes of one scenario only, got {sorted(scenarios)}")
+    low = max(start_steps[0], context_frames - 1)
+    ends = [(i, s) for i, ep in enumerate(episodes) for s in range(low, min(start_steps[1], ep.num_steps) + 1)]
+    if count > len(ends):
+        raise ValueError(f"count={count} contexts asked; the episodes have {len(ends)} end frames in {start_steps}")
+    picks = np.random.default_rng(seed).choice(len(ends), size=count, replace=False)
+    chosen = sorted(ends[k] for k in picks)
+    width = max(s for _, s in chosen)
+    first = episodes[0]
+    actions = np.zeros((count, width, *first.actions.shape[1:]), first.actions.dtype)
+    for row, (i, s) in enumerate(chosen):
+        actions[row, :s] = episodes[i].actions[:s]
+    meta = {
+        "scenario": first.scenario,
+        "sim_config": dict(first.attrs.get("sim_config", {})),
+        "button_names": list(first.attrs.get("button_names", [])),
+        "policy": "recorded episodes",
+        "seed": seed,
+        "start_steps": [low, int(start_steps[1])],
+        "episode_seeds": sorted({int(ep.seed) for ep in episodes}),
+    }
+    return FrameBank(
+        frames=np.stack([episodes[i].frames[s - context_frames + 1 : s + 1] for i, s in chosen]),
+        seeds=np.array([episodes[i].seed for i, _ in chosen], np.int64),
+        actions=actions,
+        prefix_lengths=np.array([s for _, s in chosen], np.int64),
+        meta=meta,
+    )
+
+
 @dataclass(frozen=True)
 class Args:
     """Flags of ``python -m astra_gym.envs.frame_bank`` (each field's help is its ``--help`` text)."""
@@ -266,6 +331,10 @@ class Args:
     seed: int = arg(0, help="first simulator seed (context i uses seed + i)")
     at_rest: int = arg(0, help="extra contexts right after a reset, zero action")
     rest_seed: int = arg(100, help="first seed of the at-rest contexts")
+    episodes: tuple[str, ...] = arg(
+        (), "draw the contexts from these recorded episode folders instead of recording (repeat the flag); "
+        "--count, --min-start, --max-start and --seed apply", parse=str, append=True,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -273,10 +342,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_config(Args, argv, __doc__)
     if args.scenario not in BUNDLED_BANKS:
         raise SystemExit(f"--scenario {args.scenario!r}: choose one of {list(BUNDLED_BANKS)}")
-    bank = build_frame_bank(
-        args.scenario, args.count, args.context_frames, (args.min_start, args.max_start), args.policy, args.seed,
-        args.at_rest, args.rest_seed,
-    )  # fmt: skip
+    if args.episodes:
+        from astra_gym.data.episodes import iter_episodes
+
+        if args.at_rest:
+            raise SystemExit("--at-rest records new episodes; it does not combine with --episodes")
+        episodes = [ep for folder in args.episodes for ep in iter_episodes(folder)]
+        if any(ep.scenario != args.scenario for ep in episodes):
+            raise SystemExit(f"--episodes: every episode must be of --scenario {args.scenario!r}")
+        bank = frame_bank_from_episodes(
+            episodes, args.count, args.context_frames, (args.min_start, args.max_start), args.seed
+        )
+    else:
+        bank = build_frame_bank(
+            args.scenario, args.count, args.context_frames, (args.min_start, args.max_start), args.policy,
+            args.seed, args.at_rest, args.rest_seed,
+        )  # fmt: skip
     path = save_frame_bank(bank, Path(args.out))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logger.info(

@@ -77,3 +77,34 @@ def test_bank_context_actions_reach_the_model_history():
     stored = history.recent_actions[0, -4:, :7].numpy()  # the 4 context latents
     assert np.array_equal(stored[0], np.zeros(7))  # the first latent carries the null row
     assert np.array_equal(stored[1:], vehicle_command_rows(bank.context_actions(info["bank_index"])))
+
+
+def test_bank_from_episodes_holds_their_frames_and_action_prefixes(tmp_path):
+    from astra_gym.data.episodes import save_episode
+    from astra_gym.envs.frame_bank import frame_bank_from_episodes
+    from tests.data.test_episodes import make_episode
+
+    episodes = [make_episode(steps=12, seed=s) for s in (3, 4)]
+    bank = frame_bank_from_episodes(episodes, count=10, context_frames=3, start_steps=(4, 9), seed=1)
+    assert bank.frames.shape == (10, 3, 8, 8, 3) and bank.scenario == "explore"
+    assert ((bank.prefix_lengths >= 4) & (bank.prefix_lengths <= 9)).all()
+    by_seed = {ep.seed: ep for ep in episodes}
+    for i in range(len(bank)):
+        ep, end = by_seed[int(bank.seeds[i])], int(bank.prefix_lengths[i])
+        assert np.array_equal(bank.frames[i], ep.frames[end - 2 : end + 1])  # the context ends at frame `end`
+        assert np.array_equal(bank.prefix(i), ep.actions[:end])  # replay(seed, prefix) rebuilds it
+        assert np.array_equal(bank.context_actions(i), ep.actions[end - 2 : end])
+    pairs = set(zip(bank.seeds.tolist(), bank.prefix_lengths.tolist(), strict=True))
+    assert len(pairs) == 10  # drawn without replacement
+    again = frame_bank_from_episodes(episodes, count=10, context_frames=3, start_steps=(4, 9), seed=1)
+    assert np.array_equal(again.frames, bank.frames)
+    with pytest.raises(ValueError, match="12 end frames"):
+        frame_bank_from_episodes(episodes, count=13, context_frames=3, start_steps=(4, 9))
+    folder = tmp_path / "episodes"
+    for k, ep in enumerate(episodes):
+        save_episode(ep, folder / f"episode_{k:06d}.hdf5")
+    out = tmp_path / "bank.npz"
+    main(["--scenario", "explore", "--out", str(out), "--count", "5", "--episodes", str(folder)])
+    assert len(load_frame_bank(out)) == 5 and load_frame_bank(out).meta["policy"] == "recorded episodes"
+    with pytest.raises(SystemExit, match="--scenario"):
+        main(["--scenario", "drive", "--out", str(out), "--count", "5", "--episodes", str(folder)])
