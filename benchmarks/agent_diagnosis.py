@@ -1,0 +1,253 @@
+"""Why does an agent trained inside not transfer? The same agent, from the same real starts, in both worlds.
+
+For ``--starts`` S unseen simulator seeds (and each start kind of
+:func:`benchmarks.action_following.make_start`: ``reset`` or ``mid``), the agent acts for
+``--steps`` H steps
+
+* **real**: in the real simulator, closed loop (it sees real frames);
+* **open loop**: the Astra env starts from the same real context and replays the real run's actions
+  (the world model's view of what the agent actually did);
+* **imagined**: in the Astra env from the same context, closed loop (what training optimised).
+
+Reported per kind, averaged over the starts:
+
+* the real return (the task's), the reward model's return on the real frames, the open-loop and
+  the closed-loop imagined returns: reward model wrong on real frames -> the reward model's error;
+  right on real, wrong on open loop -> the world model's; open loop right, closed loop far above
+  both -> the agent exploits the model;
+* PSNR of the open-loop frames against the real ones at steps 1, 8 and H;
+* the **policy gap**: the mean absolute difference between the agent's actions on the real frame
+  and on the open-loop frame of the same step (same history, same actions so far), next to the
+  **action spread**, the same difference between real frames of two different starts at the same
+  step. A gap near the spread: the agent reads imagined frames as if they were another state.
+  A gap near 0: it acts on imagined frames as on real ones;
+* the mean action of the real and the imagined run (an agent that does the same on every real
+  start has learned a reflex, not the task).
+
+A contact sheet (``--out`` with ``.png``) shows, per start, the real, open-loop and imagined frames.
+
+    python -m benchmarks.agent_diagnosis --env Astra-Manipulation-v0 --task progress \\
+        --agent runs/sb3/inside/final_model.zip --checkpoint path/to/bundle --starts 10 --steps 50
+
+Writes ``--out`` (JSON) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import astra_gym  # noqa: F401 - registers the ids
+from astra_gym.data.replay import replay
+from astra_gym.data.tasks import Task, get_task, relabel
+from astra_gym.envs.spaces import action_rows
+from astra_gym.envs.variants import variant
+from astra_gym.evaluation.metrics import PSNR_CAP_DB, psnr
+from astra_gym.utils.atomic import atomic_write
+from astra_gym.utils.cli_args import arg, parse_config
+from benchmarks.action_following import Start, make_start
+from benchmarks.common import write_results
+
+SHEET_STEPS = 6  # frames per run in the contact sheet
+
+
+def real_run(agent, scenario: str, start: Start, steps: int, task: Task) -> dict:
+    """The agent in the real simulator from ``start``: frames uint8 [L, 64, 64, 3], actions [L, ...], rewards [L]."""
+    frames, actions = [], []
+    with replay(start.seed, start.prefix, scenario=scenario) as session:
+        if not np.array_equal(session.frame(), start.frames[-1]):
+            raise RuntimeError(f"seed {start.seed}: replaying the prefix did not reproduce the start frame")
+        poses = {k: [v] for k, v in session.pose().items()}
+        rewards = []
+        for _ in range(steps):
+            action, _ = agent.predict(session.frame(), deterministic=True)
+            piece = session.continue_with(np.asarray(action)[None])
+            frames.append(piece.frames[-1])
+            actions.append(piece.actions[-1])
+            rewards.append(piece.rewards[-1])
+            for key, value in piece.poses.items():
+                poses[key].append(value[-1])
+            if session.done:
+                break
+    rewards = relabel({k: np.stack(v) for k, v in poses.items()}, np.array(rewards), task)
+    return {"frames": np.stack(frames), "actions": np.stack(actions), "rewards": rewards}
+
+
+def open_loop(env, agent, start: Start, real: dict, seed: int) -> dict:
+    """The real run's actions replayed in the env: frames, rewards, and the agent's actions on those frames."""
+    env.reset(seed=seed, options={"frames": start.frames, "actions": start.actions})
+    frames, rewards, reactions = [], [], []
+    for action in real["actions"]:
+        obs, reward, *_ = env.step(action)
+        frames.append(obs)
+        rewards.append(reward)
+        reactions.append(agent.predict(obs, deterministic=True)[0])
+    return {"frames": np.stack(frames), "rewards": np.array(rewards), "reactions": np.stack(reactions)}
+
+
+def imagined_run(env, agent, start: Start, steps: int, seed: int) -> dict:
+    """The agent in the env from ``start``, closed loop: frames, actions, rewards."""
+    obs, _ = env.reset(seed=seed, options={"frames": start.frames, "actions": start.actions})
+    frames, actions, rewards = [], [], []
+    for _ in range(steps):
+        action = agent.predict(obs, deterministic=True)[0]
+        obs, reward, terminated, truncated, _ = env.step(action)
+        frames.append(obs)
+        actions.append(action)
+        rewards.append(reward)
+        if terminated or truncated:
+            break
+    return {"frames": np.stack(frames), "actions": np.stack(actions), "rewards": np.array(rewards)}
+
+
+def reward_model_on_real(env, scenario: str, start: Start, real: dict) -> np.ndarray:
+    """[L] the env's reward model on the real run's frames and actions (the trainer's frame windows)."""
+    core = env.unwrapped.core
+    seq = np.concatenate([start.frames[-1:], real["frames"]])  # [L + 1, ...]
+    rows = action_rows(scenario, core.check(real["actions"], len(real["actions"])), core.engine.action_dim)
+    k = core.engine.reward_model.config.num_frames
+    out = np.zeros(len(real["actions"]))
+    for t in range(len(out)):
+        window = seq[max(0, t + 2 - k) : t + 2]
+        if len(window) < k:  # before the start: repeat the oldest frame (as the trainer does)
+            window = np.concatenate([np.repeat(window[:1], k - len(window), axis=0), window])
+        out[t] = core.engine.score_frames(window[None], rows[t][None, None])[0].double().cpu().numpy()[0]
+    return out
+
+
+def action_gap(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two action arrays [L, ...] over their common steps."""
+    n = min(len(a), len(b))
+    return float(np.abs(np.asarray(a[:n], np.float64) - np.asarray(b[:n], np.float64)).mean())
+
+
+def run_start(env, agent, scenario: str, start: Start, steps: int, task: Task, seed: int) -> dict:
+    """Every per-start measurement (see the module docstring)."""
+    real = real_run(agent, scenario, start, steps, task)
+    opened = open_loop(env, agent, start, real, seed)
+    imagined = imagined_run(env, agent, start, steps, seed)
+    frame_psnr = np.minimum(psnr(real["frames"], opened["frames"]), PSNR_CAP_DB)
+    return {
+        "real_return": float(real["rewards"].sum()),
+        "reward_model_on_real_return": float(reward_model_on_real(env, scenario, start, real).sum()),
+        "open_loop_return": float(opened["rewards"].sum()),
+        "imagined_return": float(imagined["rewards"].sum()),
+        "psnr": frame_psnr,
+        "policy_gap": action_gap(real["actions"], opened["reactions"]),
+        "real_actions": real["actions"],
+        "imagined_actions": imagined["actions"],
+        "sheet": sheet_rows(real["frames"], opened["frames"], imagined["frames"]),
+    }
+
+
+def sheet_rows(*runs: np.ndarray) -> np.ndarray:
+    """uint8 [len(runs) * 64, SHEET_STEPS * 64, 3]: evenly spaced frames of each run, one run per row."""
+    length = min(len(r) for r in runs)
+    picks = np.linspace(0, length - 1, SHEET_STEPS).round().astype(int)
+    return np.concatenate([np.concatenate(list(r[picks]), axis=1) for r in runs], axis=0)
+
+
+def summarise(kind: str, runs: list[dict], steps: int) -> dict:
+    """Means over the starts of one kind."""
+    mean = lambda key: float(np.mean([r[key] for r in runs]))  # noqa: E731
+    spread = [action_gap(a["real_actions"], b["real_actions"]) for a, b in zip(runs, runs[1:] + runs[:1], strict=True)]
+    row = {"kind": kind, "starts": len(runs), "steps": steps}
+    for key in ("real_return", "reward_model_on_real_return", "open_loop_return", "imagined_return", "policy_gap"):
+        row[key] = mean(key)
+    row["action_spread"] = float(np.mean(spread)) if len(runs) > 1 else None
+    for s in sorted({s for s in (1, 8, steps) if s <= steps}):
+        row[f"psnr_{s}"] = float(np.mean([r["psnr"][s - 1] for r in runs if len(r["psnr"]) >= s]))
+    row["real_mean_action"] = np.concatenate([r["real_actions"] for r in runs]).mean(0).round(3).tolist()
+    row["imagined_mean_action"] = np.concatenate([r["imagined_actions"] for r in runs]).mean(0).round(3).tolist()
+    row["real_returns"] = [r["real_return"] for r in runs]
+    row["imagined_returns"] = [r["imagined_return"] for r in runs]
+    return row
+
+
+@dataclass(frozen=True)
+class Args:
+    """Flags of ``agent_diagnosis`` (each field's help is its ``--help`` text)."""
+
+    agent: str = arg(help="a saved Stable-Baselines3 model (.zip) acting on the env's frames")
+    algo: str = arg("ppo", help="its SB3 algorithm: ppo or a2c")
+    env: str = arg("Astra-Drive-v0", help="an Astra id (its scenario picks the simulator)")
+    checkpoint: str | None = arg(None, help="model bundle; none = the variant's")
+    task: str | None = arg(None, help="agent task (astra_gym.data.tasks) of the rewards; none = the simulator's own")
+    starts: int = arg(8, help="real starts per kind")
+    kinds: tuple[str, ...] = arg(("reset",), help="start kinds: reset and/or mid")
+    steps: int = arg(50, help="steps per run")
+    warm: int = arg(40, help="expert-policy steps before a mid start")
+    seed_offset: int = arg(10000, help="simulator seeds are offset + s (the agent benchmarks' evaluation seeds)")
+    threads: int = arg(1, help="torch threads")
+    out: str = arg("results/agent_diagnosis.json", help="JSON results path (the sheet: the same path with .png)")
+
+
+def load_agent(path: str, algo: str):
+    """The saved SB3 model at ``path`` on the CPU."""
+    import stable_baselines3
+
+    classes = {"ppo": stable_baselines3.PPO, "a2c": stable_baselines3.A2C}
+    if algo not in classes:
+        raise SystemExit(f"--algo {algo!r}: choose one of {sorted(classes)}")
+    return classes[algo].load(path, device="cpu")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """CLI (see the module docstring); returns the written payload's rows."""
+    args = parse_config(Args, argv, __doc__)
+    if not set(args.kinds) <= {"reset", "mid"}:
+        raise SystemExit(f"--kinds {' '.join(args.kinds)}: choose from reset and mid")
+    torch.set_num_threads(args.threads)
+    spec = variant(args.env)
+    kwargs = {"checkpoint": args.checkpoint or spec.checkpoint}
+    if args.task is not None:
+        kwargs["task"] = args.task
+    agent = load_agent(args.agent, args.algo)
+    env = gym.make(args.env, max_episode_steps=args.steps + 1, **kwargs)
+    task = get_task(spec.scenario, args.task)
+    context = env.unwrapped.core.bank.context_length
+    rows, sheets = [], []
+    for kind in args.kinds:
+        runs = []
+        for s in tqdm(range(args.starts), desc=f"{spec.scenario} {kind} starts"):
+            start = make_start(spec.scenario, args.seed_offset + s, kind, context, args.warm)
+            runs.append(run_start(env, agent, spec.scenario, start, args.steps, task, seed=s))
+        rows.append(summarise(kind, runs, args.steps))
+        sheets += [r["sheet"] for r in runs[:4]]
+    config = {**dataclasses.asdict(args), "checkpoint": kwargs["checkpoint"]}
+    write_results(args.out, "agent_diagnosis", config, rows, torch.device("cpu"))
+    write_sheet(Path(args.out).with_suffix(".png"), np.concatenate(sheets, axis=0))
+    print(markdown(rows))
+    return {"rows": rows}
+
+
+def write_sheet(path: Path, image: np.ndarray) -> None:
+    """Writes the contact sheet (rows: real, open loop, imagined per start) as a PNG, atomically."""
+    import imageio.v3 as iio
+
+    atomic_write(path, lambda tmp: iio.imwrite(tmp, image, extension=".png"))
+
+
+def markdown(rows: list[dict]) -> str:
+    """A markdown table of the result rows."""
+    head = ["start", "real return", "RM on real", "open loop", "imagined", "PSNR @1/8/H", "policy gap (spread)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        psnrs = "/".join(f"{r[k]:.1f}" for k in r if k.startswith("psnr_"))
+        spread = "n/a" if r["action_spread"] is None else f"{r['action_spread']:.3f}"
+        cells = [r["kind"], f"{r['real_return']:+.2f}", f"{r['reward_model_on_real_return']:+.2f}"]
+        cells += [f"{r['open_loop_return']:+.2f}", f"{r['imagined_return']:+.2f}", psnrs]
+        cells.append(f"{r['policy_gap']:.3f} ({spread})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
