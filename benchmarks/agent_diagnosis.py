@@ -42,6 +42,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+from stable_baselines3 import PPO
 from tqdm import tqdm
 
 import astra_gym  # noqa: F401 - registers the ids
@@ -175,8 +176,7 @@ def summarise(kind: str, runs: list[dict], steps: int) -> dict:
 class Args:
     """Flags of ``agent_diagnosis`` (each field's help is its ``--help`` text)."""
 
-    agent: str = arg(help="a saved Stable-Baselines3 model (.zip) acting on the env's frames")
-    algo: str = arg("ppo", help="its SB3 algorithm: ppo or a2c")
+    agent: str = arg(help="a saved Stable-Baselines3 PPO model (.zip) acting on the env's frames")
     env: str = arg("Astra-Drive-v0", help="an Astra id (its scenario picks the simulator)")
     checkpoint: str | None = arg(None, help="model bundle; none = the variant's")
     task: str | None = arg(None, help="agent task (astra_gym.data.tasks) of the rewards; none = the simulator's own")
@@ -189,16 +189,6 @@ class Args:
     out: str = arg("results/agent_diagnosis.json", help="JSON results path (the sheet: the same path with .png)")
 
 
-def load_agent(path: str, algo: str):
-    """The saved SB3 model at ``path`` on the CPU."""
-    import stable_baselines3
-
-    classes = {"ppo": stable_baselines3.PPO, "a2c": stable_baselines3.A2C}
-    if algo not in classes:
-        raise SystemExit(f"--algo {algo!r}: choose one of {sorted(classes)}")
-    return classes[algo].load(path, device="cpu")
-
-
 def main(argv: list[str] | None = None) -> dict:
     """CLI (see the module docstring); returns the written payload's rows."""
     args = parse_config(Args, argv, __doc__)
@@ -209,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     kwargs = {"checkpoint": args.checkpoint or spec.checkpoint}
     if args.task is not None:
         kwargs["task"] = args.task
-    agent = load_agent(args.agent, args.algo)
+    agent = PPO.load(args.agent, device="cpu")
     env = gym.make(args.env, max_episode_steps=args.steps + 1, **kwargs)
     task = get_task(spec.scenario, args.task)
     context = env.unwrapped.core.bank.context_length
