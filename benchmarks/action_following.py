@@ -133,20 +133,26 @@ def imagined_branches(envs: gym.vector.VectorEnv, scenario: str, start: Start, s
     return np.stack(frames, axis=1), np.stack(rewards, axis=1).astype(np.float64)
 
 
+def reward_on_frames(core, seq: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The env's reward model on given frames: [B, L] for frames uint8 [B, L + 1, H, W, 3] (the start frame
+    first) and the action rows [B, L, d] of the L steps, read through the trainer's frame windows."""
+    k = core.engine.reward_model.config.num_frames
+    out = np.zeros(rows.shape[:2])
+    for t in range(rows.shape[1]):
+        window = seq[:, max(0, t + 2 - k) : t + 2]
+        if window.shape[1] < k:  # before the start: repeat the oldest frame (as the trainer does)
+            window = np.concatenate([np.repeat(window[:, :1], k - window.shape[1], axis=1), window], axis=1)
+        out[:, t] = core.engine.score_frames(window, rows[:, t : t + 1])[0].double().cpu().numpy()
+    return out
+
+
 def reward_on_real(envs, scenario: str, start: Start, real: np.ndarray) -> np.ndarray:
     """The env's reward model on the REAL frames of each branch: [K, steps] (same rows as the env's)."""
     core = envs.unwrapped.core
     seq = np.concatenate([np.repeat(start.frames[-1:][None], len(real), axis=0), real], axis=1)  # [K, L+1, ...]
     actions = np.stack([_native(scenario, a) for a in ACTIONS[scenario].values()])
-    rows = action_rows(scenario, core.check(actions, len(actions)), core.engine.action_dim)[:, None]  # [K, 1, d]
-    k = core.engine.reward_model.config.num_frames
-    out = np.zeros(real.shape[:2])
-    for t in range(real.shape[1]):
-        window = seq[:, max(0, t + 2 - k) : t + 2]
-        if window.shape[1] < k:  # before the start: repeat the oldest frame (as the trainer does)
-            window = np.concatenate([np.repeat(window[:, :1], k - window.shape[1], axis=1), window], axis=1)
-        out[:, t] = core.engine.score_frames(window, rows)[0].double().cpu().numpy()
-    return out
+    rows = action_rows(scenario, core.check(actions, len(actions)), core.engine.action_dim)  # [K, d]
+    return reward_on_frames(core, seq, np.repeat(rows[:, None], real.shape[1], axis=1))
 
 
 def teacher_forced(envs, scenario: str, start: Start, real: np.ndarray, steps: int, seed: int) -> np.ndarray:

@@ -53,7 +53,7 @@ from astra_gym.envs.variants import variant
 from astra_gym.evaluation.metrics import PSNR_CAP_DB, psnr
 from astra_gym.utils.atomic import atomic_write
 from astra_gym.utils.cli_args import arg, parse_config
-from benchmarks.action_following import Start, make_start
+from benchmarks.action_following import Start, make_start, reward_on_frames
 from benchmarks.common import write_results
 
 SHEET_STEPS = 6  # frames per run in the contact sheet
@@ -109,18 +109,11 @@ def imagined_run(env, agent, start: Start, steps: int, seed: int) -> dict:
 
 
 def reward_model_on_real(env, scenario: str, start: Start, real: dict) -> np.ndarray:
-    """[L] the env's reward model on the real run's frames and actions (the trainer's frame windows)."""
+    """[L] the env's reward model on the real run's frames and actions."""
     core = env.unwrapped.core
     seq = np.concatenate([start.frames[-1:], real["frames"]])  # [L + 1, ...]
     rows = action_rows(scenario, core.check(real["actions"], len(real["actions"])), core.engine.action_dim)
-    k = core.engine.reward_model.config.num_frames
-    out = np.zeros(len(real["actions"]))
-    for t in range(len(out)):
-        window = seq[max(0, t + 2 - k) : t + 2]
-        if len(window) < k:  # before the start: repeat the oldest frame (as the trainer does)
-            window = np.concatenate([np.repeat(window[:1], k - len(window), axis=0), window])
-        out[t] = core.engine.score_frames(window[None], rows[t][None, None])[0].double().cpu().numpy()[0]
-    return out
+    return reward_on_frames(core, seq[None], rows[None])[0]
 
 
 def action_gap(a: np.ndarray, b: np.ndarray) -> float:
