@@ -17,7 +17,8 @@ wm          fine-tune the world model (from the previous iteration's) on every c
 distill     only when the start model is a distilled student (one forward, guidance baked in, e.g.
             ``drive-v4``): distil the fine-tuned model into a new student with the start model's
             distillation settings; the fine-tunes themselves stay guided teachers
-reward      retrain the reward model on every episode so far, on the VAE's reconstructions
+reward      retrain the reward model (``--task``'s, when given) on every episode so far, on the VAE's
+            reconstructions; ``--reward-steps 0`` keeps the start bundle's reward models
 bundle      ``OUT/bundles/iter_i`` (world model stored in float16); usable as ``checkpoint=``
 agent       PPO inside the new bundle for ``--agent-steps`` imagined steps, continuing the policy
 evaluate    ``--eval-episodes`` real episodes on seeds never collected from -> ``OUT/curve.json``,
@@ -58,6 +59,7 @@ from astra_gym.data.latent_cache import build_latent_cache
 from astra_gym.data.policies import Policy, RandomHold, car_sampler, fetch_sampler, make_policy
 from astra_gym.data.recorder import Recorder
 from astra_gym.data.sims import make_simulator
+from astra_gym.data.tasks import get_task
 from astra_gym.envs.spaces import EXPLORE_BUTTONS
 from astra_gym.envs.variants import bundle_folder, variant
 from astra_gym.rollout.bundle import read_bundle
@@ -105,7 +107,14 @@ class DynaConfig:
     distill_steps: int = arg(
         1500, help="distillation steps per iteration if the start model is a distilled student (0: bundle the teacher)"
     )
-    reward_steps: int = arg(1500, help="reward-model training steps per iteration")
+    reward_steps: int = arg(
+        1500, help="reward-model training steps per iteration (0: keep the start bundle's reward models)"
+    )
+    task: str | None = arg(
+        None,
+        help="the agent's task (astra_gym.data.tasks, e.g. progress on Manipulation): the reward it trains on "
+        "inside and is evaluated on; the reward stage retrains that task's model; none = the simulator's reward",
+    )
     agent_steps: int = arg(20_000, help="imagined PPO steps per iteration")
     num_envs: int = arg(16, help="imagined envs stepped in one batch")
     imagined_horizon: int = arg(50, help="steps per imagined episode")
@@ -179,6 +188,13 @@ class Loop:
         self.distill = DistillConfig(**config["distill"]) if config.get("distill_from") else None  # if a student
         self.recipe = self.start_saved["extra"].get("teacher", training) if self.distill else training
         _check_inputs(cfg, self.distill is not None)
+        if cfg.task is not None:
+            get_task(self.scenario, cfg.task)  # an unknown task raises, listing the scenario's tasks
+            if cfg.reward_steps == 0 and cfg.task not in self.start_rewards():
+                raise ValueError(
+                    f"--task {cfg.task}: the start bundle {self.start} has no reward model of that task to keep; "
+                    "give --reward-steps N to train one in every iteration"
+                )
 
     def _dir(self, kind: str, i: int) -> Path:
         return self.out / kind / f"iter_{i:03d}"
@@ -271,14 +287,24 @@ class Loop:
             **_recipe_flags(self.recipe),
         )
 
-    def reward(self, i: int, world_model: Path) -> Path:
+    def start_rewards(self) -> dict[str | None, Path]:
+        """The start bundle's reward-model folders of the scenario, by task (None: the simulator's reward)."""
+        entry = self.manifest["scenarios"][self.scenario]
+        folders = {None: entry.get("reward_model"), **(entry.get("task_reward_models") or {})}
+        return {task: self.start / folder for task, folder in folders.items() if folder is not None}
+
+    def reward(self, i: int, world_model: Path) -> Path | None:
+        """This iteration's retrained reward model (``--task``'s when given); None with ``--reward-steps 0``."""
+        if self.cfg.reward_steps == 0:
+            return None
         out = self._dir("reward", i)
         if (out / "final" / "config.json").exists():
             return out / "final"
         cfg = dataclasses.replace(
             train_reward.PRESETS["small"],
             episodes=tuple(str(self._dir("data", j)) for j in range(i + 1)),
-            num_frames=_reward_frames(self.start / self.manifest["scenarios"][self.scenario]["reward_model"]),
+            task=self.cfg.task,
+            num_frames=_reward_frames(self.start_rewards().get(self.cfg.task, self.start_rewards()[None])),
             action_norm=str(world_model),
             vae=str(self.start / self.manifest["vae"]),
             total_steps=self.cfg.reward_steps,
@@ -288,11 +314,16 @@ class Loop:
         )
         return train_reward.train_reward(cfg)
 
-    def bundle(self, i: int, world_model: Path, reward: Path) -> Path:
+    def bundle(self, i: int, world_model: Path, reward: Path | None) -> Path:
+        """The iteration's bundle: the new world model with the retrained reward model in place of the start
+        bundle's one for ``--task`` (every start reward model when ``reward`` is None)."""
         out = self._dir("bundles", i)
         if not (out / "bundle.json").exists():
+            rewards = self.start_rewards()
+            if reward is not None:
+                rewards = {None: rewards[None], self.cfg.task: reward} if self.cfg.task else {None: reward}
             vae = self.start / self.manifest["vae"]
-            make_bundle(f"dyna-iter{i}", world_model, vae, [reward], out, weights_dtype="float16")
+            make_bundle(f"dyna-iter{i}", world_model, vae, list(rewards.values()), out, weights_dtype="float16")
         return out
 
     def agent(self, i: int, bundle: Path) -> dict:
@@ -303,6 +334,7 @@ class Loop:
         previous = self.agent_zip(i - 1)
         args = train_sb3.Args(
             env=self.cfg.env,
+            task=self.cfg.task,
             checkpoint=str(bundle),
             init_model=str(previous) if previous is not None else None,
             total_timesteps=self.cfg.agent_steps,

@@ -89,12 +89,27 @@ def test_dyna_loop_fine_tunes_a_distilled_start_as_its_teacher_and_distils_again
     assert manifest["sampler"] == {"num_denoise_steps": 1, "guidance_scale": 1.0, "shift": 1.0}
 
 
+def test_dyna_loop_keeps_the_start_reward_models_with_zero_reward_steps(tiny_bundle, tmp_path):
+    """``--reward-steps 0``: no reward stage runs and the bundle scores with the start bundle's reward model."""
+    args = ["--preset", "debug", "--start-bundle", str(tiny_bundle), "--out", str(tmp_path), "--reward-steps", "0"]
+    curve = dyna.main(args)
+    assert len(curve) == 1 and curve[0]["real_return_mean"] is not None
+    assert not (tmp_path / "reward").exists()
+    bundled = tmp_path / "bundles" / "iter_000"
+    manifest = json.loads((bundled / "bundle.json").read_text())
+    kept = json.loads((bundled / manifest["scenarios"]["drive"]["reward_model"] / "config.json").read_text())
+    start = json.loads((tiny_bundle / "reward" / "drive" / "config.json").read_text())
+    assert kept["metrics"] == start["metrics"]  # the start's model (its training record), not a retrained one
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
         (["--teacher", "{bundle}/world_model"], "not a distilled student"),
         (["--replay", "{tmp}"], "not a latent cache"),
         (["--replay", "{bundle}/../data/cache-train", "--replay-share", "1"], "strictly between 0 and 1"),
+        (["--task", "no-such-task"], "no-such-task"),
+        (["--task", "tiles", "--reward-steps", "0"], "no reward model of that task to keep"),
     ],
 )
 def test_dyna_loop_rejects_a_teacher_or_replay_it_cannot_use(tiny_bundle, tmp_path, flags, message):
