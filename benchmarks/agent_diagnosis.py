@@ -22,7 +22,11 @@ Reported per kind, averaged over the starts:
   step. A gap near the spread: the agent reads imagined frames as if they were another state.
   A gap near 0: it acts on imagined frames as on real ones;
 * the mean action of the real and the imagined run (an agent that does the same on every real
-  start has learned a reflex, not the task).
+  start has learned a reflex, not the task);
+* on Manipulation, the **reach aim**: over the real steps where the gripper is more than
+  ``REACH_DONE_M`` from the block (in the table plane), the mean cosine between the commanded xy
+  motion and the gripper-to-block direction (the simulator's poses). An agent that reaches for
+  the block wherever it is scores near 1; a fixed sweep or random motion near 0.
 
 A contact sheet (``--out`` with ``.png``) shows, per start, the real, open-loop and imagined frames.
 
@@ -57,6 +61,31 @@ from benchmarks.action_following import Start, make_start, reward_on_frames
 from benchmarks.common import write_results
 
 SHEET_STEPS = 6  # frames per run in the contact sheet
+REACH_DONE_M = 0.03  # gripper-block distance (m, xy) below which the reach aim stops counting a step
+
+
+def reach_aim(poses: dict[str, np.ndarray], actions: np.ndarray) -> float | None:
+    """Mean cosine between commanded xy motion and the gripper-to-block xy direction while reaching.
+
+    Args:
+        poses: The run's poses, ``[L + 1, 3]`` arrays keyed ``ee_pos`` and ``object_pos`` (FetchPush's);
+            ``poses[k][t]`` is the state ``actions[t]`` acts on.
+        actions: Native actions ``[L, >=2]`` whose first two entries move the gripper in x and y.
+
+    Returns:
+        The mean over the counted steps (cosine in [-1, 1]), or None when the poses lack those keys or
+        no step counts (the gripper starts at the block, or never moves).
+    """
+    if not {"ee_pos", "object_pos"} <= set(poses):
+        return None
+    to_block = (poses["object_pos"][: len(actions)] - poses["ee_pos"][: len(actions)])[:, :2]
+    move = np.asarray(actions, np.float64)[:, :2]
+    distance, speed = np.linalg.norm(to_block, axis=1), np.linalg.norm(move, axis=1)
+    counted = (distance > REACH_DONE_M) & (speed > 1e-6)
+    if not counted.any():
+        return None
+    cosine = (to_block * move).sum(1)[counted] / (distance * speed)[counted]
+    return float(cosine.mean())
 
 
 def real_run(agent, scenario: str, start: Start, steps: int, task: Task) -> dict:
@@ -77,8 +106,9 @@ def real_run(agent, scenario: str, start: Start, steps: int, task: Task) -> dict
                 poses[key].append(value[-1])
             if session.done:
                 break
-    rewards = relabel({k: np.stack(v) for k, v in poses.items()}, np.array(rewards), task)
-    return {"frames": np.stack(frames), "actions": np.stack(actions), "rewards": rewards}
+    poses = {k: np.stack(v) for k, v in poses.items()}
+    rewards = relabel(poses, np.array(rewards), task)
+    return {"frames": np.stack(frames), "actions": np.stack(actions), "rewards": rewards, "poses": poses}
 
 
 def open_loop(env, agent, start: Start, real: dict, seed: int) -> dict:
@@ -135,6 +165,7 @@ def run_start(env, agent, scenario: str, start: Start, steps: int, task: Task, s
         "imagined_return": float(imagined["rewards"].sum()),
         "psnr": frame_psnr,
         "policy_gap": action_gap(real["actions"], opened["reactions"]),
+        "reach_aim": reach_aim(real["poses"], real["actions"]),
         "real_actions": real["actions"],
         "imagined_actions": imagined["actions"],
         "sheet": sheet_rows(real["frames"], opened["frames"], imagined["frames"]),
@@ -156,6 +187,8 @@ def summarise(kind: str, runs: list[dict], steps: int) -> dict:
     for key in ("real_return", "reward_model_on_real_return", "open_loop_return", "imagined_return", "policy_gap"):
         row[key] = mean(key)
     row["action_spread"] = float(np.mean(spread)) if len(runs) > 1 else None
+    aims = [r["reach_aim"] for r in runs if r.get("reach_aim") is not None]
+    row["reach_aim"] = float(np.mean(aims)) if aims else None
     for s in sorted({s for s in (1, 8, steps) if s <= steps}):
         row[f"psnr_{s}"] = float(np.mean([r["psnr"][s - 1] for r in runs if len(r["psnr"]) >= s]))
     row["real_mean_action"] = np.concatenate([r["real_actions"] for r in runs]).mean(0).round(3).tolist()
@@ -221,6 +254,7 @@ def write_sheet(path: Path, image: np.ndarray) -> None:
 def markdown(rows: list[dict]) -> str:
     """A markdown table of the result rows."""
     head = ["start", "real return", "RM on real", "open loop", "imagined", "PSNR @1/8/H", "policy gap (spread)"]
+    head += ["reach aim"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         psnrs = "/".join(f"{r[k]:.1f}" for k in r if k.startswith("psnr_"))
@@ -228,6 +262,7 @@ def markdown(rows: list[dict]) -> str:
         cells = [r["kind"], f"{r['real_return']:+.2f}", f"{r['reward_model_on_real_return']:+.2f}"]
         cells += [f"{r['open_loop_return']:+.2f}", f"{r['imagined_return']:+.2f}", psnrs]
         cells.append(f"{r['policy_gap']:.3f} ({spread})")
+        cells.append("n/a" if r.get("reach_aim") is None else f"{r['reach_aim']:+.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

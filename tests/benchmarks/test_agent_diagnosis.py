@@ -46,6 +46,21 @@ def test_spread_compares_the_real_actions_of_different_starts():
     assert row["real_mean_action"] == [0.5] and row["psnr_1"] == row["psnr_2"] == 20.0
 
 
+def test_reach_aim_is_one_toward_the_block_minus_one_away_and_none_without_poses():
+    ee = np.zeros((4, 3))
+    block = np.tile([0.1, 0.1, 0.0], (4, 1))
+    block[3] = 0.0  # the last state is at the block: its step would not count (there is no action on it)
+    poses = {"ee_pos": ee, "object_pos": block}
+    toward = np.array([[1.0, 1.0, 0.0, 0.0], [0.5, 0.5, 1.0, 0.0], [2.0, 2.0, 0.0, 1.0]])
+    assert agent_diagnosis.reach_aim(poses, toward) == pytest.approx(1.0)
+    assert agent_diagnosis.reach_aim(poses, -toward) == pytest.approx(-1.0)
+    sideways = np.array([[1.0, -1.0, 0.0, 0.0]] * 3)
+    assert agent_diagnosis.reach_aim(poses, sideways) == pytest.approx(0.0)
+    at_block = {"ee_pos": block, "object_pos": block}  # nothing left to reach: no step counts
+    assert agent_diagnosis.reach_aim(at_block, toward) is None
+    assert agent_diagnosis.reach_aim({"car_pos": ee}, toward) is None  # not FetchPush's poses
+
+
 def test_cli_writes_json_and_a_contact_sheet(tmp_path):
     from stable_baselines3 import PPO
 
@@ -56,4 +71,5 @@ def test_cli_writes_json_and_a_contact_sheet(tmp_path):
                           "--starts", "2", "--steps", "2", "--out", str(out)])  # fmt: skip
     (row,) = json.loads(out.read_text())["results"]
     assert row["kind"] == "reset" and len(row["real_returns"]) == 2 and row["action_spread"] >= 0.0
+    assert row["reach_aim"] is None  # CarRacing has no block to reach
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
