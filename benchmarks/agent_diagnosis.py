@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,7 @@ from stable_baselines3 import PPO
 from tqdm import tqdm
 
 import astra_gym  # noqa: F401 - registers the ids
-from astra_gym.data.replay import replay
+from astra_gym.data.replay import ReplaySession, replay
 from astra_gym.data.tasks import Task, get_task, relabel
 from astra_gym.envs.spaces import action_rows
 from astra_gym.envs.variants import variant
@@ -88,17 +89,42 @@ def reach_aim(poses: dict[str, np.ndarray], actions: np.ndarray) -> float | None
     return float(cosine.mean())
 
 
-def real_run(agent, scenario: str, start: Start, steps: int, task: Task) -> dict:
-    """The agent in the real simulator from ``start``: frames uint8 [L, 64, 64, 3], actions [L, ...], rewards [L]."""
+def agent_actor(agent) -> Callable[[ReplaySession], np.ndarray]:
+    """A saved agent as an actor of :func:`real_run`: its deterministic action on the session's frame."""
+    return lambda session: agent.predict(session.frame(), deterministic=True)[0]
+
+
+def real_run(
+    act: Callable[[ReplaySession], np.ndarray],
+    scenario: str,
+    start: Start,
+    steps: int,
+    task: Task,
+    begin: Callable[[ReplaySession], None] | None = None,
+) -> dict:
+    """An actor in the real simulator from ``start``, closed loop.
+
+    Args:
+        act: The next native action for the live session (e.g. :func:`agent_actor`).
+        scenario: The simulator's scenario.
+        start: The real start (its action prefix is replayed first).
+        steps: Steps to run (fewer if the simulator ends the episode).
+        task: The task that relabels the rewards.
+        begin: Called once on the session at the start state (e.g. to reset a scripted policy).
+
+    Returns:
+        frames uint8 [L, 64, 64, 3], actions [L, ...], rewards [L] and poses ([L + 1, ...] per key).
+    """
     frames, actions = [], []
     with replay(start.seed, start.prefix, scenario=scenario) as session:
         if not np.array_equal(session.frame(), start.frames[-1]):
             raise RuntimeError(f"seed {start.seed}: replaying the prefix did not reproduce the start frame")
+        if begin is not None:
+            begin(session)
         poses = {k: [v] for k, v in session.pose().items()}
         rewards = []
         for _ in range(steps):
-            action, _ = agent.predict(session.frame(), deterministic=True)
-            piece = session.continue_with(np.asarray(action)[None])
+            piece = session.continue_with(np.asarray(act(session))[None])
             frames.append(piece.frames[-1])
             actions.append(piece.actions[-1])
             rewards.append(piece.rewards[-1])
@@ -111,16 +137,19 @@ def real_run(agent, scenario: str, start: Start, steps: int, task: Task) -> dict
     return {"frames": np.stack(frames), "actions": np.stack(actions), "rewards": rewards, "poses": poses}
 
 
-def open_loop(env, agent, start: Start, real: dict, seed: int) -> dict:
-    """The real run's actions replayed in the env: frames, rewards, and the agent's actions on those frames."""
+def open_loop(env, start: Start, real: dict, seed: int, agent=None) -> dict:
+    """The real run's actions replayed in the env: frames, rewards, and (with ``agent``) its actions on those
+    frames (``reactions``)."""
     env.reset(seed=seed, options={"frames": start.frames, "actions": start.actions})
     frames, rewards, reactions = [], [], []
     for action in real["actions"]:
         obs, reward, *_ = env.step(action)
         frames.append(obs)
         rewards.append(reward)
-        reactions.append(agent.predict(obs, deterministic=True)[0])
-    return {"frames": np.stack(frames), "rewards": np.array(rewards), "reactions": np.stack(reactions)}
+        if agent is not None:
+            reactions.append(agent.predict(obs, deterministic=True)[0])
+    out = {"frames": np.stack(frames), "rewards": np.array(rewards)}
+    return out | ({"reactions": np.stack(reactions)} if agent is not None else {})
 
 
 def imagined_run(env, agent, start: Start, steps: int, seed: int) -> dict:
@@ -154,8 +183,8 @@ def action_gap(a: np.ndarray, b: np.ndarray) -> float:
 
 def run_start(env, agent, scenario: str, start: Start, steps: int, task: Task, seed: int) -> dict:
     """Every per-start measurement (see the module docstring)."""
-    real = real_run(agent, scenario, start, steps, task)
-    opened = open_loop(env, agent, start, real, seed)
+    real = real_run(agent_actor(agent), scenario, start, steps, task)
+    opened = open_loop(env, start, real, seed, agent)
     imagined = imagined_run(env, agent, start, steps, seed)
     frame_psnr = np.minimum(psnr(real["frames"], opened["frames"]), PSNR_CAP_DB)
     return {

@@ -1,0 +1,172 @@
+"""Does the learned simulator rank behaviours as the real one does? Scripted behaviours, the same real starts.
+
+An agent trained inside maximises the imagined return. If the world model and its reward model
+rank simple behaviours differently from the real simulator (say, random motion above standing
+still), the agent learns the wrong behaviour however well it optimises. For ``--starts`` S unseen
+simulator seeds (start kinds of :func:`benchmarks.action_following.make_start`), each behaviour acts
+``--steps`` H steps in the real simulator:
+
+* ``expert``: the data's scripted expert (:func:`astra_gym.data.policies.make_policy`: it drives the
+  track, reaches for and pushes the block, walks to the vest), i.e. what a good agent would do;
+* ``still``: the zero action;
+* ``random``: the data's random-hold exploration policy.
+
+Its real actions are then replayed open loop in the Astra env from the same real context
+(:func:`benchmarks.agent_diagnosis.open_loop`). Reported per start kind:
+
+* per behaviour, the real return (the task's), the reward model's return on the real frames, and
+  the imagined (open-loop) return;
+* the rank agreement (Spearman, mean over starts) of the behaviours' returns: real against the
+  reward model on real frames (the reader alone), and real against imagined (reader and world
+  model together);
+* the margins that decide what an agent learns: expert minus still and random minus still, real
+  and imagined.
+
+The reward model ranks wrongly on real frames: fix the reader. Right on real, wrong imagined: the
+world model does not carry the behaviours' consequences.
+
+    python -m benchmarks.behaviour_ranking --env Astra-Manipulation-v0 --task progress --checkpoint B --starts 10
+
+Writes ``--out`` (JSON) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import astra_gym  # noqa: F401 - registers the ids
+from astra_gym.data.policies import make_policy
+from astra_gym.data.replay import ReplaySession
+from astra_gym.data.tasks import get_task
+from astra_gym.envs.spaces import EXPLORE_BUTTONS
+from astra_gym.envs.variants import variant
+from astra_gym.utils.cli_args import arg, parse_config
+from benchmarks.action_following import make_start
+from benchmarks.agent_diagnosis import open_loop, real_run, reward_model_on_real
+from benchmarks.common import spearman, write_results
+
+BEHAVIOURS = ("expert", "still", "random")
+RETURNS = ("real", "reward_model_on_real", "imagined")
+
+
+def behaviour(name: str, scenario: str, seed: int) -> tuple[Callable, Callable]:
+    """``(begin, act)`` for :func:`benchmarks.agent_diagnosis.real_run`: a scripted behaviour of ``BEHAVIOURS``."""
+    if name == "still":
+        return (lambda session: None), (lambda session: np.zeros(session.env.action_space.shape))
+    if name not in BEHAVIOURS:
+        raise ValueError(f"unknown behaviour {name!r}; choose from {', '.join(BEHAVIOURS)}")
+    policy = make_policy(name, scenario, EXPLORE_BUTTONS if scenario == "explore" else ())
+
+    def begin(session: ReplaySession) -> None:
+        policy.reset(session.env, np.random.default_rng(seed))
+
+    return begin, lambda session: np.asarray(policy.act(session.obs, session.env))
+
+
+def run_start(env, scenario: str, start, steps: int, task, behaviours: tuple[str, ...], seed: int) -> dict:
+    """{behaviour: {"real", "reward_model_on_real", "imagined": returns, "actions": [L, ...]}} for one start."""
+    out = {}
+    for name in behaviours:
+        begin, act = behaviour(name, scenario, seed)
+        real = real_run(act, scenario, start, steps, task, begin=begin)
+        opened = open_loop(env, start, real, seed)
+        out[name] = {
+            "real": float(real["rewards"].sum()),
+            "reward_model_on_real": float(reward_model_on_real(env, scenario, start, real).sum()),
+            "imagined": float(opened["rewards"].sum()),
+            "actions": real["actions"],
+        }
+    return out
+
+
+def summarise(kind: str, runs: list[dict], behaviours: tuple[str, ...], steps: int) -> dict:
+    """Means over the starts of one kind: returns per behaviour, rank agreements, margins over ``still``."""
+    row = {"kind": kind, "starts": len(runs), "steps": steps}
+    for name in behaviours:
+        for key in RETURNS:
+            row[f"{name}_{key}"] = float(np.mean([r[name][key] for r in runs]))
+    for key in RETURNS[1:]:
+        rhos = [spearman([r[b]["real"] for b in behaviours], [r[b][key] for b in behaviours]) for r in runs]
+        rhos = [x for x in rhos if np.isfinite(x)]
+        row[f"rank_agreement_{key}"] = float(np.mean(rhos)) if rhos else None
+    if "still" in behaviours:
+        for name in (b for b in behaviours if b != "still"):
+            for key in ("real", "imagined"):
+                row[f"{name}_minus_still_{key}"] = row[f"{name}_{key}"] - row[f"still_{key}"]
+    return row
+
+
+@dataclass(frozen=True)
+class Args:
+    """Flags of ``behaviour_ranking`` (each field's help is its ``--help`` text)."""
+
+    env: str = arg("Astra-Drive-v0", help="an Astra id (its scenario picks the simulator)")
+    checkpoint: str | None = arg(None, help="model bundle; none = the variant's")
+    task: str | None = arg(None, help="agent task (astra_gym.data.tasks) of the rewards; none = the simulator's own")
+    behaviours: tuple[str, ...] = arg(BEHAVIOURS, help="scripted behaviours: expert, still, random")
+    starts: int = arg(10, help="real starts per kind")
+    kinds: tuple[str, ...] = arg(("reset",), help="start kinds: reset and/or mid")
+    steps: int = arg(50, help="steps per run")
+    warm: int = arg(40, help="expert-policy steps before a mid start")
+    seed_offset: int = arg(10000, help="simulator seeds are offset + s (the agent benchmarks' evaluation seeds)")
+    threads: int = arg(1, help="torch threads")
+    out: str = arg("results/behaviour_ranking.json", help="JSON results path")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """CLI (see the module docstring); returns the written payload's rows."""
+    args = parse_config(Args, argv, __doc__)
+    if not set(args.kinds) <= {"reset", "mid"}:
+        raise SystemExit(f"--kinds {' '.join(args.kinds)}: choose from reset and mid")
+    if not set(args.behaviours) <= set(BEHAVIOURS) or len(args.behaviours) < 2:
+        raise SystemExit(f"--behaviours {' '.join(args.behaviours)}: choose two or more of {', '.join(BEHAVIOURS)}")
+    torch.set_num_threads(args.threads)
+    spec = variant(args.env)
+    kwargs = {"checkpoint": args.checkpoint or spec.checkpoint}
+    if args.task is not None:
+        kwargs["task"] = args.task
+    env = gym.make(args.env, max_episode_steps=args.steps + 1, **kwargs)
+    task = get_task(spec.scenario, args.task)
+    context = env.unwrapped.core.bank.context_length
+    rows = []
+    for kind in args.kinds:
+        runs = []
+        for s in tqdm(range(args.starts), desc=f"{spec.scenario} {kind} starts"):
+            start = make_start(spec.scenario, args.seed_offset + s, kind, context, args.warm)
+            runs.append(run_start(env, spec.scenario, start, args.steps, task, args.behaviours, seed=s))
+        row = summarise(kind, runs, args.behaviours, args.steps)
+        row["per_start"] = [{b: {k: r[b][k] for k in RETURNS} for b in args.behaviours} for r in runs]
+        rows.append(row)
+    config = {**dataclasses.asdict(args), "checkpoint": kwargs["checkpoint"]}
+    write_results(args.out, "behaviour_ranking", config, rows, torch.device("cpu"))
+    print(markdown(rows, args.behaviours))
+    return {"rows": rows}
+
+
+def markdown(rows: list[dict], behaviours: tuple[str, ...]) -> str:
+    """A markdown table: one line per start kind and behaviour, then the agreements and margins."""
+    head = ["start", "behaviour", "real return", "reward model on real", "imagined (open loop)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        for b in behaviours:
+            cells = [r["kind"], b] + [f"{r[f'{b}_{k}']:+.2f}" for k in RETURNS]
+            lines.append("| " + " | ".join(cells) + " |")
+    for r in rows:
+        agree = " / ".join("n/a" if r[f"rank_agreement_{k}"] is None else f"{r[f'rank_agreement_{k}']:+.2f}"
+                           for k in RETURNS[1:])  # fmt: skip
+        margins = [f"{k.replace('_minus_still', ' - still')} {v:+.2f}" for k, v in r.items() if "_minus_" in k]
+        head = f"\n{r['kind']}: rank agreement with real, reward model on real / imagined {agree}"
+        lines.append(f"{head}; {', '.join(margins)}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

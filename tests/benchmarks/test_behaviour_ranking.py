@@ -1,0 +1,49 @@
+"""behaviour_ranking: scripted behaviours from the same real start, in the real simulator and replayed inside."""
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from benchmarks import behaviour_ranking
+from benchmarks.action_following import make_start
+
+
+def test_behaviours_act_in_the_real_simulator_and_are_replayed_inside():
+    env = gym.make("Astra-Debug-v0", checkpoint="debug", max_episode_steps=10)
+    start = make_start("drive", 20000, "reset", context=env.unwrapped.core.bank.context_length, warm=0)
+    task = behaviour_ranking.get_task("drive")
+    run = behaviour_ranking.run_start(env, "drive", start, 3, task, behaviour_ranking.BEHAVIOURS, seed=0)
+    assert set(run) == set(behaviour_ranking.BEHAVIOURS)
+    assert np.all(run["still"]["actions"] == 0) and run["still"]["actions"].shape == (3, 3)
+    assert np.abs(run["random"]["actions"]).sum() > 0 and np.abs(run["expert"]["actions"]).sum() > 0
+    for name in run:
+        assert all(np.isfinite(run[name][k]) for k in behaviour_ranking.RETURNS)
+    assert run["still"]["real"] < 0  # CarRacing pays -0.1 per frame and a standing car earns no tile
+
+
+def _runs(imagined: list[float]) -> list[dict]:
+    real = {"expert": 2.0, "still": 0.0, "random": -3.0}
+    pairs = zip(real, imagined, strict=True)
+    return [{b: {"real": real[b], "reward_model_on_real": real[b], "imagined": i} for b, i in pairs}]
+
+
+def test_summary_scores_agreement_and_margins_over_standing_still():
+    row = behaviour_ranking.summarise("reset", _runs([1.0, 0.0, -1.0]), behaviour_ranking.BEHAVIOURS, 50)
+    assert row["rank_agreement_imagined"] == pytest.approx(1.0) and row["rank_agreement_reward_model_on_real"] == 1.0
+    assert row["expert_minus_still_real"] == 2.0 and row["random_minus_still_imagined"] == -1.0
+    flipped = behaviour_ranking.summarise("reset", _runs([-1.0, -2.0, 0.5]), behaviour_ranking.BEHAVIOURS, 50)
+    assert flipped["rank_agreement_imagined"] == pytest.approx(-0.5)  # random imagined best: the wrong lesson
+    assert flipped["random_minus_still_imagined"] == 2.5
+
+
+def test_cli_writes_json_and_rejects_unknown_behaviours(tmp_path):
+    out = tmp_path / "rank.json"
+    behaviour_ranking.main(["--env", "Astra-Debug-v0", "--checkpoint", "debug", "--starts", "1", "--steps", "2",
+                            "--behaviours", "still", "random", "--out", str(out)])  # fmt: skip
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["kind"] == "reset" and set(row["per_start"][0]) == {"still", "random"}
+    assert "random_minus_still_real" in row
+    with pytest.raises(SystemExit, match="choose two or more"):
+        behaviour_ranking.main(["--env", "Astra-Debug-v0", "--behaviours", "dance", "--out", str(tmp_path / "x.json")])
