@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,9 +244,13 @@ class Args:
     out: str = arg("results/agent_diagnosis.json", help="JSON results path (the sheet: the same path with .png)")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """CLI (see the module docstring); returns the written payload's rows."""
-    args = parse_config(Args, argv, __doc__)
+def start_env(args) -> tuple[str, gym.Env, Task, str]:
+    """The CLI part shared by the real-start benchmarks: checks ``args.kinds``, sets ``args.threads``, makes
+    the Astra env of ``args.env`` / ``checkpoint`` / ``task`` for ``args.steps`` steps.
+
+    Returns:
+        (scenario, env, task, the checkpoint used).
+    """
     if not set(args.kinds) <= {"reset", "mid"}:
         raise SystemExit(f"--kinds {' '.join(args.kinds)}: choose from reset and mid")
     torch.set_num_threads(args.threads)
@@ -254,19 +258,32 @@ def main(argv: list[str] | None = None) -> dict:
     kwargs = {"checkpoint": args.checkpoint or spec.checkpoint}
     if args.task is not None:
         kwargs["task"] = args.task
-    agent = PPO.load(args.agent, device="cpu")
     env = gym.make(args.env, max_episode_steps=args.steps + 1, **kwargs)
-    task = get_task(spec.scenario, args.task)
-    context = env.unwrapped.core.bank.context_length
+    return spec.scenario, env, get_task(spec.scenario, args.task), kwargs["checkpoint"]
+
+
+def real_starts(args, env, kind: str) -> Iterator[tuple[int, Start]]:
+    """``(s, start)`` for the ``args.starts`` real starts of ``kind`` (seeds ``args.seed_offset + s``), with a
+    progress bar."""
+    scenario, context = variant(args.env).scenario, env.unwrapped.core.bank.context_length
+    for s in tqdm(range(args.starts), desc=f"{scenario} {kind} starts"):
+        yield s, make_start(scenario, args.seed_offset + s, kind, context, args.warm)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """CLI (see the module docstring); returns the written payload's rows."""
+    args = parse_config(Args, argv, __doc__)
+    scenario, env, task, checkpoint = start_env(args)
+    agent = PPO.load(args.agent, device="cpu")
     rows, sheets = [], []
     for kind in args.kinds:
-        runs = []
-        for s in tqdm(range(args.starts), desc=f"{spec.scenario} {kind} starts"):
-            start = make_start(spec.scenario, args.seed_offset + s, kind, context, args.warm)
-            runs.append(run_start(env, agent, spec.scenario, start, args.steps, task, seed=s))
+        runs = [
+            run_start(env, agent, scenario, start, args.steps, task, seed=s)
+            for s, start in real_starts(args, env, kind)
+        ]
         rows.append(summarise(kind, runs, args.steps))
         sheets += [r["sheet"] for r in runs[:4]]
-    config = {**dataclasses.asdict(args), "checkpoint": kwargs["checkpoint"]}
+    config = {**dataclasses.asdict(args), "checkpoint": checkpoint}
     write_results(args.out, "agent_diagnosis", config, rows, torch.device("cpu"))
     write_sheet(Path(args.out).with_suffix(".png"), np.concatenate(sheets, axis=0))
     print(markdown(rows))

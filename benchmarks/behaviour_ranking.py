@@ -37,20 +37,15 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import gymnasium as gym
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import astra_gym  # noqa: F401 - registers the ids
 from astra_gym.data.policies import make_policy
 from astra_gym.data.replay import ReplaySession
-from astra_gym.data.tasks import get_task
 from astra_gym.envs.spaces import EXPLORE_BUTTONS
-from astra_gym.envs.variants import variant
 from astra_gym.utils.cli_args import arg, parse_config
-from benchmarks.action_following import make_start
-from benchmarks.agent_diagnosis import open_loop, real_run, reward_model_on_real
+from benchmarks.agent_diagnosis import open_loop, real_run, real_starts, reward_model_on_real, start_env
 from benchmarks.common import spearman, write_results
 
 BEHAVIOURS = ("expert", "still", "random")
@@ -124,28 +119,17 @@ class Args:
 def main(argv: list[str] | None = None) -> dict:
     """CLI (see the module docstring); returns the written payload's rows."""
     args = parse_config(Args, argv, __doc__)
-    if not set(args.kinds) <= {"reset", "mid"}:
-        raise SystemExit(f"--kinds {' '.join(args.kinds)}: choose from reset and mid")
     if not set(args.behaviours) <= set(BEHAVIOURS) or len(args.behaviours) < 2:
         raise SystemExit(f"--behaviours {' '.join(args.behaviours)}: choose two or more of {', '.join(BEHAVIOURS)}")
-    torch.set_num_threads(args.threads)
-    spec = variant(args.env)
-    kwargs = {"checkpoint": args.checkpoint or spec.checkpoint}
-    if args.task is not None:
-        kwargs["task"] = args.task
-    env = gym.make(args.env, max_episode_steps=args.steps + 1, **kwargs)
-    task = get_task(spec.scenario, args.task)
-    context = env.unwrapped.core.bank.context_length
+    scenario, env, task, checkpoint = start_env(args)
     rows = []
     for kind in args.kinds:
-        runs = []
-        for s in tqdm(range(args.starts), desc=f"{spec.scenario} {kind} starts"):
-            start = make_start(spec.scenario, args.seed_offset + s, kind, context, args.warm)
-            runs.append(run_start(env, spec.scenario, start, args.steps, task, args.behaviours, seed=s))
+        runs = [run_start(env, scenario, start, args.steps, task, args.behaviours, seed=s)
+                for s, start in real_starts(args, env, kind)]  # fmt: skip
         row = summarise(kind, runs, args.behaviours, args.steps)
         row["per_start"] = [{b: {k: r[b][k] for k in RETURNS} for b in args.behaviours} for r in runs]
         rows.append(row)
-    config = {**dataclasses.asdict(args), "checkpoint": kwargs["checkpoint"]}
+    config = {**dataclasses.asdict(args), "checkpoint": checkpoint}
     write_results(args.out, "behaviour_ranking", config, rows, torch.device("cpu"))
     print(markdown(rows, args.behaviours))
     return {"rows": rows}

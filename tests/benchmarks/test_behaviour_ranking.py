@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from astra_gym.data.tasks import get_task
 from benchmarks import behaviour_ranking
 from benchmarks.action_following import make_start
 
@@ -13,7 +14,7 @@ from benchmarks.action_following import make_start
 def test_behaviours_act_in_the_real_simulator_and_are_replayed_inside():
     env = gym.make("Astra-Debug-v0", checkpoint="debug", max_episode_steps=10)
     start = make_start("drive", 20000, "reset", context=env.unwrapped.core.bank.context_length, warm=0)
-    task = behaviour_ranking.get_task("drive")
+    task = get_task("drive")
     run = behaviour_ranking.run_start(env, "drive", start, 3, task, behaviour_ranking.BEHAVIOURS, seed=0)
     assert set(run) == set(behaviour_ranking.BEHAVIOURS)
     assert np.all(run["still"]["actions"] == 0) and run["still"]["actions"].shape == (3, 3)
