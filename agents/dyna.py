@@ -17,8 +17,9 @@ wm          fine-tune the world model (from the previous iteration's) on every c
 distill     only when the start model is a distilled student (one forward, guidance baked in, e.g.
             ``drive-v4``): distil the fine-tuned model into a new student with the start model's
             distillation settings; the fine-tunes themselves stay guided teachers
-reward      retrain the reward model (``--task``'s, when given) on every episode so far, on the VAE's
-            reconstructions; ``--reward-steps 0`` keeps the start bundle's reward models
+reward      retrain the reward model (``--task``'s, when given) on every episode so far and the
+            ``--reward-replay`` folders, on the VAE's reconstructions; ``--reward-steps 0`` keeps the
+            start bundle's reward models
 bundle      ``OUT/bundles/iter_i`` (world model stored in float16); usable as ``checkpoint=``
 agent       PPO inside the new bundle for ``--agent-steps`` imagined steps, continuing the policy
 evaluate    ``--eval-episodes`` real episodes on seeds never collected from -> ``OUT/curve.json``,
@@ -97,6 +98,11 @@ class DynaConfig:
         "collected ones (DIAMOND keeps all data); none = the collected data alone",
     )
     replay_share: float = arg(0.5, help="share of the fine-tuning rows drawn from --replay (the rest: the collected)")
+    reward_replay: tuple[str, ...] = arg(
+        (),
+        help="episode folders (e.g. the start model's recorded data) the reward stage trains on with every "
+        "collected episode; none = the collected episodes alone",
+    )
     iterations: int = arg(4, help="loop iterations")
     collect_episodes: int = arg(8, help="real episodes collected per iteration")
     collect_steps: int = arg(250, help="steps per collected episode")
@@ -302,7 +308,7 @@ class Loop:
             return out / "final"
         cfg = dataclasses.replace(
             train_reward.PRESETS["small"],
-            episodes=tuple(str(self._dir("data", j)) for j in range(i + 1)),
+            episodes=(*self.cfg.reward_replay, *(str(self._dir("data", j)) for j in range(i + 1))),
             task=self.cfg.task,
             num_frames=_reward_frames(self.start_rewards().get(self.cfg.task, self.start_rewards()[None])),
             action_norm=str(world_model),
@@ -367,6 +373,11 @@ def _check_inputs(cfg: DynaConfig, distilled_start: bool) -> None:
                 f"--replay {cache}: not a latent cache (no index.json); build one with python -m "
                 "astra_gym.data.latent_cache --episodes DIR --vae PRESET --vae-weights <the start bundle's VAE>"
             )
+    for folder in cfg.reward_replay:
+        if not any(Path(folder).glob("*.hdf5")):
+            raise ValueError(f"--reward-replay {folder}: no recorded episodes (*.hdf5) there; give an episode folder")
+    if cfg.reward_replay and cfg.reward_steps == 0:
+        raise ValueError("--reward-replay with --reward-steps 0: no reward model is trained; drop one of the two")
     if cfg.replay and not 0 < cfg.replay_share < 1:
         raise ValueError(f"--replay-share {cfg.replay_share}: give a share strictly between 0 and 1")
 

@@ -89,6 +89,15 @@ def test_dyna_loop_fine_tunes_a_distilled_start_as_its_teacher_and_distils_again
     assert manifest["sampler"] == {"num_denoise_steps": 1, "guidance_scale": 1.0, "shift": 1.0}
 
 
+def test_dyna_reward_stage_trains_on_the_replayed_episodes_too(tiny_bundle, tmp_path):
+    recorded = str(tiny_bundle.parent / "data" / "train")  # the start model's recorded episodes
+    args = ["--preset", "debug", "--start-bundle", str(tiny_bundle), "--out", str(tmp_path)]
+    args += ["--reward-replay", recorded]
+    assert dyna.main(args)[0]["real_return_mean"] is not None
+    saved = json.loads((tmp_path / "reward" / "iter_000" / "final" / "config.json").read_text())
+    assert saved["metrics"]["config"]["episodes"] == [recorded, str(tmp_path / "data" / "iter_000")]
+
+
 def test_dyna_loop_keeps_the_start_reward_models_with_zero_reward_steps(tiny_bundle, tmp_path):
     """``--reward-steps 0``: no reward stage runs and the bundle scores with the start bundle's reward model."""
     args = ["--preset", "debug", "--start-bundle", str(tiny_bundle), "--out", str(tmp_path), "--reward-steps", "0"]
@@ -110,6 +119,8 @@ def test_dyna_loop_keeps_the_start_reward_models_with_zero_reward_steps(tiny_bun
         (["--replay", "{bundle}/../data/cache-train", "--replay-share", "1"], "strictly between 0 and 1"),
         (["--task", "no-such-task"], "no-such-task"),
         (["--task", "tiles", "--reward-steps", "0"], "no reward model of that task to keep"),
+        (["--reward-replay", "{tmp}"], "no recorded episodes"),
+        (["--reward-replay", "{bundle}/../data/train", "--reward-steps", "0"], "no reward model is trained"),
     ],
 )
 def test_dyna_loop_rejects_a_teacher_or_replay_it_cannot_use(tiny_bundle, tmp_path, flags, message):
