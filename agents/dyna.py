@@ -194,9 +194,13 @@ class Loop:
         self.distill = DistillConfig(**config["distill"]) if config.get("distill_from") else None  # if a student
         self.recipe = self.start_saved["extra"].get("teacher", training) if self.distill else training
         _check_inputs(cfg, self.distill is not None)
+        entry = self.manifest["scenarios"][self.scenario]
+        folders = {None: entry.get("reward_model"), **(entry.get("task_reward_models") or {})}
+        # the start bundle's reward-model folders of the scenario, by task (None: the simulator's reward)
+        self.start_rewards = {task: self.start / folder for task, folder in folders.items() if folder is not None}
         if cfg.task is not None:
             get_task(self.scenario, cfg.task)  # an unknown task raises, listing the scenario's tasks
-            if cfg.reward_steps == 0 and cfg.task not in self.start_rewards():
+            if cfg.reward_steps == 0 and cfg.task not in self.start_rewards:
                 raise ValueError(
                     f"--task {cfg.task}: the start bundle {self.start} has no reward model of that task to keep; "
                     "give --reward-steps N to train one in every iteration"
@@ -293,12 +297,6 @@ class Loop:
             **_recipe_flags(self.recipe),
         )
 
-    def start_rewards(self) -> dict[str | None, Path]:
-        """The start bundle's reward-model folders of the scenario, by task (None: the simulator's reward)."""
-        entry = self.manifest["scenarios"][self.scenario]
-        folders = {None: entry.get("reward_model"), **(entry.get("task_reward_models") or {})}
-        return {task: self.start / folder for task, folder in folders.items() if folder is not None}
-
     def reward(self, i: int, world_model: Path) -> Path | None:
         """This iteration's retrained reward model (``--task``'s when given); None with ``--reward-steps 0``."""
         if self.cfg.reward_steps == 0:
@@ -310,7 +308,7 @@ class Loop:
             train_reward.PRESETS["small"],
             episodes=(*self.cfg.reward_replay, *(str(self._dir("data", j)) for j in range(i + 1))),
             task=self.cfg.task,
-            num_frames=_reward_frames(self.start_rewards().get(self.cfg.task, self.start_rewards()[None])),
+            num_frames=_reward_frames(self.start_rewards.get(self.cfg.task, self.start_rewards[None])),
             action_norm=str(world_model),
             vae=str(self.start / self.manifest["vae"]),
             total_steps=self.cfg.reward_steps,
@@ -325,7 +323,7 @@ class Loop:
         bundle's one for ``--task`` (every start reward model when ``reward`` is None)."""
         out = self._dir("bundles", i)
         if not (out / "bundle.json").exists():
-            rewards = self.start_rewards()
+            rewards = self.start_rewards
             if reward is not None:
                 rewards = {None: rewards[None], self.cfg.task: reward} if self.cfg.task else {None: reward}
             vae = self.start / self.manifest["vae"]
@@ -374,7 +372,7 @@ def _check_inputs(cfg: DynaConfig, distilled_start: bool) -> None:
                 "astra_gym.data.latent_cache --episodes DIR --vae PRESET --vae-weights <the start bundle's VAE>"
             )
     for folder in cfg.reward_replay:
-        if not any(Path(folder).glob("*.hdf5")):
+        if not episode_paths(folder):
             raise ValueError(f"--reward-replay {folder}: no recorded episodes (*.hdf5) there; give an episode folder")
     if cfg.reward_replay and cfg.reward_steps == 0:
         raise ValueError("--reward-replay with --reward-steps 0: no reward model is trained; drop one of the two")

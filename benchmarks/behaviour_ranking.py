@@ -147,8 +147,8 @@ def markdown(rows: list[dict], behaviours: tuple[str, ...]) -> str:
         agree = " / ".join("n/a" if r[f"rank_agreement_{k}"] is None else f"{r[f'rank_agreement_{k}']:+.2f}"
                            for k in RETURNS[1:])  # fmt: skip
         margins = [f"{k.split('_')[0]} - still ({k.split('_')[-1]}) {v:+.2f}" for k, v in r.items() if "_minus_" in k]
-        head = f"\n{r['kind']}: rank agreement with real, reward model on real / imagined {agree}"
-        lines.append(f"{head}; {', '.join(margins)}")
+        summary = f"\n{r['kind']}: rank agreement with real, reward model on real / imagined {agree}"
+        lines.append(f"{summary}; {', '.join(margins)}")
     return "\n".join(lines)
 
 
