@@ -90,6 +90,9 @@ class TrainConfig:
     mixing: Literal["sample", "step"] = arg("sample", "dataset choice per batch row (mixed batches) or per step")
     chunk_latents: int = arg(1, "target latents per sample (the env's chunk; release: 8)")
     max_history: int = arg(30, "longest history in latents (release: 30)")
+    history_1x: int = arg(
+        1, "FramePack: most recent latents kept at full resolution, besides the start latent (release: 1)"
+    )
     episode_start_p: float = arg(
         0.0, "probability that a row's history starts at an episode's reset frame (0 = uniform windows only)"
     )
@@ -161,7 +164,15 @@ class TrainConfig:
     sampler_shift: float = arg(5.0, "sigma-schedule shift for previews and the envs")
 
     def __post_init__(self) -> None:
-        positive = ("chunk_latents", "max_history", "batch_size", "total_steps", "log_every", "checkpoint_every")
+        positive = (
+            "chunk_latents",
+            "max_history",
+            "history_1x",
+            "batch_size",
+            "total_steps",
+            "log_every",
+            "checkpoint_every",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)} must be >= 1")
@@ -299,7 +310,7 @@ def _load_teacher(cfg: TrainConfig, config: AstraTransformerConfig, device: torc
 def _layout(cfg: TrainConfig, model: AstraTransformer) -> FramePackLayout:
     """The ``exact`` layout; the start token sits at most ``max_history`` latents before the targets
     at inference too (the longest distance trained; FramePack needs at least its window + 1)."""
-    base = FramePackLayout(mode="exact", patch_hw=tuple(model.config.patch_size[1:]))
+    base = FramePackLayout(mode="exact", num_1x=cfg.history_1x, patch_hw=tuple(model.config.patch_size[1:]))
     return dataclasses.replace(base, max_start_distance=max(cfg.max_history, base.window + 1))
 
 

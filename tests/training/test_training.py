@@ -18,7 +18,7 @@ from safetensors import safe_open
 from astra_gym.data import latent_cache
 from astra_gym.data.episodes import episode_filename, save_episode
 from astra_gym.data.synthetic import drive_episode, explore_episode, manipulation_episode
-from astra_gym.rollout.bundle import read_bundle
+from astra_gym.rollout.bundle import load_bundle, read_bundle
 from astra_gym.training import bundle, train_reward, train_vae, train_world_model
 from astra_gym.training.checkpointing import latest_checkpoint, step_generator
 from astra_gym.training.data import DatasetSpec, JointLatentData, WindowDraw, map_tensors
@@ -32,7 +32,7 @@ from astra_gym.world_model.framepack import FramePackLayout
 from astra_gym.world_model.reward_io import load_reward_model
 from astra_gym.world_model.transformer import AstraTransformer
 from astra_gym.world_model.vae import SmallVAE
-from astra_gym.world_model.vae_io import load_vae
+from astra_gym.world_model.vae_io import load_vae, save_vae
 
 SIZE = 32  # pixels -> 4x4 latents with the debug VAE (spatial factor 8)
 LAYOUT = FramePackLayout(mode="exact", max_start_distance=20)
@@ -283,6 +283,17 @@ def test_exported_world_model_loads_with_everything_an_env_needs(cache, straight
     assert extra["chunk_latents"] == 1 and extra["layout"]["mode"] == "exact" and extra["training"]["weights"] == "ema"
     assert extra["sampler"]["num_denoise_steps"] >= 1 and extra["training"]["step"] == 8
     assert load_pretrained(run_dir / "checkpoints" / "step_00000008" / "model") is not None
+
+
+def test_history_1x_reaches_the_exported_layout_and_the_rollout(cache, tmp_path):
+    result = train_world_model.train(_run_config(cache, tmp_path, total_steps=2, checkpoint_every=2, history_1x=2))
+    _, extra = read_pretrained_config(result.final)
+    assert extra["layout"]["num_1x"] == 2
+    save_vae(SmallVAE.from_preset("debug").eval(), tmp_path / "vae", preset="debug")
+    layout = load_bundle(result.final, "drive", vae=tmp_path / "vae").rollout.layout
+    assert layout.num_1x == 2 and layout.window == 16 + 2 + 2  # num_4x + num_2x + num_1x
+    with pytest.raises(ValueError, match="--history-1x=0 must be >= 1"):
+        _run_config(cache, tmp_path, history_1x=0)
 
 
 @pytest.mark.parametrize(
