@@ -23,8 +23,23 @@ def test_model_speed_runs(tmp_path):
 def test_env_throughput_runs(tmp_path):
     out = tmp_path / "env.json"
     result = env_throughput.main(
-        ["--env", "Astra-Debug-v0", "--num-envs", "1", "2", "--denoise-steps", "1", "--steps", "2", "--warmup", "1",
-         "--memory-steps", "3", "--out", str(out)]
+        [
+            "--env",
+            "Astra-Debug-v0",
+            "--num-envs",
+            "1",
+            "2",
+            "--denoise-steps",
+            "1",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--memory-steps",
+            "3",
+            "--out",
+            str(out),
+        ]
     )
     payload = json.loads(out.read_text())
     assert payload["benchmark"] == "env_throughput"
@@ -52,12 +67,15 @@ def test_action_following_runs_against_the_real_simulator(tmp_path):
     out = tmp_path / "af.json"
     action_following.main(
         ["--env", "Astra-Debug-v0", "--checkpoint", "debug", "--starts", "1", "--kinds", "reset", "mid",
-         "--horizon", "2", "--long", "2", "--warm", "3", "--out", str(out)]
+         "--horizon", "2", "--long", "2", "--warm", "3", "--noise-draws", "2", "--out", str(out)]
     )  # fmt: skip
     rows = json.loads(out.read_text())["results"]
     assert [r["kind"] for r in rows] == ["reset", "mid"]
     for row in rows:
         assert 0.0 <= row["identification"] <= 1.0 and row["chance"] == 0.25
+        draws = row["identification_over_draws"]
+        assert draws["draws"] == 2 and draws["per_draw"][0] == row["identification"]  # the first is the reported one
+        assert draws["mean"] == pytest.approx(np.mean(draws["per_draw"]))
         assert set(row["real_return"]) == {"steer left", "steer right", "full gas", "brake"}
         assert row["car_real_all_steps"] == 1.0  # real CarRacing frames always show the car
         per_action = row["car_all_steps_per_action"]
@@ -78,13 +96,16 @@ def test_action_following_scores_the_real_branches_with_a_task():
 
 
 def test_action_identification_counts_the_closest_real_branch():
+    from benchmarks import action_following
     from benchmarks.action_following import closest_branch, scene_change, summarise
 
     real = np.stack([np.full((4, 4, 3), v, np.uint8) for v in (0, 80, 160, 240)])
     imagined = real[[0, 2, 1, 3]].copy()  # branches 1 and 2 swapped
     assert closest_branch(imagined, real).tolist() == [0, 2, 1, 3]
     zeros = np.zeros((4, 1))
-    run = {"closest": closest_branch(imagined, real), "psnr": zeros, "ssim": zeros, "real_return": zeros[:, 0],
+    closest = closest_branch(imagined, real)
+    run = {"closest": closest, "closest_draws": np.stack([closest, np.arange(4)]), "psnr": zeros, "ssim": zeros,
+           "real_return": zeros[:, 0],
            "imagined_return": zeros[:, 0], "reward_model_real_return": zeros[:, 0], "reward_mae_real_frames": 0.0,
            "reward_mae_imagined_frames": 0.0, "teacher_forced_psnr": zeros,
            "change_real": scene_change(real[0], real), "change_imagined": scene_change(real[0], imagined)}  # fmt: skip
@@ -92,6 +113,11 @@ def test_action_identification_counts_the_closest_real_branch():
     assert row["identification"] == 0.5 and row["identification_per_action"]["-x"] == 0.0
     assert row["confusion"]["-x"] == {"+x": 0.0, "-x": 0.0, "+y": 1.0, "-y": 0.0}
     assert row["scene_change_at_h"]["-x"] == {"real": 80.0, "imagined": 160.0}  # swapped: -x moved too far
+    draws = row["identification_over_draws"]  # a second noise draw identified every action
+    assert draws == {"draws": 2, "mean": 0.75, "per_action": {"+x": 1.0, "-x": 0.5, "+y": 0.5, "-y": 1.0},
+                     "per_draw": [0.5, 1.0]}  # fmt: skip
+    with pytest.raises(SystemExit, match="--noise-draws 0"):
+        action_following.main(["--env", "Astra-Debug-v0", "--noise-draws", "0"])
 
 
 def test_transfer_and_vae_details_run(tmp_path):
