@@ -90,8 +90,10 @@ class TrainConfig:
     mixing: Literal["sample", "step"] = arg("sample", "dataset choice per batch row (mixed batches) or per step")
     chunk_latents: int = arg(1, "target latents per sample (the env's chunk; release: 8)")
     max_history: int = arg(30, "longest history in latents (release: 30)")
-    history_1x: int = arg(
-        1, "FramePack: most recent latents kept at full resolution, besides the start latent (release: 1)"
+    history_1x: int | None = arg(
+        None,
+        "FramePack: most recent latents kept at full resolution, besides the start latent (release: 1); "
+        "none = --init-from's, else 1",
     )
     episode_start_p: float = arg(
         0.0, "probability that a row's history starts at an episode's reset frame (0 = uniform windows only)"
@@ -174,7 +176,7 @@ class TrainConfig:
             "checkpoint_every",
         )
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)} must be >= 1")
         if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0 or self.lr <= 0:
             raise ValueError(
@@ -308,9 +310,14 @@ def _load_teacher(cfg: TrainConfig, config: AstraTransformerConfig, device: torc
 
 
 def _layout(cfg: TrainConfig, model: AstraTransformer) -> FramePackLayout:
-    """The ``exact`` layout; the start token sits at most ``max_history`` latents before the targets
-    at inference too (the longest distance trained; FramePack needs at least its window + 1)."""
-    base = FramePackLayout(mode="exact", num_1x=cfg.history_1x, patch_hw=tuple(model.config.patch_size[1:]))
+    """The ``exact`` layout (``history_1x`` full-resolution latents, by default the start model's); the start
+    token sits at most ``max_history`` latents before the targets at inference too (the longest distance
+    trained; FramePack needs at least its window + 1)."""
+    num_1x = cfg.history_1x
+    if num_1x is None:  # a fine-tune keeps the layout its start model was trained with
+        start = read_pretrained_config(cfg.init_from)[1].get("layout") if cfg.init_from else None
+        num_1x = (start or {}).get("num_1x", 1)
+    base = FramePackLayout(mode="exact", num_1x=num_1x, patch_hw=tuple(model.config.patch_size[1:]))
     return dataclasses.replace(base, max_start_distance=max(cfg.max_history, base.window + 1))
 
 

@@ -294,6 +294,10 @@ def test_history_1x_reaches_the_exported_layout_and_the_rollout(cache, tmp_path)
     assert layout.num_1x == 2 and layout.window == 16 + 2 + 2  # num_4x + num_2x + num_1x
     with pytest.raises(ValueError, match="--history-1x=0 must be >= 1"):
         _run_config(cache, tmp_path, history_1x=0)
+    for given, kept in ((None, 2), (1, 1)):  # a fine-tune keeps its start model's layout unless told otherwise
+        start = str(result.final)
+        tuned = _run_config(cache, tmp_path / f"ft{given}", total_steps=1, init_from=start, history_1x=given)
+        assert read_pretrained_config(train_world_model.train(tuned).final)[1]["layout"]["num_1x"] == kept
 
 
 @pytest.mark.parametrize(
