@@ -15,7 +15,7 @@ collect     ``--collect-episodes`` real episodes (unseen seeds) with the current
 encode      the new episodes into a latent cache with the start bundle's VAE (kept fixed)
 wm          fine-tune the world model (from the previous iteration's) on every cache so far
 distill     only when the start model is a distilled student (one forward, guidance baked in, e.g.
-            ``drive-v4``): distil the fine-tuned model into a new student with the start model's
+            ``drive-v5``): distil the fine-tuned model into a new student with the start model's
             distillation settings; the fine-tunes themselves stay guided teachers
 reward      retrain the reward model (``--task``'s, when given) on every episode so far and the
             ``--reward-replay`` folders, on the VAE's reconstructions; ``--reward-steps 0`` keeps the

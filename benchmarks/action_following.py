@@ -26,8 +26,8 @@ data's expert policy):
   the world model's. Teacher-forced good, free-running bad: compounding error. ``reset`` vs ``mid``
   rows show the start-state effect.
 
-    python -m benchmarks.action_following --env Astra-Drive-v0 --checkpoint drive-v4 --starts 8 \\
-        --out benchmarks/results/action_following_drive_drive-v4.json
+    python -m benchmarks.action_following --env Astra-Drive-v0 --checkpoint drive-v5 --starts 16 --noise-draws 4 \\
+        --out benchmarks/results/action_following_drive_drive-v5.json
 
 Writes ``--out`` (JSON) and prints a markdown summary. Seeds are ``--seed-offset + s``, never used
 for training data (the recorder derives its seeds from (dataset seed, episode)).

@@ -7,7 +7,7 @@ scenario this runs ``--envs`` imagined episodes (from frame-bank starts) and ``-
 real episodes (seeds ``10000 + k``, the agent benchmark's evaluation seeds), ``--steps`` steps each,
 and reports both mean returns and whether the two rankings of the actions agree (Spearman's rho).
 
-    python -m benchmarks.imagined_vs_real --env Astra-Drive-v0 --checkpoint drive-v4 --steps 50
+    python -m benchmarks.imagined_vs_real --env Astra-Drive-v0 --checkpoint drive-v5 --steps 50
 
 Writes ``--out`` (JSON) and prints a markdown table.
 """

@@ -5,7 +5,7 @@ For each scenario and VAE this encodes and decodes ``--frames`` held-out frames 
 the detail PSNR and, per detail of :mod:`astra_gym.evaluation.details`, how often the real frames
 have it, how often the reconstruction keeps it, and the IoU of the two colour masks.
 
-    python -m benchmarks.vae_details --vae small-v0 --vae drive-v4 \\
+    python -m benchmarks.vae_details --vae small-v0 --vae drive-v5 \\
         --episodes drive=data/heldout/drive --episodes manipulation=data/heldout/manipulation \\
         --out benchmarks/results/vae_details.json
 

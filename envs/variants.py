@@ -18,7 +18,7 @@ ENTRY_POINT = "astra_gym.envs.env:AstraEnv"
 # The multi-scenario model bundle of the real variants (astra_gym/assets/models/<name>/).
 BUNDLED_MODEL = "small-v0"
 # Drive's own model: the 4x "detail" VAE keeps the ego car and the dashboard (see its MODEL_CARD).
-DRIVE_MODEL = "drive-v4"
+DRIVE_MODEL = "drive-v5"
 VECTOR_ENTRY_POINT = "astra_gym.envs.vector_env:AstraVectorEnv"
 
 

@@ -129,7 +129,7 @@ def test_transfer_and_vae_details_run(tmp_path):
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     assert [r["policy"] for r in rows] == ["random", "constant"] and all(r["lengths"] == [5] for r in rows)
     generate(GenerateConfig("drive", episodes=1, steps=4, out=str(tmp_path / "eps")))
-    rows = vae_details.main(["--vae", "drive-v4", "--episodes", f"drive={tmp_path / 'eps'}", "--frames", "5",
+    rows = vae_details.main(["--vae", "drive-v5", "--episodes", f"drive={tmp_path / 'eps'}", "--frames", "5",
                              "--out", str(tmp_path / "v.json")])  # fmt: skip
     assert rows[0]["car_real"] == 1.0 and rows[0]["car_kept"] == 1.0 and rows[0]["psnr"] > 25
 
