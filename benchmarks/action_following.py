@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gymnasium as gym
 import numpy as np
@@ -76,22 +76,28 @@ class Start:
         prefix: [P, ...] native actions from the reset to the start state.
         frames: uint8 [T, 64, 64, 3] context (the last is the start state).
         actions: [T - 1, ...] the actions between the context frames.
+        sim_config: Simulator config overrides the start was made with (e.g. ``frame_skip``); the
+            real branches replay with the same.
     """
 
     seed: int
     prefix: np.ndarray
     frames: np.ndarray
     actions: np.ndarray
+    sim_config: dict = field(default_factory=dict)
 
 
 def _native(scenario: str, action: list[float]) -> np.ndarray:
     return np.asarray(action, np.int64 if scenario == "explore" else np.float32)
 
 
-def make_start(scenario: str, seed: int, kind: str, context: int, warm: int) -> Start:
-    """The real start of ``kind`` ("reset" or "mid") for ``seed``, with a ``context``-frame context."""
+def make_start(scenario: str, seed: int, kind: str, context: int, warm: int, **sim_config: object) -> Start:
+    """The real start of ``kind`` ("reset" or "mid") for ``seed``, with a ``context``-frame context.
+
+    ``sim_config`` overrides the simulator's config (:func:`astra_gym.data.sims.make_simulator`).
+    """
     zero = np.zeros_like(_native(scenario, next(iter(ACTIONS[scenario].values()))))
-    with replay(seed, None, scenario=scenario) as session:
+    with replay(seed, None, scenario=scenario, **sim_config) as session:
         frames, actions = [session.frame()], []
         policy = make_policy("expert", scenario, EXPLORE_BUTTONS if scenario == "explore" else ())
         policy.reset(session.env, np.random.default_rng(seed))
@@ -102,7 +108,7 @@ def make_start(scenario: str, seed: int, kind: str, context: int, warm: int) -> 
             frames.append(branch.frames[-1])
             actions.append(branch.actions[-1])
     frames, actions = np.stack(frames), np.stack(actions)
-    return Start(seed, actions, frames[-context:], actions[len(actions) - (context - 1) :])
+    return Start(seed, actions, frames[-context:], actions[len(actions) - (context - 1) :], dict(sim_config))
 
 
 def real_branches(scenario: str, start: Start, steps: int, task: Task | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +119,7 @@ def real_branches(scenario: str, start: Start, steps: int, task: Task | None = N
     task = task or get_task(scenario)
     frames, rewards = [], []
     for action in ACTIONS[scenario].values():
-        with replay(start.seed, start.prefix, scenario=scenario) as session:
+        with replay(start.seed, start.prefix, scenario=scenario, **start.sim_config) as session:
             if not np.array_equal(session.frame(), start.frames[-1]):
                 raise RuntimeError(f"seed {start.seed}: replaying the prefix did not reproduce the start frame")
             ep = session.continue_with(np.repeat(_native(scenario, action)[None], steps, axis=0))
@@ -303,6 +309,9 @@ class Args:
     long: int = arg(64, help="steps rolled out (PSNR/SSIM/car up to here)")
     warm: int = arg(40, help="expert-policy steps before a mid start")
     seed_offset: int = arg(20000, help="simulator seeds are offset + s")
+    frame_skip: int | None = arg(
+        None, help="the real simulator's frame skip (a model trained on data recorded at it); none = the scenario's"
+    )
     denoise_steps: int | None = arg(None, help="override the bundle's sampler steps")
     guidance: float | None = arg(None, help="override the bundle's guidance scale")
     dtype: str | None = arg(None, help="env compute dtype (e.g. bfloat16, float32); none = the env's")
@@ -335,11 +344,12 @@ def main(argv: list[str] | None = None) -> dict:
         kwargs["task"] = args.task
     envs = gym.make_vec(args.env, num_envs=len(ACTIONS[scenario]), max_episode_steps=args.long + 1, **kwargs)
     context = envs.unwrapped.core.bank.context_length
+    sim_config = {} if args.frame_skip is None else {"frame_skip": args.frame_skip}
     rows = []
     for kind in args.kinds:
         runs = []
         for s in tqdm(range(args.starts), desc=f"{scenario} {kind} starts"):
-            start = make_start(scenario, args.seed_offset + s, kind, context, args.warm)
+            start = make_start(scenario, args.seed_offset + s, kind, context, args.warm, **sim_config)
             runs.append(run_start(envs, scenario, start, args.long, args.horizon, s, task, args.noise_draws))
         rows.append(summarise(scenario, kind, runs, args.horizon, args.long))
     config = {**dataclasses.asdict(args), "checkpoint": kwargs["checkpoint"], "context_frames": context}

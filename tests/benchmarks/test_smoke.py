@@ -95,6 +95,19 @@ def test_action_following_scores_the_real_branches_with_a_task():
     assert np.all(progress != native) and np.any(progress > 0) and np.any(progress < 0)  # +x/-x close/open the gap
 
 
+def test_action_following_starts_replay_with_their_simulator_config():
+    from benchmarks.action_following import ACTIONS, make_start, real_branches, scene_change
+
+    turn = list(ACTIONS["explore"]).index("turn left")
+    change = {}
+    for skip in (2, 4):  # ViZDoom tics per step (the scenario's default is 4)
+        start = make_start("explore", 20000, "reset", context=2, warm=0, frame_skip=skip)
+        assert start.sim_config == {"frame_skip": skip}
+        frames, _ = real_branches("explore", start, 1)  # replays with frame_skip, else the start frame would differ
+        change[skip] = scene_change(start.frames[-1], frames[:, 0])[turn]
+    assert 0 < change[2] < 0.8 * change[4]  # half the tics turn the view less
+
+
 def test_action_identification_counts_the_closest_real_branch():
     from benchmarks import action_following
     from benchmarks.action_following import closest_branch, scene_change, summarise
