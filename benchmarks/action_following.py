@@ -145,7 +145,10 @@ def imagined_branches(envs: gym.vector.VectorEnv, scenario: str, start: Start, s
 
 def reward_on_frames(core, seq: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The env's reward model on given frames: [B, L] for frames uint8 [B, L + 1, H, W, 3] (the start frame
-    first) and the action rows [B, L, d] of the L steps, read through the trainer's frame windows."""
+    first) and the action rows [B, L, d] of the L steps, read through the trainer's frame windows; NaN where
+    the bundle has no reward model."""
+    if core.engine.reward_model is None:
+        return np.full(rows.shape[:2], np.nan)
     k = core.engine.reward_model.config.num_frames
     out = np.zeros(rows.shape[:2])
     for t in range(rows.shape[1]):
@@ -286,7 +289,8 @@ def run_start(
     rm_real = reward_on_real(envs, scenario, start, real)
     out["reward_model_real_return"] = rm_real.sum(axis=1)
     out["reward_mae_real_frames"] = np.abs(rm_real - real_rewards).mean()
-    out["reward_mae_imagined_frames"] = np.abs(imagined_rewards - real_rewards).mean()
+    modelled = envs.unwrapped.core.engine.reward_model is not None  # else the env's rewards are 0: no error to report
+    out["reward_mae_imagined_frames"] = np.abs(imagined_rewards - real_rewards).mean() if modelled else np.nan
     out["teacher_forced_psnr"] = teacher_forced(envs, scenario, start, real, horizon, seed)  # [K, H]
     return out
 

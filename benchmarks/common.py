@@ -101,7 +101,9 @@ def _ranks(values: list[float]) -> np.ndarray:
 
 
 def spearman(a: list[float], b: list[float]) -> float:
-    """Rank correlation of two equally long lists (average ranks for ties; NaN if one is constant)."""
+    """Rank correlation of two equally long lists (average ranks for ties; NaN if one is constant or has NaN)."""
+    if np.isnan(np.asarray(a, float)).any() or np.isnan(np.asarray(b, float)).any():
+        return float("nan")
     ranks = [_ranks(a), _ranks(b)]
     if ranks[0].std() == 0 or ranks[1].std() == 0:
         return float("nan")

@@ -95,6 +95,20 @@ def test_action_following_scores_the_real_branches_with_a_task():
     assert np.all(progress != native) and np.any(progress > 0) and np.any(progress < 0)  # +x/-x close/open the gap
 
 
+def test_action_following_runs_without_a_reward_model():
+    import gymnasium as gym
+
+    from benchmarks.action_following import make_start, run_start, summarise
+
+    envs = gym.make_vec("Astra-Debug-v0", num_envs=4, checkpoint="debug", max_episode_steps=3)
+    envs.unwrapped.core.engine.reward_model = None  # a bundle written without --reward
+    start = make_start("drive", 20000, "reset", context=envs.unwrapped.core.bank.context_length, warm=0)
+    run = run_start(envs, "drive", start, long=2, horizon=2, seed=0)
+    assert np.isnan(run["reward_mae_real_frames"]) and np.isnan(run["reward_mae_imagined_frames"])
+    row = summarise("drive", "reset", [run], horizon=2, long=2)
+    assert 0.0 <= row["identification"] <= 1.0 and row["return_rank_rho_reward_model_on_real"] is None
+
+
 def test_action_following_starts_replay_with_their_simulator_config():
     from benchmarks.action_following import ACTIONS, make_start, real_branches, scene_change
 
