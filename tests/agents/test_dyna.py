@@ -1,4 +1,4 @@
-"""The Drive recipe script and the dyna loop run end to end at tiny size, and the loop resumes."""
+"""The variants' recipe script and the dyna loop run end to end at tiny size, and the loop resumes."""
 
 import json
 import os
@@ -15,16 +15,34 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory):
-    """scripts/train_drive.sh at its tiny size: record CarRacing, VAE, cache, world model, reward, bundle."""
-    work = tmp_path_factory.mktemp("recipe")
+    """scripts/train_variant.sh drive at its tiny size: record CarRacing, VAE, cache, world model, reward, bundle."""
+    return _recipe("drive", tmp_path_factory.mktemp("recipe"))
+
+
+def _recipe(scenario: str, work: Path) -> Path:
     env = {**os.environ, "PY": sys.executable, "WORKERS": "1", "OMP_NUM_THREADS": "1"}
-    subprocess.run(["bash", str(REPO / "scripts" / "train_drive.sh"), "tiny", str(work)], check=True, env=env)
+    script = REPO / "scripts" / "train_variant.sh"
+    subprocess.run(["bash", str(script), scenario, "tiny", str(work)], check=True, env=env)
     return work / "bundle"
 
 
 def test_recipe_bundle_keeps_the_drive_layout(tiny_bundle):
     manifest = json.loads((tiny_bundle / "bundle.json").read_text())
     assert list(manifest["scenarios"]) == ["drive"] and manifest["sampler"]["guidance_scale"] == 3.0
+
+
+@pytest.mark.parametrize(
+    "scenario, rewards, probe",
+    [("manipulation", {"manipulation", "manipulation-progress"}, False), ("explore", {"explore"}, True)],
+)
+def test_recipe_trains_the_other_variants_with_their_data_and_tasks(tmp_path, scenario, rewards, probe):
+    bundle = _recipe(scenario, tmp_path)
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert list(manifest["scenarios"]) == [scenario]
+    assert {p.name for p in (bundle / "reward").iterdir()} == rewards  # the simulator's reward (+ the dense task)
+    assert (tmp_path / "data" / "cache-probe").is_dir() == probe  # Explore's held-button episodes
+    with pytest.raises(subprocess.CalledProcessError):
+        subprocess.run(["bash", str(REPO / "scripts" / "train_variant.sh"), "doom", "tiny", str(tmp_path)], check=True)
 
 
 def test_dyna_loop_runs_plots_and_resumes(tiny_bundle, tmp_path):

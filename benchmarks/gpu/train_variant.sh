@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# One GPU-machine call: the Drive recipe (scripts/train_drive.sh gpu) with the simulators recorded on
-# that machine's CPU cores, the bundle packed into $OUT in parts of at most 15 MB.
+# One GPU-machine call: a variant's recipe (scripts/train_variant.sh SCENARIO gpu) with the simulators
+# recorded on that machine's CPU cores, the bundle packed into $OUT in parts of at most 15 MB.
 #
-# On the project's device tool (carry .whl: core/ gymnasium, farama-notifications and sims/ Box2D,
-# pygame-ce for the machine's python, 18 MB; with them the tree must travel without
-# astra_gym/assets/models/small-v0, which this recipe does not use):
-#   bash benchmarks/gpu/train_drive.sh            (OUT=folder to fill; default runs/gpu-out)
+# On the project's device tool (carry .whl: core/ gymnasium, farama-notifications, and per variant sims/
+# Box2D, pygame-ce (drive), mujoco, gymnasium-robotics (manipulation; MuJoCo renders through EGL) or
+# vizdoom (explore), for the machine's python; with them the tree must travel without
+# astra_gym/assets/models/small-v0, which these recipes do not use):
+#   SCENARIO=explore bash benchmarks/gpu/train_variant.sh   (SCENARIO: drive (default), manipulation, explore;
+#                                                            OUT=folder to fill; default runs/gpu-out)
 # Back here: cat OUT/bundle.tar.part-* | tar -x -C astra_gym/assets/models
 set -uo pipefail
 OUT="${OUT:-runs/gpu-out}"; mkdir -p "$OUT"; OUT="$(cd "$OUT" && pwd)"
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"; cd "$REPO"
 PY="${PY:-python3}"
-WORK="${WORK:-/tmp/astra-drive}"
-NAME="${NAME:-drive-v1}"
+SCENARIO="${SCENARIO:-drive}"
+WORK="${WORK:-/tmp/astra-$SCENARIO}"
+NAME="${NAME:-$SCENARIO-gpu}"
 exec > >(tee "$OUT/log.txt") 2>&1
 WHEELS=$(find .whl -type f -name '*.whl' 2>/dev/null)
 if [[ -n "$WHEELS" ]]; then
@@ -24,7 +27,7 @@ export PYTHONPATH=/tmp/astra:$PYTHONPATH SDL_VIDEODRIVER=dummy PYTHONUNBUFFERED=
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")'
 SIZE="${SIZE:-gpu}"
 cd /tmp  # run the installed package, not the checkout's astra_gym/ (whose envs/ lives elsewhere)
-PY="$PY" bash "$REPO/scripts/train_drive.sh" "$SIZE" "$WORK" "$WORK/$NAME"
+PY="$PY" bash "$REPO/scripts/train_variant.sh" "$SCENARIO" "$SIZE" "$WORK" "$WORK/$NAME"
 status=$?
 cp "$WORK/runs/wm/metrics.csv" "$OUT/wm_metrics.csv" 2>/dev/null
 cp "$WORK/data/train/generation.json" "$OUT/generation.json" 2>/dev/null

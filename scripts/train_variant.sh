@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# One variant's recipe end to end: record its simulator, train the detail VAE (Manipulation and Explore
+# fine-tune Drive's), encode, train a world model on that variant alone, train the reward models on
+# the VAE's image domain (the simulator's own reward and the variant's dense task), bundle.
+#
+# Usage: bash scripts/train_variant.sh SCENARIO SIZE WORK_DIR [BUNDLE_OUT]
+#   SCENARIO   drive | manipulation | explore
+#   SIZE       tiny (a CPU smoke test, ~2 min) | cpu (this project's 2-core machine) | gpu (one GPU, ~8 min)
+#   WORK_DIR   data and runs go here; re-running resumes (episodes and checkpoints are kept)
+#   BUNDLE_OUT bundle folder (default WORK_DIR/bundle)
+# Env: PY (python, default python3), WORKERS (recording processes, default nproc - 1),
+#      DEADLINE (epoch seconds: the world model trains until 2 minutes before it),
+#      EPS / WM_STEPS / WM_MIN (gpu: episodes, world-model steps and minutes)
+set -euo pipefail
+SCENARIO="${1:?SCENARIO: drive, manipulation or explore}"
+SIZE="${2:?SIZE: tiny, cpu or gpu}"
+WORK="${3:?WORK_DIR}"
+BUNDLE="${4:-$WORK/bundle}"
+PY="${PY:-python3}"
+WORKERS="${WORKERS:-$(($(nproc) > 1 ? $(nproc) - 1 : 1))}"
+# Per variant: how its data are recorded (train episodes on cpu / gpu, steps each; Explore adds held-button
+# probe episodes, a quarter of the world model's rows), the dense task whose reward model the bundle adds.
+case "$SCENARIO" in
+  drive)        GEN=(--policy mix --epsilon 0.4);  STEPS=250; CPU_EPS=200; GPU_EPS=360; PROBE=0;   TASK= ;;
+  manipulation) GEN=(--policy mix --epsilon 0.25); STEPS=200; CPU_EPS=100; GPU_EPS=600; PROBE=0;   TASK=progress ;;
+  explore)      GEN=(--policy mix);                STEPS=200; CPU_EPS=400; GPU_EPS=800; PROBE=100; TASK= ;;
+  *) echo "SCENARIO must be drive, manipulation or explore, got $SCENARIO" >&2; exit 2 ;;
+esac
+case "$SIZE" in
+  tiny) EPS=4;   HELD=2;  STEPS=40;  VAE_STEPS=20;   VAE_BS=8;   WM_PRESET=debug;     WM_MODEL=debug;
+        WM_STEPS=20;    WM_BS=4;   WM_MIN=2;  REW_STEPS=20;   DEV=cpu;  VAE_PRESET=debug; PROBE=$((PROBE > 0 ? 2 : 0)) ;;
+  cpu)  EPS=$CPU_EPS; HELD=12; VAE_STEPS=3000; VAE_BS=32;  WM_PRESET=small-cpu; WM_MODEL=small-p4;
+        WM_STEPS=20000; WM_BS=8;   WM_MIN=600; REW_STEPS=3000; DEV=cpu;  VAE_PRESET=detail ;;
+  gpu)  EPS=${EPS:-$GPU_EPS}; HELD=12; VAE_STEPS=3000; VAE_BS=128; WM_PRESET=small-gpu; WM_MODEL=small-p4;
+        WM_STEPS=${WM_STEPS:-6000}; WM_BS=128; WM_MIN=${WM_MIN:-4}; REW_STEPS=3000; DEV=cuda; VAE_PRESET=detail
+        PROBE=$((PROBE * 2)) ;;
+  *) echo "SIZE must be tiny, cpu or gpu, got $SIZE" >&2; exit 2 ;;
+esac
+DATA="$WORK/data"; RUNS="$WORK/runs"
+stamp() { echo "[$(date +%H:%M:%S)] $*"; }
+
+stamp "record $EPS train + $HELD held-out $SCENARIO episodes of $STEPS steps, $PROBE probe episodes ($WORKERS workers)"
+"$PY" -m astra_gym.data.generate --scenario "$SCENARIO" --episodes "$EPS" --steps "$STEPS" "${GEN[@]}" \
+    --seed 0 --workers "$WORKERS" --out "$DATA/train"
+"$PY" -m astra_gym.data.generate --scenario "$SCENARIO" --episodes "$HELD" --steps "$STEPS" "${GEN[@]}" \
+    --seed 1000 --workers "$WORKERS" --out "$DATA/heldout"
+SPLITS=(train heldout)
+DATASETS=(--dataset "scenario=$SCENARIO,path=$DATA/cache-train,weight=$((PROBE > 0 ? 3 : 1))")
+if ((PROBE > 0)); then
+  "$PY" -m astra_gym.data.generate --scenario "$SCENARIO" --episodes "$PROBE" --steps "$STEPS" --policy probe \
+      --epsilon 0.4 --seed 5000 --workers "$WORKERS" --out "$DATA/probe"
+  SPLITS+=(probe)
+  DATASETS+=(--dataset "scenario=$SCENARIO,path=$DATA/cache-probe,weight=1")
+fi
+
+# Drive's detail VAE (bundled with drive-v5) is where the other variants' VAEs start: it keeps small objects.
+VAE_INIT=()
+if [[ $SCENARIO != drive && $VAE_PRESET == detail ]]; then
+  VAE_INIT=(--init-from "$("$PY" -c 'import astra_gym, pathlib; print(pathlib.Path(astra_gym.__file__).parent / "assets/models/drive-v5/vae")')")
+fi
+stamp "VAE ($VAE_PRESET, $VAE_STEPS steps${VAE_INIT:+, fine-tuned from Drive VAE})"
+[[ -f "$RUNS/vae/final/config.json" ]] || "$PY" -m astra_gym.training.train_vae --preset "$VAE_PRESET" \
+    --out "$RUNS/vae" --episodes "$DATA/train" --total-steps "$VAE_STEPS" --batch-size "$VAE_BS" \
+    "${VAE_INIT[@]}" --eval-every 1000 --device "$DEV" --no-tensorboard --no-progress
+
+stamp "latent caches"
+for split in "${SPLITS[@]}"; do
+  [[ -d "$DATA/cache-$split" ]] || "$PY" -m astra_gym.data.latent_cache --episodes "$DATA/$split" --vae "$VAE_PRESET" \
+      --vae-weights "$RUNS/vae/final/vae.safetensors" --out "$DATA/cache-$split" --device "$DEV"
+done
+
+if [[ -n "${DEADLINE:-}" ]]; then
+  WM_MIN=$("$PY" -c "import time; print(round(max(1.0, ($DEADLINE - time.time() - 120) / 60), 2))")
+fi
+stamp "world model ($WM_MODEL, $WM_STEPS steps at batch $WM_BS, at most $WM_MIN min)"
+[[ -f "$RUNS/wm/final/config.json" ]] || "$PY" -m astra_gym.training.train_world_model --preset "$WM_PRESET" \
+    --model-preset "$WM_MODEL" --run-dir "$RUNS/wm" --vae "$RUNS/vae/final" "${DATASETS[@]}" \
+    --batch-size "$WM_BS" --total-steps "$WM_STEPS" \
+    --warmup-steps $((WM_STEPS / 20 + 1)) --time-budget-min "$WM_MIN" --timestep-shift 1 --loss-weighting none \
+    --history-noise-p 0.3 --episode-start-p 0.25 \
+    --sampler-steps 2 --sampler-guidance 3 --sampler-shift 1 --checkpoint-every 1000 --preview-every 0 \
+    --data-workers "$([[ $DEV == cuda ]] && echo "$WORKERS" || echo 0)" --no-tensorboard --no-progress --log-every 50
+
+REWARDS=()
+for task in "" $TASK; do
+  out="$RUNS/reward${task:+-$task}"
+  stamp "reward model (task: ${task:-none, the simulator reward}) on the VAE reconstructions"
+  [[ -f "$out/final/config.json" ]] || "$PY" -m astra_gym.training.train_reward --preset small \
+      --episodes "$DATA/train" ${task:+--task "$task"} --num-frames 2 --action-norm "$RUNS/wm/final" \
+      --vae "$RUNS/vae/final" --total-steps "$REW_STEPS" --device "$DEV" --out "$out" --no-tensorboard --no-progress
+  REWARDS+=(--reward "$out/final")
+done
+
+stamp "bundle -> $BUNDLE"
+"$PY" -m astra_gym.training.bundle --name "$(basename "$BUNDLE")" --world-model "$RUNS/wm/final" \
+    --vae "$RUNS/vae/final" "${REWARDS[@]}" --weights-dtype float16 --out "$BUNDLE"
+stamp "done"
