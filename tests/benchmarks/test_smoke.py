@@ -23,24 +23,9 @@ def test_model_speed_runs(tmp_path):
 def test_env_throughput_runs(tmp_path):
     out = tmp_path / "env.json"
     result = env_throughput.main(
-        [
-            "--env",
-            "Astra-Debug-v0",
-            "--num-envs",
-            "1",
-            "2",
-            "--denoise-steps",
-            "1",
-            "--steps",
-            "2",
-            "--warmup",
-            "1",
-            "--memory-steps",
-            "3",
-            "--out",
-            str(out),
-        ]
-    )
+        ["--env", "Astra-Debug-v0", "--num-envs", "1", "2", "--denoise-steps", "1", "--steps", "2", "--warmup", "1",
+         "--memory-steps", "3", "--out", str(out)]
+    )  # fmt: skip
     payload = json.loads(out.read_text())
     assert payload["benchmark"] == "env_throughput"
     rates = [r["env_frames_per_s"] for r in result["throughput"]]
