@@ -15,6 +15,9 @@ one generator in a fixed order:
 
 :func:`train_step` runs the model on those inputs and returns the loss: the (optionally
 timestep-weighted) flow-matching MSE plus ``moe_balance_weight`` times the MoAE load-balancing loss.
+With ``motion_weight`` > 0 the MSE is a weighted mean over latent cells (:func:`motion_mask`): cells
+that change from the newest history latent to the target count more, so that a small moving object
+(FetchPush's block and gripper) is not drowned by a static background.
 
 Data parallelism: with ``share=(rank, world)`` every rank uses the step's one generator, makes the
 draws for ``world`` copies of its rows (:func:`draw_share`) and keeps copy ``rank``: the ranks draw
@@ -51,6 +54,8 @@ __all__ = [
     "draw_share",
     "train_step",
     "per_dataset_mse",
+    "newest_history_latent",
+    "motion_mask",
 ]
 
 T = TypeVar("T")
@@ -76,6 +81,12 @@ class StepConfig:
         "release", "per-sample loss weight: the release's Gaussian bump in t, or none"
     )
     moe_balance_weight: float = arg(0.01, "weight of the MoAE load-balancing loss (learned routing only)")
+    motion_weight: float = arg(
+        0.0,
+        "extra loss weight of latent cells that change: a cell counts 1 + motion_weight * min(change / its row's "
+        "mean change, motion_clip) (0 = off, every cell counts the same)",
+    )
+    motion_clip: float = arg(8.0, "cap of a cell's change relative to its row's mean change (motion_weight > 0)")
 
     def __post_init__(self) -> None:
         for name in ("history_noise_p", "action_dropout"):
@@ -92,6 +103,8 @@ class StepConfig:
             raise ValueError(f"loss_weighting={self.loss_weighting!r} must be 'release' or 'none'")
         if self.moe_balance_weight < 0:
             raise ValueError(f"moe_balance_weight={self.moe_balance_weight} must be >= 0")
+        if self.motion_weight < 0 or self.motion_clip <= 0:
+            raise ValueError(f"motion_weight={self.motion_weight} must be >= 0 and motion_clip={self.motion_clip} > 0")
 
 
 @dataclass(frozen=True, eq=False)
@@ -180,6 +193,61 @@ def _changed_rows(before: FramePackInputs, after: FramePackInputs) -> Tensor:
     return changed
 
 
+def newest_history_latent(frame_pack: FramePackInputs) -> tuple[Tensor, Tensor] | None:
+    """The most recent uncompressed history latent of each row.
+
+    Args:
+        frame_pack: Packed clean history.
+
+    Returns:
+        (latents [B, C, h, w], present [B] bool) from the 1x groups' valid token with the largest
+        temporal position, or None when no 1x group is packed. Rows without one are zeros, not present.
+    """
+    best, present, latest = None, None, None
+    for group in frame_pack.history:
+        if group.scale != 1:
+            continue
+        pos = group.frame_pos.masked_fill(~group.valid, float("-inf"))  # [B, T]
+        top, index = pos.max(dim=1)  # [B]
+        rows = torch.arange(pos.shape[0], device=pos.device)
+        latents = group.latents[rows, :, index]  # [B, C, h, w]
+        if best is None:
+            best, present, latest = latents, group.valid.any(dim=1), top
+            continue
+        newer = top > latest
+        best = torch.where(newer[:, None, None, None], latents, best)
+        latest = torch.maximum(top, latest)
+        present = present | group.valid.any(dim=1)
+    if best is None:
+        return None
+    return best * present[:, None, None, None].to(best.dtype), present
+
+
+def motion_mask(batch: WorldModelBatch, weight: float, clip: float) -> Tensor:
+    """Per-cell loss weights that favour what moves (``StepConfig.motion_weight``).
+
+    Args:
+        batch: Clean packed batch.
+        weight: ``motion_weight``; 0 gives ones.
+        clip: ``motion_clip``, the cap of a cell's change relative to its row's mean change.
+
+    Returns:
+        [B, 1, F, h, w] float32 weights ``1 + weight * min(d / mean_row(d), clip)``, with d the
+        channel-mean absolute change from the newest 1x history latent to each target latent; 1 for
+        rows without history and rows that do not change.
+    """
+    target = batch.target.float()
+    ones = torch.ones_like(target[:, :1])
+    newest = newest_history_latent(batch.frame_pack)
+    if weight == 0 or newest is None:
+        return ones
+    latents, present = newest
+    change = (target - latents.float()[:, :, None]).abs().mean(dim=1, keepdim=True)  # [B, 1, F, h, w]
+    scale = change.flatten(1).mean(dim=1).clamp_min(1e-6)[:, None, None, None, None]
+    mask = 1 + weight * (change / scale).clamp(max=clip)
+    return torch.where(present[:, None, None, None, None], mask, ones)
+
+
 def train_step(
     model: nn.Module,
     batch: WorldModelBatch,
@@ -205,14 +273,15 @@ def train_step(
     inputs = draw_share(batch, share, lambda b: prepare_inputs(b, cfg, generator))
     velocity, aux = model(inputs.noisy, inputs.timestep, None, inputs.frame_pack, inputs.actions, return_aux=True)
     weight = timestep_weight(inputs.timestep, shift=cfg.timestep_shift) if cfg.loss_weighting == "release" else None
-    flow_loss, flow_logs = flow_matching_loss(velocity, inputs.target_velocity, weight)
+    mask = motion_mask(batch, cfg.motion_weight, cfg.motion_clip) if cfg.motion_weight > 0 else None
+    flow_loss, flow_logs = flow_matching_loss(velocity, inputs.target_velocity, weight, mask)
     balance = aux["moe_balance_loss"].float()
-    loss = flow_loss + cfg.moe_balance_weight * balance
     per_row = (velocity.detach().float() - inputs.target_velocity).pow(2).flatten(1).mean(dim=1)  # [B]
+    loss = flow_loss + cfg.moe_balance_weight * balance
     logs = {
         "loss": loss.detach(),
         "loss_flow": flow_logs["loss"],
-        "mse": flow_logs["mse"],
+        "mse": per_row.mean(),
         "moe_balance": balance.detach(),
         "history_noised": inputs.history_noised.float().mean(),
         "actions_dropped": inputs.actions_dropped.float().mean(),

@@ -23,10 +23,18 @@ from astra_gym.training import bundle, train_reward, train_vae, train_world_mode
 from astra_gym.training.checkpointing import latest_checkpoint, step_generator
 from astra_gym.training.data import DatasetSpec, JointLatentData, WindowDraw, map_tensors
 from astra_gym.training.normalization import ActionNormalizer
-from astra_gym.training.steps import StepConfig, draw_share, prepare_inputs, train_step
+from astra_gym.training.steps import (
+    StepConfig,
+    draw_share,
+    motion_mask,
+    newest_history_latent,
+    prepare_inputs,
+    train_step,
+)
 from astra_gym.utils.atomic import atomic_folder
 from astra_gym.world_model.action_encoders import flag_columns
 from astra_gym.world_model.checkpoints import load_pretrained, read_pretrained_config
+from astra_gym.world_model.conditioning import FramePackInputs, TokenGroup
 from astra_gym.world_model.config import get_preset
 from astra_gym.world_model.framepack import FramePackLayout
 from astra_gym.world_model.reward_io import load_reward_model
@@ -186,6 +194,41 @@ def test_noise_as_mask_noises_only_the_chosen_scale(cache):
     assert torch.equal(one_x[0], one_x[1])
     off = prepare_inputs(batch, StepConfig(history_noise_p=0.0, action_dropout=0.0), step_generator(0, "noise", 0))
     assert off.frame_pack is batch.frame_pack and not bool(off.history_noised.any())
+
+
+def test_motion_mask_weights_the_cells_that_change_from_the_newest_history_latent(cache):
+    latents = torch.randn(2, 3, 3, 4, 4)  # [B, C, T, h, w]; row 0's newest valid token is t = 1 (position 7)
+    group = TokenGroup(
+        scale=1,
+        latents=latents,
+        frame_pos=torch.tensor([[0.0, 7.0, 9.0], [0.0, 1.0, 2.0]]),
+        action_row=torch.zeros(2, 3, dtype=torch.long),
+        valid=torch.tensor([[True, True, False], [False, False, False]]),
+    )
+    pack = FramePackInputs((group,), torch.full((2, 1), 10.0), torch.zeros(2, 1, dtype=torch.long))
+    newest, present = newest_history_latent(pack)
+    assert torch.equal(newest[0], latents[0, :, 1]) and present.tolist() == [True, False]
+    target = latents[:, :, 1:2].clone()  # [B, C, F=1, h, w]: row 0 repeats its newest latent ...
+    target[0, :, 0, 2, 3] += 5.0  # ... but for one cell that moves
+    batch = _long_history_batch(_data(cache), rows=2)
+    batch = dataclasses.replace(batch, target=target, frame_pack=pack)
+    mask = motion_mask(batch, weight=4.0, clip=8.0)  # [B, 1, F, h, w]
+    assert mask.shape == (2, 1, 1, 4, 4)
+    assert float(mask[0, 0, 0, 2, 3]) == pytest.approx(1 + 4.0 * 8.0)  # change / mean change = 16, capped at 8
+    assert bool((mask[0].flatten()[:-5] == 1).all()) and bool((mask[1] == 1).all())  # static cells; no history
+    assert torch.equal(motion_mask(batch, weight=0.0, clip=8.0), torch.ones_like(mask))
+
+
+def test_motion_weight_changes_the_loss_but_not_the_logged_mse(cache):
+    data = _data(cache)
+    batch = _long_history_batch(data)
+    model = _model()
+    plain, plain_logs = train_step(model, batch, StepConfig(), step_generator(0, "noise", 0))
+    moving, moving_logs = train_step(model, batch, StepConfig(motion_weight=4.0), step_generator(0, "noise", 0))
+    assert moving.item() != pytest.approx(plain.item(), rel=1e-4) and moving.requires_grad
+    torch.testing.assert_close(moving_logs["mse"], plain_logs["mse"])  # the same draws, logged unweighted
+    with pytest.raises(ValueError, match="motion_weight"):
+        StepConfig(motion_weight=-1.0)
 
 
 def test_action_dropout_nulls_whole_rows_and_nothing_else(cache):
