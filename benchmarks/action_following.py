@@ -53,7 +53,7 @@ from astra_gym.envs.variants import variant
 from astra_gym.evaluation.details import car_present
 from astra_gym.evaluation.metrics import PSNR_CAP_DB, psnr, ssim
 from astra_gym.utils.cli_args import arg, parse_config
-from benchmarks.common import spearman, write_results
+from benchmarks.common import sampler_overrides, spearman, write_results
 
 # K = 4 distinct constant actions per scenario, in the simulator's own action space.
 ACTIONS: dict[str, dict[str, list[float]]] = {
@@ -335,10 +335,7 @@ def main(argv: list[str] | None = None) -> dict:
     spec = variant(args.env)
     scenario = spec.scenario
     kwargs = {"checkpoint": args.checkpoint or spec.checkpoint}
-    if args.denoise_steps is not None:
-        kwargs["num_denoise_steps"] = args.denoise_steps
-    if args.guidance is not None:
-        kwargs["guidance_scale"] = args.guidance
+    kwargs |= sampler_overrides(args.denoise_steps, args.guidance)
     if args.dtype is not None:
         kwargs["dtype"] = args.dtype
     if args.batch_invariant is not None:

@@ -244,9 +244,10 @@ class Args:
     out: str = arg("results/agent_diagnosis.json", help="JSON results path (the sheet: the same path with .png)")
 
 
-def start_env(args) -> tuple[str, gym.Env, Task, str]:
+def start_env(args, sampler: dict | None = None) -> tuple[str, gym.Env, Task, str]:
     """The CLI part shared by the real-start benchmarks: checks ``args.kinds``, sets ``args.threads``, makes
-    the Astra env of ``args.env`` / ``checkpoint`` / ``task`` for ``args.steps`` steps.
+    the Astra env of ``args.env`` / ``checkpoint`` / ``task`` for ``args.steps`` steps (``sampler``: env kwargs
+    of :func:`benchmarks.common.sampler_overrides`).
 
     Returns:
         (scenario, env, task, the checkpoint used).
@@ -258,7 +259,7 @@ def start_env(args) -> tuple[str, gym.Env, Task, str]:
     kwargs = {"checkpoint": args.checkpoint or spec.checkpoint}
     if args.task is not None:
         kwargs["task"] = args.task
-    env = gym.make(args.env, max_episode_steps=args.steps + 1, **kwargs)
+    env = gym.make(args.env, max_episode_steps=args.steps + 1, **kwargs, **(sampler or {}))
     return spec.scenario, env, get_task(spec.scenario, args.task), kwargs["checkpoint"]
 
 

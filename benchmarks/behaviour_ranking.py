@@ -46,7 +46,7 @@ from astra_gym.data.replay import ReplaySession
 from astra_gym.envs.spaces import EXPLORE_BUTTONS
 from astra_gym.utils.cli_args import arg, parse_config
 from benchmarks.agent_diagnosis import open_loop, real_run, real_starts, reward_model_on_real, start_env
-from benchmarks.common import spearman, write_results
+from benchmarks.common import sampler_overrides, spearman, write_results
 
 BEHAVIOURS = ("expert", "still", "random")
 RETURNS = ("real", "reward_model_on_real", "imagined")
@@ -112,6 +112,8 @@ class Args:
     steps: int = arg(50, help="steps per run")
     warm: int = arg(40, help="expert-policy steps before a mid start")
     seed_offset: int = arg(10000, help="simulator seeds are offset + s (the agent benchmarks' evaluation seeds)")
+    denoise_steps: int | None = arg(None, help="override the bundle's sampler steps")
+    guidance: float | None = arg(None, help="override the bundle's guidance scale")
     threads: int = arg(1, help="torch threads")
     out: str = arg("results/behaviour_ranking.json", help="JSON results path")
 
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_config(Args, argv, __doc__)
     if not set(args.behaviours) <= set(BEHAVIOURS) or len(args.behaviours) < 2:
         raise SystemExit(f"--behaviours {' '.join(args.behaviours)}: choose two or more of {', '.join(BEHAVIOURS)}")
-    scenario, env, task, checkpoint = start_env(args)
+    scenario, env, task, checkpoint = start_env(args, sampler_overrides(args.denoise_steps, args.guidance))
     rows = []
     for kind in args.kinds:
         runs = [run_start(env, scenario, start, args.steps, task, args.behaviours, seed=s)

@@ -20,7 +20,15 @@ import torch
 
 from astra_gym.utils.atomic import atomic_write_text
 
-__all__ = ["time_call", "count_flops", "matmul_peak_tflops", "environment_info", "spearman", "write_results"]
+__all__ = [
+    "time_call",
+    "count_flops",
+    "matmul_peak_tflops",
+    "environment_info",
+    "spearman",
+    "write_results",
+    "sampler_overrides",
+]
 
 
 def _sync(device: torch.device) -> None:
@@ -108,3 +116,13 @@ def spearman(a: list[float], b: list[float]) -> float:
     if ranks[0].std() == 0 or ranks[1].std() == 0:
         return float("nan")
     return float(np.corrcoef(ranks[0], ranks[1])[0, 1])
+
+
+def sampler_overrides(denoise_steps: int | None, guidance: float | None) -> dict:
+    """Env kwargs that override a bundle's sampler (``--denoise-steps``, ``--guidance``); None keeps the bundle's."""
+    out: dict = {}
+    if denoise_steps is not None:
+        out["num_denoise_steps"] = denoise_steps
+    if guidance is not None:
+        out["guidance_scale"] = guidance
+    return out

@@ -48,3 +48,13 @@ def test_cli_writes_json_and_rejects_unknown_behaviours(tmp_path):
     assert "random_minus_still_real" in row
     with pytest.raises(SystemExit, match="choose two or more"):
         behaviour_ranking.main(["--env", "Astra-Debug-v0", "--behaviours", "dance", "--out", str(tmp_path / "x.json")])
+
+
+def test_sampler_overrides_reach_the_env():
+    args = behaviour_ranking.Args(env="Astra-Debug-v0", checkpoint="debug", denoise_steps=3, guidance=2.0)
+    sampler = behaviour_ranking.sampler_overrides(args.denoise_steps, args.guidance)
+    _, env, _, _ = behaviour_ranking.start_env(args, sampler)
+    config = env.unwrapped.core.engine.config
+    assert (config.num_denoise_steps, config.guidance_scale) == (3, 2.0)
+    _, plain, _, _ = behaviour_ranking.start_env(behaviour_ranking.Args(env="Astra-Debug-v0", checkpoint="debug"))
+    assert plain.unwrapped.core.engine.config.num_denoise_steps != 3  # the bundle's own sampler
