@@ -258,7 +258,7 @@ class WorldModelRollout:
         generators = self._generators(seeds, batch)
         with self._kernels():
             latents = self.vae.encode(uint8_to_pixels(frames))  # [B, C, L, h, w]
-            streams = self._warm_streams(latents)
+            streams, pixels = self._warm_streams(latents, decode=self.reward_frames > 0)
         rows = self._context_rows(context_actions, batch, latents.shape[2])  # [B, L, D]
         return RolloutState(
             history=FramePackHistory.from_latents(latents, rows, window=self.config.layout.window),
@@ -267,7 +267,9 @@ class WorldModelRollout:
             modality=torch.full((batch,), self.modality_index, dtype=torch.long, device=self.device),
             vae_streams=streams,
             steps=torch.zeros(batch, dtype=torch.long),
-            recent_frames=_newest_frames(frames[:, :0], frames, self.reward_frames),
+            recent_frames=_newest_frames(
+                frames[:, :0], frames if pixels is None else pixels_to_uint8(pixels), self.reward_frames
+            ),
         )
 
     def _as_frames(self, context: Tensor | np.ndarray) -> Tensor:
@@ -321,12 +323,15 @@ class WorldModelRollout:
             raise ValueError(f"text_context must be [B or 1, L, text_dim], got {tuple(text.shape)} for B={batch}")
         return text.expand(batch, -1, -1).clone()
 
-    def _warm_streams(self, latents: Tensor) -> tuple[VaeStreamState, ...]:
-        """Per-row VAE streams positioned after the context latents (causal VAEs decode them once)."""
+    def _warm_streams(self, latents: Tensor, decode: bool) -> tuple[tuple[VaeStreamState, ...], Tensor | None]:
+        """Per-row VAE streams positioned after the context latents (causal VAEs decode them once), and
+        with ``decode`` the context's reconstruction [B, 3, T, H, W] (else None)."""
         batch, length = latents.shape[0], latents.shape[2]
         if self._stateless_vae:
-            return tuple(VaeStreamState(length, (), 1) for _ in range(batch))
-        return tuple(self.vae.decode_stream(latents[b : b + 1], VaeStreamState())[1] for b in range(batch))
+            streams = tuple(VaeStreamState(length, (), 1) for _ in range(batch))
+            return streams, self.vae.decode(latents) if decode else None
+        decoded = [self.vae.decode_stream(latents[b : b + 1], VaeStreamState()) for b in range(batch)]
+        return tuple(s for _, s in decoded), torch.cat([p for p, _ in decoded]) if decode else None
 
     # ------------------------------------------------------------------------------------------
     # Step

@@ -88,7 +88,8 @@ class RolloutState:
         vae_streams: B per-row VAE stream states (batch size 1 each, or empty for stateless VAEs).
         steps: [B] long chunks generated since each row's reset (CPU).
         recent_frames: uint8 [B, K, H, W, 3] the K newest frames of each row, oldest first, on the
-            engine's device (K may be 0).
+            engine's device (K may be 0). After a reset they are the VAE's reconstructions of the
+            context, the image domain of every generated frame, so a reward model compares like with like.
     """
 
     history: FramePackHistory

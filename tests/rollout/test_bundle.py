@@ -15,7 +15,7 @@ from astra_gym.rollout.bundle import BundleError, debug_bundle, load_bundle
 from astra_gym.rollout.engine import WorldModelRollout
 from astra_gym.training.bundle import make_bundle
 from astra_gym.training.normalization import ActionNormalizer
-from astra_gym.utils.pixels import uint8_to_pixels
+from astra_gym.utils.pixels import pixels_to_uint8, uint8_to_pixels
 from astra_gym.world_model.checkpoints import save_pretrained
 from astra_gym.world_model.reward_io import load_reward_model, save_reward_model
 from astra_gym.world_model.vae_io import save_vae
@@ -197,7 +197,10 @@ def test_a_potential_based_task_without_its_own_model_reads_its_potentials_chang
     env = AstraEnv(scenario="manipulation", checkpoint=str(folder), task="progress", device="cpu")
     assert env.engine.reward_frames == 2  # the frame before the step is kept for the potential
     obs, _ = env.reset(seed=0)
-    before = obs
+    with torch.no_grad():  # the first step compares with the VAE's reconstruction of the start, not the real frame
+        before = pixels_to_uint8(env.engine.vae.decode(env.engine.vae.encode(uint8_to_pixels(obs[None, None]))))
+    before = before[0, -1].numpy()
+    assert not np.array_equal(before, obs)
     obs, reward, *_ = env.step(np.array([0.5, 0.0, 0.0, 0.0], np.float32))
     pixels = uint8_to_pixels(np.stack([before, obs])[None], channel_dim=-3)  # [1, 2, 3, H, W]
     raw = scenario_action_rows("manipulation", np.array([[0.5, 0.0, 0.0, 0.0]]), 7)  # [1, 7], feature units

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from astra_gym.rollout.batch_invariance import FEW_ROWS, BatchInvariantMode
 from astra_gym.rollout.bundle import debug_bundle
 from astra_gym.rollout.engine import RolloutConfig, WorldModelRollout
+from astra_gym.utils.pixels import pixels_to_uint8, uint8_to_pixels
 from tests.rollout.inputs import action_rows, contexts
 
 
@@ -217,10 +218,14 @@ def test_score_reads_the_newest_frames_kept_in_the_state(bundle):
     engine = WorldModelRollout(bundle.transformer, bundle.vae, config, reward_model)
     context = contexts(1, frames=1)
     state = engine.reset(context, [0])
-    assert state.recent_frames.shape == (1, 3, 64, 64, 3)  # the single context frame repeated
+    assert state.recent_frames.shape == (1, 3, 64, 64, 3)  # the single context frame repeated ...
+    with torch.no_grad():  # ... as the VAE reconstructs it: the domain of the generated frames
+        start = pixels_to_uint8(bundle.vae.decode(bundle.vae.encode(uint8_to_pixels(torch.from_numpy(context)))))
+    assert torch.equal(state.recent_frames, start.repeat(1, 3, 1, 1, 1))
+    assert not torch.equal(start, torch.from_numpy(context))
     rows = action_rows(1, 1)[0]
     state, frames = engine.step(state, rows)
-    expected_frames = torch.cat([torch.from_numpy(context).repeat(1, 2, 1, 1, 1), frames], dim=1)
+    expected_frames = torch.cat([start.repeat(1, 2, 1, 1, 1), frames], dim=1)
     assert torch.equal(state.recent_frames, expected_frames)
     reward, logit = engine.score(state, rows)
     pixels = expected_frames.permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
