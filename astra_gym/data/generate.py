@@ -52,6 +52,7 @@ class GenerateConfig:
         workers: Parallel recording processes.
         frame_skip: Override of the scenario's frame skip (None: its default).
         epsilon: Share of random segments in the "mix" policy.
+        camera: Manipulation camera preset (``CAMERAS`` of :mod:`astra_gym.data.sims.manipulation`; None: stock).
         overwrite: Re-record episodes whose file exists (default: skip them, i.e. resume).
     """
 
@@ -65,6 +66,7 @@ class GenerateConfig:
     workers: int = arg(1, help="parallel recording processes")
     frame_skip: int | None = arg(None, help="override the scenario's frame skip")
     epsilon: float = arg(0.25, help="share of random segments in --policy mix and probe")
+    camera: str | None = arg(None, help="manipulation camera preset: stock or front; none = stock")
     overwrite: bool = arg(False, help="re-record existing episodes instead of resuming")
 
     def __post_init__(self) -> None:
@@ -75,6 +77,8 @@ class GenerateConfig:
         if self.episodes < 1 or self.steps < 1 or self.workers < 1:
             counts = f"episodes={self.episodes}, steps={self.steps}, workers={self.workers}"
             raise ValueError(f"episodes, steps and workers must be >= 1, got {counts}")
+        if self.camera is not None and self.scenario != "manipulation":
+            raise ValueError(f"--camera {self.camera} is a manipulation camera; {self.scenario} has none")
 
 
 def episode_seeds(seed: int, index: int) -> tuple[int, int]:
@@ -128,6 +132,8 @@ class _Worker:
         overrides: dict = {"size": cfg.size or None}
         if cfg.frame_skip is not None:
             overrides["frame_skip"] = cfg.frame_skip
+        if cfg.camera is not None:
+            overrides["camera"] = cfg.camera
         sim = make_simulator(cfg.scenario, **overrides)
         policy = make_policy(cfg.policy, cfg.scenario, getattr(sim.config, "buttons", ()), cfg.epsilon)
         self.cfg = cfg

@@ -214,3 +214,24 @@ def test_generate_cli_resumes_and_does_not_depend_on_workers(tmp_path):
     for a, b in zip(iter_episodes(tmp_path / "a"), iter_episodes(tmp_path / "b"), strict=True):
         assert a.seed == b.seed and np.array_equal(a.frames, b.frames) and np.array_equal(a.actions, b.actions)
     assert load_episode(tmp_path / "a" / "episode_000002.hdf5").attrs["episode_index"] == 2
+
+
+@pytest.mark.sims
+def test_generate_records_manipulation_from_a_named_camera_and_replays_with_it(tmp_path):
+    from astra_gym.data.generate import main
+    from astra_gym.data.replay import replay
+    from astra_gym.data.sims.manipulation import CAMERAS, ManipulationConfig
+
+    args = ["--scenario", "manipulation", "--episodes", "1", "--steps", "4", "--policy", "expert"]
+    main([*args, "--out", str(tmp_path / "stock")])
+    main([*args, "--out", str(tmp_path / "front"), "--camera", "front"])
+    stock, front = (load_episode(tmp_path / name / "episode_000000.hdf5") for name in ("stock", "front"))
+    assert front.attrs["sim_config"]["camera"] == {**CAMERAS["front"], "lookat": list(CAMERAS["front"]["lookat"])}
+    assert np.array_equal(stock.actions, front.actions)  # the same episode ...
+    assert np.abs(stock.frames.astype(int) - front.frames).mean() > 10  # ... seen from elsewhere
+    with replay(front, 4) as session:  # a replay renders with the recorded camera
+        assert np.array_equal(session.frame(), front.frames[4])
+    with pytest.raises(ValueError, match="unknown camera 'top'"):
+        ManipulationConfig(camera="top")
+    with pytest.raises(ValueError, match="is a manipulation camera"):
+        main(["--scenario", "explore", "--episodes", "1", "--steps", "2", "--out", str(tmp_path), "--camera", "front"])
