@@ -10,7 +10,8 @@
 #   BUNDLE_OUT bundle folder (default WORK_DIR/bundle)
 # Env: PY (python, default python3), WORKERS (recording processes, default nproc - 1),
 #      DEADLINE (epoch seconds: the world model trains until 2 minutes before it),
-#      EPS / WM_STEPS / WM_MIN (gpu: episodes, world-model steps and minutes)
+#      EPS / WM_STEPS / WM_MIN (gpu: episodes, world-model steps and minutes),
+#      CAMERA (manipulation: a camera preset of astra_gym.data.sims.manipulation.CAMERAS, e.g. front)
 set -euo pipefail
 SCENARIO="${1:?SCENARIO: drive, manipulation or explore}"
 SIZE="${2:?SIZE: tiny, cpu or gpu}"
@@ -36,6 +37,7 @@ case "$SIZE" in
         PROBE=$((PROBE * 2)) ;;
   *) echo "SIZE must be tiny, cpu or gpu, got $SIZE" >&2; exit 2 ;;
 esac
+if [[ -n "${CAMERA:-}" ]]; then GEN+=(--camera "$CAMERA"); fi
 DATA="$WORK/data"; RUNS="$WORK/runs"
 stamp() { echo "[$(date +%H:%M:%S)] $*"; }
 
