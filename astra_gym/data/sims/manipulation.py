@@ -13,9 +13,9 @@ Choices (see ``astra_gym/data/README.md`` for the measurements):
   (99% of recorded frames with the default policies); only a few centimetres right behind the
   wrist are hidden from this side. Measured later (session 18), the arm still covers the goal
   marker or the block in half of the reset frames. ``camera="front"`` (:data:`CAMERAS`) looks from
-  the table's front, low (35 degrees): the arm reaches from behind the objects, and over expert
-  episodes the block is visible in 0.98 of the frames at about 11 px (stock: 0.72, 5 px), the goal
-  marker in 0.72 (0.61). Models are trained for one camera; the bundled ones use the stock camera.
+  the table's front (45 degrees, 0.9 m): the arm reaches from behind the objects, and over expert
+  episodes the block is visible in 0.97 of the frames at about 10 px (stock: 0.72, 5 px), the goal
+  marker in 0.73 (0.61). Models are trained for one camera; the bundled ones use the stock camera.
 * The mocap target (where the action moves the hand to) is drawn by the stock model as a small
   green cube with 1 m long crosshair bars, which cross the table as thin green lines; they are
   debug markers without collision, and are made transparent (``hide_mocap_markers``).
@@ -58,7 +58,7 @@ CAMERA = {"distance": 1.0, "azimuth": 150.0, "elevation": -65.0, "lookat": [1.32
 #: Named cameras ``ManipulationConfig(camera=NAME)`` accepts: the stock one and a low front view.
 CAMERAS = {
     "stock": CAMERA,
-    "front": {"distance": 1.0, "azimuth": 180.0, "elevation": -35.0, "lookat": [1.32, 0.75, 0.42]},
+    "front": {"distance": 0.9, "azimuth": 180.0, "elevation": -45.0, "lookat": [1.32, 0.75, 0.45]},
 }
 
 _NATIVE_SIZE = 480  # gymnasium-robotics' default render size
