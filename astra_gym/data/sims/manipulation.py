@@ -55,7 +55,7 @@ gym.register_envs(gymnasium_robotics)
 
 #: Free camera (mjvCamera fields) framing gripper, block and goal; see the module docstring.
 CAMERA = {"distance": 1.0, "azimuth": 150.0, "elevation": -65.0, "lookat": [1.32, 0.75, 0.45]}
-#: Named cameras ``ManipulationConfig(camera=NAME)`` accepts: the stock one and a low front view.
+#: Named cameras ``ManipulationConfig(camera=NAME)`` accepts: the stock one and a front view.
 CAMERAS = {
     "stock": CAMERA,
     "front": {"distance": 0.9, "azimuth": 180.0, "elevation": -45.0, "lookat": [1.32, 0.75, 0.45]},
