@@ -105,6 +105,12 @@ def test_action_following_starts_replay_with_their_simulator_config():
         frames, _ = real_branches("explore", start, 1)  # replays with frame_skip, else the start frame would differ
         change[skip] = scene_change(start.frames[-1], frames[:, 0])[turn]
     assert 0 < change[2] < 0.8 * change[4]  # half the tics turn the view less
+    start = make_start("manipulation", 20000, "reset", context=2, warm=0, camera="front")
+    frames, _ = real_branches("manipulation", start, 1)
+    stock = make_start("manipulation", 20000, "reset", context=2, warm=0)
+    assert np.abs(start.frames.astype(int) - stock.frames).mean() > 10  # the same state, seen from the front
+    after = frames[:, 0].astype(int)  # one step of each action, replayed from the front:
+    assert np.abs(after - start.frames[-1]).mean() < 0.5 * np.abs(after - stock.frames[-1]).mean()
 
 
 def test_action_identification_counts_the_closest_real_branch():
