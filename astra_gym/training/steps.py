@@ -276,8 +276,8 @@ def train_step(
     mask = motion_mask(batch, cfg.motion_weight, cfg.motion_clip) if cfg.motion_weight > 0 else None
     flow_loss, flow_logs = flow_matching_loss(velocity, inputs.target_velocity, weight, mask)
     balance = aux["moe_balance_loss"].float()
-    per_row = (velocity.detach().float() - inputs.target_velocity).pow(2).flatten(1).mean(dim=1)  # [B]
     loss = flow_loss + cfg.moe_balance_weight * balance
+    per_row = (velocity.detach().float() - inputs.target_velocity).pow(2).flatten(1).mean(dim=1)  # [B]
     logs = {
         "loss": loss.detach(),
         "loss_flow": flow_logs["loss"],
