@@ -221,7 +221,7 @@ class Loop:
         """Records this iteration's episodes (resumes per episode); returns the real steps they hold."""
         folder = self._dir("data", i)
         folder.mkdir(parents=True, exist_ok=True)
-        sim = make_simulator(self.scenario)
+        sim = make_simulator(self.scenario, **self.manifest["scenarios"][self.scenario].get("sim_config", {}))
         agent = self.agent_zip(i - 1)
         if agent is None:
             policy = make_policy("mix", self.scenario, EXPLORE_BUTTONS if self.scenario == "explore" else ())
@@ -327,7 +327,12 @@ class Loop:
             if reward is not None:
                 rewards = {None: rewards[None], self.cfg.task: reward} if self.cfg.task else {None: reward}
             vae = self.start / self.manifest["vae"]
-            make_bundle(f"dyna-iter{i}", world_model, vae, list(rewards.values()), out, weights_dtype="float16")
+            entry = self.manifest["scenarios"][self.scenario]  # the start bundle's recording settings and starts
+            banks = [entry["frame_bank"]] if entry.get("frame_bank") else []
+            make_bundle(
+                f"dyna-iter{i}", world_model, vae, list(rewards.values()), out, weights_dtype="float16",
+                sim_config=entry.get("sim_config"), frame_banks=banks,
+            )  # fmt: skip
         return out
 
     def agent(self, i: int, bundle: Path) -> dict:

@@ -24,6 +24,9 @@ the reward model regresses) or, with ``task=``, a dense task's computed from the
 
     env = make_real_env("Astra-Drive-v0")       # CarRacing-v3 behind the Astra-Drive-v0 interface
     obs, info = env.reset(seed=3)               # CarRacing track 3
+
+The simulator is set up like the world model's training data: ``checkpoint=`` (default: the variant's
+model) supplies its recorded settings, e.g. the FetchPush camera of a model trained on front-camera data.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from astra_gym.envs.core import model_sim_config
 from astra_gym.envs.spaces import action_space, check_actions
 from astra_gym.envs.variants import variant
 
@@ -144,6 +148,7 @@ def make_real_env(
     frames_per_step: int = 1,
     render_mode: str | None = None,
     task: str | None = None,
+    checkpoint: Any = None,
     **sim_config: Any,
 ) -> gym.Env:
     """The real simulator of a registered Astra id, wrapped like ``gym.make(env_id)``.
@@ -152,8 +157,13 @@ def make_real_env(
         env_id: An Astra id (``"Astra-Drive-v0"``, ...); its scenario picks the simulator.
             ``Astra-Debug-v0`` has no simulator of its own and maps to CarRacing (its actions).
         max_episode_steps: Truncation length; None = the variant's (``TimeLimit``, as ``gym.make``).
-        frames_per_step, render_mode, task, **sim_config: See :class:`RealSimEnv`.
+        checkpoint: The world model whose training data the simulator is set up like (its bundle's
+            simulator settings, e.g. a FetchPush camera: :func:`~astra_gym.envs.core.model_sim_config`);
+            None = the variant's model.
+        frames_per_step, render_mode, task, **sim_config: See :class:`RealSimEnv` (``sim_config`` overrides
+            the checkpoint's settings).
     """
     spec = variant(env_id)
+    sim_config = {**model_sim_config(checkpoint or spec.checkpoint, spec.scenario), **sim_config}
     env = RealSimEnv(spec.scenario, frames_per_step, render_mode=render_mode, task=task, **sim_config)
     return gym.wrappers.TimeLimit(env, max_episode_steps or spec.max_episode_steps)

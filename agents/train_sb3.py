@@ -73,7 +73,11 @@ class Args:
         "evaluation and of --env-real training; inside, the bundle's reward model of that task scores the imagined "
         "steps; none = the simulator's own",
     )
-    checkpoint: str | None = arg(None, help="world model (the env's checkpoint kwarg, e.g. debug); none = variant's")
+    checkpoint: str | None = arg(
+        None,
+        help="world model (the env's checkpoint kwarg, e.g. debug); the real simulator is set up like its training "
+        "data (e.g. its FetchPush camera), with --env-real too; none = variant's",
+    )
     init_model: str | None = arg(None, help="continue training this saved model (.zip) instead of a fresh policy")
     frame_bank: str | None = arg(None, help="inside: start contexts (bank name or .npz path); none = the variant's")
     total_timesteps: int = arg(100_000, help="env steps to train for (imagined steps inside, real with --env-real)")
@@ -119,7 +123,9 @@ class Args:
 def make_train_env(args: Args) -> VecEnv:
     """The training VecEnv: batched world-model rows (inside) or real simulators (``--env-real``), monitored."""
     if args.env_real:
-        thunks = [lambda: make_real_env(args.env, task=args.task) for _ in range(args.num_envs)]
+        thunks = [
+            lambda: make_real_env(args.env, task=args.task, checkpoint=args.checkpoint) for _ in range(args.num_envs)
+        ]
         return VecMonitor(DummyVecEnv(thunks))
     kwargs: dict[str, Any] = {"max_episode_steps": args.imagined_horizon}
     if args.checkpoint is not None:
@@ -145,7 +151,13 @@ def make_eval_env(args: Args, steps_per_action: int) -> VecEnv:
     """One real simulator for SB3's ``EvalCallback`` (wrapped like the training env; seeded)."""
     env = VecTransposeImage(
         VecMonitor(
-            DummyVecEnv([lambda: make_real_env(args.env, args.eval_max_steps, steps_per_action, task=args.task)])
+            DummyVecEnv(
+                [
+                    lambda: make_real_env(
+                        args.env, args.eval_max_steps, steps_per_action, task=args.task, checkpoint=args.checkpoint
+                    )
+                ]
+            )
         )
     )
     env.seed(args.seed + EVAL_SEED_OFFSET)
@@ -241,7 +253,7 @@ def final_evaluation(args: Args, model: BaseAlgorithm, steps_per_action: int) ->
     """``--eval-episodes`` real episodes, seeds ``seed + 10000 + k`` (None when 0 episodes)."""
     if args.eval_episodes == 0:
         return None
-    env = make_real_env(args.env, args.eval_max_steps, steps_per_action, task=args.task)
+    env = make_real_env(args.env, args.eval_max_steps, steps_per_action, task=args.task, checkpoint=args.checkpoint)
     try:
         seeds = [args.seed + EVAL_SEED_OFFSET + k for k in range(args.eval_episodes)]
         return evaluate(env, SB3Policy(model), seeds).to_dict()

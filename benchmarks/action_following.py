@@ -316,9 +316,6 @@ class Args:
     frame_skip: int | None = arg(
         None, help="the real simulator's frame skip (a model trained on data recorded at it); none = the scenario's"
     )
-    camera: str | None = arg(
-        None, help="the real FetchPush's camera preset (stock, front: a model trained on data recorded with it)"
-    )
     denoise_steps: int | None = arg(None, help="override the bundle's sampler steps")
     guidance: float | None = arg(None, help="override the bundle's guidance scale")
     dtype: str | None = arg(None, help="env compute dtype (e.g. bfloat16, float32); none = the env's")
@@ -348,9 +345,9 @@ def main(argv: list[str] | None = None) -> dict:
         kwargs["task"] = args.task
     envs = gym.make_vec(args.env, num_envs=len(ACTIONS[scenario]), max_episode_steps=args.long + 1, **kwargs)
     context = envs.unwrapped.core.bank.context_length
-    if args.camera is not None and scenario != "manipulation":
-        raise SystemExit(f"--camera {args.camera}: only the manipulation scenario has camera presets")
-    sim_config = {k: v for k, v in (("frame_skip", args.frame_skip), ("camera", args.camera)) if v is not None}
+    sim_config = dict(envs.unwrapped.core.sim_config)  # the model's recording settings, e.g. its camera
+    if args.frame_skip is not None:
+        sim_config["frame_skip"] = args.frame_skip
     rows = []
     for kind in args.kinds:
         runs = []

@@ -116,7 +116,7 @@ def real_run(
         frames uint8 [L, 64, 64, 3], actions [L, ...], rewards [L] and poses ([L + 1, ...] per key).
     """
     frames, actions = [], []
-    with replay(start.seed, start.prefix, scenario=scenario) as session:
+    with replay(start.seed, start.prefix, scenario=scenario, **start.sim_config) as session:
         if not np.array_equal(session.frame(), start.frames[-1]):
             raise RuntimeError(f"seed {start.seed}: replaying the prefix did not reproduce the start frame")
         if begin is not None:
@@ -265,10 +265,13 @@ def start_env(args, sampler: dict | None = None) -> tuple[str, gym.Env, Task, st
 
 def real_starts(args, env, kind: str) -> Iterator[tuple[int, Start]]:
     """``(s, start)`` for the ``args.starts`` real starts of ``kind`` (seeds ``args.seed_offset + s``), with a
-    progress bar."""
-    scenario, context = variant(args.env).scenario, env.unwrapped.core.bank.context_length
+    progress bar; the simulator is set up like the env's model's training data (e.g. its camera)."""
+    scenario, core = variant(args.env).scenario, env.unwrapped.core
     for s in tqdm(range(args.starts), desc=f"{scenario} {kind} starts"):
-        yield s, make_start(scenario, args.seed_offset + s, kind, context, args.warm)
+        yield (
+            s,
+            make_start(scenario, args.seed_offset + s, kind, core.bank.context_length, args.warm, **core.sim_config),
+        )
 
 
 def main(argv: list[str] | None = None) -> dict:

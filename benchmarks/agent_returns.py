@@ -121,7 +121,7 @@ def eval_seeds(args: Args) -> list[int]:
 
 def run_random(args: Args, env_id: str) -> dict:
     """Uniform random actions in the real simulator."""
-    env = make_real_env(env_id, args.eval_max_steps)
+    env = make_real_env(env_id, args.eval_max_steps, checkpoint=args.checkpoint)
     try:
         result = evaluate(env, RandomPolicy(action_space(variant(env_id).scenario), args.seed), eval_seeds(args))
     finally:

@@ -68,9 +68,10 @@ class ConstantPolicy:
         return self.action
 
 
-def real_returns(env_id: str, action: np.ndarray, episodes: int, steps: int) -> np.ndarray:
-    """[episodes] real returns of ``steps`` constant actions (the agent benchmark's evaluation seeds)."""
-    env = make_real_env(env_id, steps)
+def real_returns(env_id: str, action: np.ndarray, episodes: int, steps: int, checkpoint: str | None) -> np.ndarray:
+    """[episodes] real returns of ``steps`` constant actions (the agent benchmark's evaluation seeds), in the
+    simulator set up like ``checkpoint``'s training data."""
+    env = make_real_env(env_id, steps, checkpoint=checkpoint)
     try:
         result = evaluate(env, ConstantPolicy(action), [EVAL_SEED_OFFSET + k for k in range(episodes)])
     finally:
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, values in ACTIONS[scenario].items():
         action = np.asarray(values, dtype=np.float32 if scenario != "explore" else np.int8)
         imagined = imagined_returns(args.env, action, args.envs, args.steps, kwargs)
-        real = real_returns(args.env, action, args.real_episodes, args.steps)
+        real = real_returns(args.env, action, args.real_episodes, args.steps, args.checkpoint)
         rows.append({"action": name, "values": values, "imagined_mean": float(imagined.mean()),
                      "imagined_std": float(imagined.std()), "real_mean": float(real.mean()),
                      "real_std": float(real.std())})  # fmt: skip

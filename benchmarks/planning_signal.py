@@ -32,6 +32,7 @@ from tqdm import tqdm
 from astra_gym.agents.mpc.sampling import make_sampler
 from astra_gym.agents.mpc.world_model import WorldModelDynamics, data_prior, load_engine
 from astra_gym.data.replay import replay
+from astra_gym.envs.core import model_sim_config
 from astra_gym.envs.spaces import action_space
 from astra_gym.envs.variants import variant
 from astra_gym.utils.cli_args import arg, parse_config
@@ -74,7 +75,7 @@ def real_rewards(scenario: str, start: Start, actions: np.ndarray) -> np.ndarray
     """Simulator rewards [n, H] of each sequence replayed from ``start`` (0 after the episode ends)."""
     out = np.zeros(actions.shape[:2])
     for row, sequence in enumerate(actions):
-        with replay(start.seed, start.prefix, scenario=scenario) as session:
+        with replay(start.seed, start.prefix, scenario=scenario, **start.sim_config) as session:
             rewards = session.continue_with(sequence).rewards
         out[row, : len(rewards)] = rewards
     return out
@@ -111,12 +112,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     priors = {"centre": None, "data": data_prior(checkpoint, spec.scenario, args.device)}
     if "data" in args.priors and priors["data"] is None:
         raise ValueError(f"{checkpoint!r} records no action statistics of its data; use --priors centre")
+    sim_config = model_sim_config(checkpoint, spec.scenario)  # real starts look like the model's data
     samplers = {name: make_sampler(action_space(spec.scenario), prior=priors[name]) for name in args.priors}
     rng = np.random.default_rng(args.seed)
     runs, begin = [], time.perf_counter()
     jobs = [(seed, kind) for seed in range(20000, 20000 + args.starts) for kind in args.kinds]
     for seed, kind in tqdm(jobs, desc="starts"):
-        start = make_start(spec.scenario, seed, kind, 4, args.warm)
+        start = make_start(spec.scenario, seed, kind, 4, args.warm, **sim_config)
         for name, sampler in samplers.items():
             actions = sampler.sample(sampler.initial(args.horizon), args.candidates, rng)
             imagined = imagined_rewards(dynamics, start, actions, args.seed)

@@ -52,6 +52,9 @@ class Args:
     episodes: int = arg(10, help="real episodes per policy")
     max_steps: int | None = arg(None, help="episode cap (none = the variant's)")
     task: str | None = arg(None, help="the real simulator's task (astra_gym.data.tasks); none = its own reward")
+    checkpoint: str | None = arg(
+        None, help="set the real simulator up like this world model's training data (e.g. camera); none = variant's"
+    )
     constant: tuple[float, ...] | None = arg(None, help="the constant policy's action (none = the scenario's)")
     sampled: bool = arg(False, help="also play every agent with sampled actions (NAME-sampled)")
     threads: int = arg(1, help="torch threads")
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_config(Args, argv, __doc__)
     torch.set_num_threads(args.threads)
     scenario = variant(args.env).scenario
-    env = make_real_env(args.env, args.max_steps, task=args.task)
+    env = make_real_env(args.env, args.max_steps, task=args.task, checkpoint=args.checkpoint)
     seeds = [EVAL_SEED_OFFSET + k for k in range(args.episodes)]
     constant = np.asarray(args.constant or DEFAULT_CONSTANT[scenario], env.action_space.dtype)
     policies = {"random": RandomPolicy(env.action_space, seed=0), "constant": ConstantPolicy(constant)}

@@ -21,6 +21,7 @@ Models are loaded once per process and shared by every env that asks for the sam
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 
 from astra_gym.data.action_codecs import align_to_latents
 from astra_gym.data.tasks import get_task
-from astra_gym.envs.frame_bank import FrameBank, load_frame_bank
+from astra_gym.envs.frame_bank import BUNDLED_BANKS, FrameBank, load_frame_bank
 from astra_gym.envs.spaces import action_rows, action_space, check_actions
 from astra_gym.envs.variants import bundled_model_path, installed_bundles
 from astra_gym.rollout.bundle import (
@@ -43,6 +44,7 @@ from astra_gym.rollout.bundle import (
     WorldModelBundle,
     debug_bundle,
     load_bundle,
+    read_manifest,
     release_bundle,
     scenario_modality,
 )
@@ -57,6 +59,8 @@ __all__ = [
     "StartBatch",
     "StepBatch",
     "load_world_model",
+    "model_frame_bank",
+    "model_sim_config",
     "reject_unknown_kwargs",
     "ENV_KWARGS",
 ]
@@ -137,6 +141,13 @@ def _checkpoint_loader(
         return key, lambda: release_bundle(*args, scenario=scenario, device=device, dtype=dtype)
     if checkpoint == "debug":
         return ("debug", scenario, str(device)), lambda: debug_bundle(scenario, device=device)
+    path = _checkpoint_folder(checkpoint)
+    key = ("bundle", str(path), scenario, str(device), str(dtype), task)
+    return key, lambda: load_bundle(path, scenario, device=device, dtype=dtype, task=task)
+
+
+def _checkpoint_folder(checkpoint: str | os.PathLike) -> Path:
+    """The absolute folder of a bundled name or a bundle / world-model folder path."""
     if not isinstance(checkpoint, (str, os.PathLike)):
         raise TypeError(f"checkpoint must be a name, a folder path or a release dict, got {type(checkpoint).__name__}")
     path = Path(checkpoint)
@@ -145,9 +156,30 @@ def _checkpoint_loader(
         path = bundled_model_path(checkpoint)
         if not (path / "bundle.json").is_file():
             raise _missing_bundled_model(checkpoint, path)
-    path = path.resolve()
-    key = ("bundle", str(path), scenario, str(device), str(dtype), task)
-    return key, lambda: load_bundle(path, scenario, device=device, dtype=dtype, task=task)
+    return path.resolve()
+
+
+def _manifest_entry(checkpoint: Any, scenario: str) -> dict[str, Any]:
+    """The manifest entry of ``scenario`` in ``checkpoint``'s bundle (``{}`` for "debug" and release dicts)."""
+    if isinstance(checkpoint, Mapping) or checkpoint == "debug":
+        return {}
+    return read_manifest(_checkpoint_folder(checkpoint)).get("scenarios", {}).get(scenario, {})
+
+
+def model_sim_config(checkpoint: Any, scenario: str) -> dict[str, Any]:
+    """The simulator config overrides the ``checkpoint``'s ``scenario`` model was trained with (its bundle's
+    ``sim_config``, e.g. a FetchPush camera), read from the manifest without loading weights.
+
+    Real starts, frame banks and the real simulator of agent benchmarks use them, so that real frames look
+    like the model's training frames. ``{}`` (the simulator's defaults) for "debug", release dicts and
+    bundles that record none.
+    """
+    return dict(_manifest_entry(checkpoint, scenario).get("sim_config") or {})
+
+
+def model_frame_bank(checkpoint: Any, scenario: str) -> Path | None:
+    """The start contexts ``checkpoint``'s bundle carries for ``scenario`` (``bundle --frame-bank``), or None."""
+    return _manifest_entry(checkpoint, scenario).get("frame_bank")
 
 
 def load_world_model(
@@ -181,6 +213,28 @@ def load_world_model(
 # ------------------------------------------------------------------------------------------------
 # Start contexts
 # ------------------------------------------------------------------------------------------------
+
+
+def check_bank_matches(bank: FrameBank, scenario: str, sim_config: Mapping[str, Any]) -> None:
+    """Raises a ValueError when ``bank`` was recorded with simulator settings other than the model's.
+
+    Args:
+        bank: The start contexts (synthetic banks always match).
+        scenario: The env's scenario.
+        sim_config: The model's simulator overrides (:func:`model_sim_config`); a key the bank's recording
+            config lacks counts as a mismatch (the bank predates the setting, so it used the default).
+    """
+    if bank.scenario != scenario:
+        return
+    recorded = bank.sim_config
+    for key, value in sim_config.items():
+        if json.dumps(recorded.get(key), sort_keys=True) != json.dumps(value, sort_keys=True):
+            raise ValueError(
+                f"the world model was trained on {scenario} frames recorded with {key}={value!r}, but the frame "
+                f"bank was recorded with {key}={recorded.get(key, 'the default')!r}, so its starts would look "
+                f"unlike the model's data; build a matching bank with `python -m astra_gym.envs.frame_bank "
+                f"--scenario {scenario} --checkpoint <the checkpoint> --out bank.npz` and pass frame_bank='bank.npz'"
+            )
 
 
 @dataclass(frozen=True)
@@ -307,20 +361,25 @@ class EnvCore:
         self.scenario = scenario
         get_task(scenario, task)  # an unknown task raises here, listing the choices (also with rollout=)
         self.action_space = action_space(scenario)
-        self.bank = frame_bank if isinstance(frame_bank, FrameBank) else load_frame_bank(frame_bank)
-        if self.bank.scenario not in (scenario, "synthetic"):
-            raise ValueError(f"frame bank of scenario {self.bank.scenario!r} cannot start {scenario!r} episodes")
+        self.sim_config: dict[str, Any] = {}  # the model's recording settings (model_sim_config)
+        own_bank, frame_size = None, None
         if rollout is None:
             bundle = load_world_model(checkpoint, scenario, device, dtype, task)
+            self.sim_config, own_bank = model_sim_config(checkpoint, scenario), model_frame_bank(checkpoint, scenario)
             overrides = {"num_denoise_steps": num_denoise_steps, "guidance_scale": guidance_scale}
             overrides["batch_invariant"] = batch_invariant
             overrides["chunk_latents"] = frames_per_step
             overrides = {k: v for k, v in overrides.items() if v is not None}
             compute_dtype = resolve_dtype(dtype, resolve_device(bundle.rollout.device))
             rollout = bundle.engine(**overrides, device=bundle.rollout.device, dtype=compute_dtype)
-            self.frame_size = tuple(bundle.frame_size)
-        else:
-            self.frame_size = tuple(self.bank.frames.shape[2:4])
+            frame_size = tuple(bundle.frame_size)
+        if own_bank is not None and isinstance(frame_bank, str) and frame_bank in BUNDLED_BANKS:
+            frame_bank = own_bank  # a bundled bank is a variant default: the model's own contexts come first
+        self.bank = frame_bank if isinstance(frame_bank, FrameBank) else load_frame_bank(frame_bank)
+        if self.bank.scenario not in (scenario, "synthetic"):
+            raise ValueError(f"frame bank of scenario {self.bank.scenario!r} cannot start {scenario!r} episodes")
+        check_bank_matches(self.bank, scenario, self.sim_config)
+        self.frame_size = frame_size or tuple(self.bank.frames.shape[2:4])
         allowed = (scenario_modality(scenario), RELEASE_MODALITY.get(scenario))
         if rollout.config.modality not in allowed:
             raise ValueError(

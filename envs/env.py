@@ -121,7 +121,11 @@ class AstraEnv(gym.Env):
     |---------------------|----------------------|------------------------------------------------------------------|
     | ``scenario``        | variant              | ``"drive"``, ``"manipulation"`` or ``"explore"``                 |
     | ``checkpoint``      | variant              | bundled name, bundle folder, ``"debug"``, release dict (core.py) |
-    | ``frame_bank``      | variant              | bundled bank name, npz path, ``"synthetic"`` or a ``FrameBank``  |
+    | ``frame_bank``      | variant              | bundled bank name, npz path, ``"synthetic"`` or a ``FrameBank``. |
+    |                     |                      | A checkpoint that carries its own contexts (``bundle             |
+    |                     |                      | --frame-bank``) uses them in place of a bundled bank name. The   |
+    |                     |                      | bank must be recorded with the model's simulator settings        |
+    |                     |                      | (e.g. its FetchPush camera), else a ValueError names the fix     |
     | ``num_denoise_steps`` | the checkpoint's   | Euler steps per chunk                                            |
     | ``guidance_scale``  | the checkpoint's     | action-free guidance scale (1 = off)                             |
     | ``frames_per_step`` | the checkpoint's     | latents generated per step (chunk size)                          |

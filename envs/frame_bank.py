@@ -29,6 +29,10 @@ Build the bundled banks (needs the ``sims`` extra)::
 
     python -m astra_gym.envs.frame_bank --scenario drive --out astra_gym/assets/frame_banks/drive.npz
 
+A model trained on data recorded with other simulator settings (``bundle --sim-config camera=front``)
+needs a bank recorded with them: ``--checkpoint <bundle>`` sets the recording up like its data (the
+env refuses a bank whose settings differ from its model's).
+
 The debug variant uses :func:`synthetic_frame_bank` (procedural frames, no file, no actions).
 """
 
@@ -37,7 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -208,6 +212,7 @@ def build_frame_bank(
     seed: int = 0,
     at_rest: int = 0,
     rest_seed: int = 100,
+    sim_config: Mapping[str, object] | None = None,
 ) -> FrameBank:
     """Records ``at_rest + count`` start contexts from the scenario's simulator (needs the ``sims`` extra).
 
@@ -216,14 +221,15 @@ def build_frame_bank(
     CarRacing, at rest). Then context i: reset with seed ``seed + i``, run the behaviour policy
     (policy seed ``seed + i``) for ``s_i ~ U{start_steps}`` steps and keep the last
     ``context_frames`` frames and all ``s_i`` actions. Episodes that end before ``s_i`` keep their
-    last frames.
+    last frames. ``sim_config`` overrides the simulator's config, e.g. a world model's
+    (:func:`~astra_gym.envs.core.model_sim_config`).
     """
     from astra_gym.data.policies import make_policy
     from astra_gym.data.recorder import Recorder
     from astra_gym.data.replay import replay
     from astra_gym.data.sims import make_simulator
 
-    sim = make_simulator(scenario)
+    sim = make_simulator(scenario, **(sim_config or {}))
     buttons = sim.attrs().get("button_names", ())
     rng = np.random.default_rng(seed)
     episodes = []
@@ -331,6 +337,9 @@ class Args:
     seed: int = arg(0, help="first simulator seed (context i uses seed + i)")
     at_rest: int = arg(0, help="extra contexts right after a reset, zero action")
     rest_seed: int = arg(100, help="first seed of the at-rest contexts")
+    checkpoint: str | None = arg(
+        None, help="record with this world model's simulator settings (e.g. its FetchPush camera); none = defaults"
+    )
     episodes: tuple[str, ...] = arg(
         (), "draw the contexts from these recorded episode folders instead of recording (repeat the flag); "
         "--count, --min-start, --max-start and --seed apply", parse=str, append=True,
@@ -342,8 +351,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_config(Args, argv, __doc__)
     if args.scenario not in BUNDLED_BANKS:
         raise SystemExit(f"--scenario {args.scenario!r}: choose one of {list(BUNDLED_BANKS)}")
+    from astra_gym.envs.core import model_sim_config  # envs.core imports this module
+
+    sim_config = model_sim_config(args.checkpoint, args.scenario) if args.checkpoint else {}
     if args.episodes:
         from astra_gym.data.episodes import iter_episodes
+
+        if args.checkpoint:
+            raise SystemExit("--checkpoint sets up a new recording; recorded --episodes keep their own settings")
 
         if args.at_rest:
             raise SystemExit("--at-rest records new episodes; it does not combine with --episodes")
@@ -356,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         bank = build_frame_bank(
             args.scenario, args.count, args.context_frames, (args.min_start, args.max_start), args.policy,
-            args.seed, args.at_rest, args.rest_seed,
+            args.seed, args.at_rest, args.rest_seed, sim_config,
         )  # fmt: skip
     path = save_frame_bank(bank, Path(args.out))
     logging.basicConfig(level=logging.INFO, format="%(message)s")

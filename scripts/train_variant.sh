@@ -93,7 +93,13 @@ for task in "" $TASK; do
   REWARDS+=(--reward "$out/final")
 done
 
+RECORDING=()  # data recorded with another camera: the bundle records it and carries start contexts seen by it
+if [[ -n "${CAMERA:-}" ]]; then
+  "$PY" -m astra_gym.envs.frame_bank --scenario "$SCENARIO" --episodes "$DATA/heldout" --count 32 \
+      --min-start 3 --max-start "$((STEPS < 60 ? STEPS : 60))" --out "$DATA/frame_bank.npz"
+  RECORDING=(--sim-config "camera=$CAMERA" --frame-bank "$DATA/frame_bank.npz")
+fi
 stamp "bundle -> $BUNDLE"
 "$PY" -m astra_gym.training.bundle --name "$(basename "$BUNDLE")" --world-model "$RUNS/wm/final" \
-    --vae "$RUNS/vae/final" "${REWARDS[@]}" --weights-dtype float16 --out "$BUNDLE"
+    --vae "$RUNS/vae/final" "${REWARDS[@]}" "${RECORDING[@]}" --weights-dtype float16 --out "$BUNDLE"
 stamp "done"

@@ -135,7 +135,11 @@ def run(args: Args) -> dict:
     start = time.perf_counter()
     controller = make_controller(args)
     env = make_real_env(
-        args.env, args.max_steps, frames_per_step=controller.dynamics.engine.frames_per_step, task=args.task
+        args.env,
+        args.max_steps,
+        frames_per_step=controller.dynamics.engine.frames_per_step,
+        task=args.task,
+        checkpoint=args.checkpoint,
     )
 
     def summary(result: EvalResult) -> dict:

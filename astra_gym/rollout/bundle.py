@@ -187,6 +187,8 @@ def read_bundle(folder: str | os.PathLike) -> dict[str, Any]:
         if entry["reward_model"] is not None:
             entry["reward_model"] = folder / entry["reward_model"]
         entry["task_reward_models"] = {t: folder / p for t, p in entry.get("task_reward_models", {}).items()}
+        if entry.get("frame_bank"):
+            entry["frame_bank"] = folder / entry["frame_bank"]
     return manifest
 
 

@@ -10,11 +10,13 @@ Layout of a bundle (written atomically)::
 
     <name>/
         bundle.json        manifest: relative paths, per-scenario modality/feature/normalisation/reward model
+                           and the simulator settings of the training data (``--sim-config``, if not the defaults)
         MODEL_CARD.md      what was trained on what, sizes, held-out metrics, limitations
         world_model/       save_pretrained folder (checkpoints.load_pretrained)
         vae/               vae_io folder (training.vae_io.load_vae)
         reward/<scenario>/ reward_io folders (training.reward_io.load_reward_model): the simulator's reward
         reward/<scenario>-<task>/  the same for a dense task (astra_gym.data.tasks), if trained
+        frame_bank-<scenario>.npz  start contexts the envs use by default (``--frame-bank``), if given
 
 Checks before anything is written: the VAE is the one the world model's latent caches were built
 with (same identity hash), every reward model scores a scenario the world model was trained on,
@@ -36,6 +38,7 @@ from typing import Any, Literal
 import torch
 
 from astra_gym.data.latent_cache import same_latent_space
+from astra_gym.data.sims import resolve_sim_config
 from astra_gym.rollout.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST
 from astra_gym.utils.atomic import atomic_folder
 from astra_gym.utils.cli_args import arg, parse_config
@@ -96,13 +99,18 @@ def _reward_entries(
     return entries
 
 
-def _manifest(name: str, extra: Mapping[str, Any], rewards: Mapping[RewardKey, tuple[Path, dict]]) -> dict[str, Any]:
+def _manifest(
+    name: str, extra: Mapping[str, Any], rewards: Mapping[RewardKey, tuple[Path, dict]], sim_config: Mapping[str, Any]
+) -> dict[str, Any]:
     scenarios = {}
     for scenario, entry in extra["scenarios"].items():
         scenarios[scenario] = {
             **entry,
             "reward_model": reward_folder(scenario, None) if (scenario, None) in rewards else None,
         }
+        resolved = resolve_sim_config(scenario, **sim_config) if sim_config else {}
+        if resolved:
+            scenarios[scenario]["sim_config"] = resolved
         tasks = {task: reward_folder(scenario, task) for s, task in rewards if s == scenario and task is not None}
         if tasks:
             scenarios[scenario]["task_reward_models"] = dict(sorted(tasks.items()))
@@ -119,7 +127,9 @@ def _manifest(name: str, extra: Mapping[str, Any], rewards: Mapping[RewardKey, t
     }
 
 
-def _model_card(name: str, config: Any, extra: Mapping[str, Any], vae_meta: Mapping, rewards: Mapping) -> str:
+def _model_card(
+    name: str, config: Any, extra: Mapping[str, Any], vae_meta: Mapping, rewards: Mapping, manifest: Mapping
+) -> str:
     training = extra.get("training", {})
     datasets = training.get("config", {}).get("datasets", [])
     lines = [
@@ -153,6 +163,9 @@ def _model_card(name: str, config: Any, extra: Mapping[str, Any], vae_meta: Mapp
             f"- {scenario}: modality {entry['modality']}, feature {entry['feature']}; reward model: "
             f"{'held-out ' + json.dumps(held_out_scores(reward[1])) if reward else 'none'}"
         )
+        sim_config = manifest["scenarios"][scenario].get("sim_config")
+        if sim_config:
+            lines.append(f"  - recorded with simulator settings {json.dumps(sim_config)}")
         for (s, task), (_, meta) in sorted(rewards.items(), key=str):
             if s == scenario and task is not None:
                 lines.append(f"  - task {task}: reward model held-out {json.dumps(held_out_scores(meta))}")
@@ -183,6 +196,8 @@ def make_bundle(
     allow_vae_mismatch: bool = False,
     weights_dtype: str = "float32",
     guidance: float | None = None,
+    sim_config: Mapping[str, Any] | None = None,
+    frame_banks: Sequence[str | os.PathLike] = (),
 ) -> Path:
     """Checks and copies the parts into ``out`` (replaced atomically as a whole); returns it.
 
@@ -191,6 +206,11 @@ def make_bundle(
     either way). The VAE is copied as it is: its weights digest is the identity its latents carry.
     ``guidance`` replaces the action-free guidance scale of the sampler the world model was trained
     with (1 = none): a model warm-started from another variant's teacher may need another scale.
+    ``sim_config`` names the simulator settings the training data was recorded with where they differ
+    from the defaults (e.g. ``{"camera": "front"}``); the manifest records them resolved, and real
+    starts, frame banks and real simulators of the benchmarks follow them
+    (:func:`~astra_gym.envs.core.model_sim_config`). ``frame_banks`` are start contexts the bundle
+    carries (one per scenario, recorded with those settings); the envs start from them by default.
     """
     if weights_dtype not in STORAGE_DTYPES:
         raise ValueError(f"weights_dtype={weights_dtype!r}: choose one of {sorted(STORAGE_DTYPES)}")
@@ -203,8 +223,9 @@ def make_bundle(
     bundled = dict(extra)  # what the bundle runs: the training sampler unless --guidance replaces its scale
     if guidance is not None:
         bundled["sampler"] = {**(extra.get("sampler") or {}), "guidance_scale": float(guidance)}
-    manifest = _manifest(name, bundled, reward_entries)
-    card = _model_card(name, config, bundled, vae_meta, reward_entries)
+    manifest = _manifest(name, bundled, reward_entries, sim_config or {})
+    banks = _bank_entries(manifest, frame_banks)
+    card = _model_card(name, config, bundled, vae_meta, reward_entries, manifest)
     with atomic_folder(out) as tmp:
         if weights_dtype == "float32":
             shutil.copytree(world_model, tmp / "world_model")
@@ -214,10 +235,45 @@ def make_bundle(
         shutil.copytree(vae, tmp / "vae")
         for (scenario, task), (folder, _) in reward_entries.items():
             copy_reward_model(folder, tmp / reward_folder(scenario, task), STORAGE_DTYPES[weights_dtype])
+        for scenario, path in banks.items():
+            shutil.copyfile(path, tmp / manifest["scenarios"][scenario]["frame_bank"])
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
         (tmp / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     logger.info("wrote bundle %s to %s", name, out)
     return Path(out).absolute()
+
+
+def _bank_entries(manifest: dict[str, Any], frame_banks: Sequence[str | os.PathLike]) -> dict[str, Path]:
+    """{scenario: bank file}; names each bank in ``manifest`` after checking its scenario and settings."""
+    from astra_gym.envs.core import check_bank_matches
+    from astra_gym.envs.frame_bank import load_frame_bank
+
+    banks: dict[str, Path] = {}
+    for path in frame_banks:
+        bank = load_frame_bank(Path(path))
+        entry = manifest["scenarios"].get(bank.scenario)
+        if entry is None or bank.scenario in banks:
+            raise ValueError(
+                f"frame bank {path} holds {bank.scenario!r} contexts; give one bank per scenario of the world "
+                f"model ({sorted(manifest['scenarios'])})"
+            )
+        check_bank_matches(bank, bank.scenario, entry.get("sim_config") or {})
+        banks[bank.scenario] = Path(path)
+        entry["frame_bank"] = f"frame_bank-{bank.scenario}.npz"
+    return banks
+
+
+def sim_setting(text: str) -> tuple[str, Any]:
+    """``"KEY=VALUE"`` as (key, int, float or the string), e.g. ``camera=front`` or ``frame_skip=4``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--sim-config {text!r}: write KEY=VALUE, e.g. camera=front")
+    for convert in (int, float):
+        try:
+            return key, convert(value)
+        except ValueError:
+            pass
+    return key, value
 
 
 @dataclass(frozen=True)
@@ -239,6 +295,14 @@ class Args:
     guidance: float | None = arg(
         None, help="action-free guidance scale of the bundle's sampler (none: the world model's training sampler)"
     )
+    sim_config: tuple[str, ...] = arg(
+        (), help="KEY=VALUE simulator setting the training data was recorded with, e.g. camera=front (repeat)",
+        parse=str, append=True,
+    )  # fmt: skip
+    frame_bank: tuple[str, ...] = arg(
+        (), help="start contexts (.npz of astra_gym.envs.frame_bank) the envs use by default (one per scenario)",
+        parse=str, append=True,
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -254,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.allow_vae_mismatch,
         args.weights_dtype,
         args.guidance,
+        dict(map(sim_setting, args.sim_config)),
+        args.frame_bank,
     )
 
 

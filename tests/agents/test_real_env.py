@@ -102,3 +102,29 @@ def test_a_dense_task_inside_needs_its_reward_model():
         make_train_env(Args(env="Astra-Manipulation-v0", task="reach-push", checkpoint="debug", num_envs=1))
     with pytest.raises(BundleError, match="no reward model for the manipulation task 'reach-push'"):
         make_train_env(Args(env="Astra-Manipulation-v0", task="reach-push", checkpoint="small-v0", num_envs=1))
+
+
+@pytest.mark.sims
+def test_the_real_simulator_is_set_up_like_the_checkpoints_data(tmp_path):
+    """A bundle's recorded settings (``bundle --sim-config``) reach the simulator; explicit ones override them."""
+    import json
+
+    from astra_gym.data.sims.manipulation import CAMERAS
+    from astra_gym.rollout.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST
+
+    require_sim("manipulation")
+    entry = {"reward_model": None, "sim_config": {"camera": CAMERAS["front"]}}
+    manifest = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "world_model": "wm", "vae": "vae",
+                "scenarios": {"manipulation": entry}}  # fmt: skip
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    front = make_real_env("Astra-Manipulation-v0", 2, checkpoint=str(tmp_path))
+    stock = make_real_env("Astra-Manipulation-v0", 2)
+    other = make_real_env("Astra-Manipulation-v0", 2, checkpoint=str(tmp_path), camera="stock")
+    try:
+        assert front.unwrapped.sim.config.camera == dict(CAMERAS["front"])
+        assert other.unwrapped.sim.config.camera == stock.unwrapped.sim.config.camera != dict(CAMERAS["front"])
+        a, b = front.reset(seed=3)[0], stock.reset(seed=3)[0]
+        assert np.abs(a.astype(int) - b).mean() > 10  # another view of the same state
+    finally:
+        for env in (front, stock, other):
+            env.close()

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from astra_gym.data import latent_cache
 from astra_gym.data.episodes import episode_filename, save_episode
 from astra_gym.data.synthetic import drive_episode, explore_episode, manipulation_episode
+from astra_gym.envs.frame_bank import FrameBank, save_frame_bank
 from astra_gym.rollout.bundle import load_bundle, read_bundle
 from astra_gym.training import bundle, train_reward, train_vae, train_world_model
 from astra_gym.training.checkpointing import latest_checkpoint, step_generator
@@ -490,6 +491,43 @@ def test_reward_trainer_writes_a_loadable_model_with_metrics(episode_dirs, tmp_p
 # --------------------------------------------------------------------------------------- the whole pipeline
 
 
+def _bank(scenario: str, sim_config: dict) -> FrameBank:
+    """Two hand-made start contexts of ``scenario``, as if recorded with ``sim_config``."""
+    frames = np.random.default_rng(0).integers(0, 255, (2, 2, 64, 64, 3), dtype=np.uint8)
+    meta = {"scenario": scenario, "sim_config": sim_config}
+    return FrameBank(frames, np.array([5, 6]), np.zeros((2, 0), np.float32), np.zeros(2, np.int64), meta)
+
+
+def _check_recording_settings(world_model, vae_folder, tmp_path) -> None:
+    """``--sim-config`` is recorded resolved for every scenario, ``--frame-bank`` is carried and started from,
+    and a bank recorded with other settings is refused (at bundling, and by the env)."""
+    import gymnasium as gym
+
+    from astra_gym.envs.core import model_frame_bank, model_sim_config
+
+    skip3 = save_frame_bank(_bank("manipulation", {"frame_skip": 3}), tmp_path / "skip3.npz")
+    stock = save_frame_bank(_bank("manipulation", {"frame_skip": 1}), tmp_path / "stock.npz")
+    out = bundle.make_bundle("rec", world_model, vae_folder, [], tmp_path / "rec", sim_config={"frame_skip": 3},
+                             frame_banks=[skip3])  # fmt: skip
+    assert {s: model_sim_config(out, s) for s in ("drive", "explore")} == {"drive": {"frame_skip": 3}} | {
+        "explore": {"frame_skip": 3}
+    }
+    assert model_frame_bank(out, "manipulation") == out / "frame_bank-manipulation.npz"
+    assert model_frame_bank(out, "drive") is None and model_sim_config("debug", "drive") == {}
+    assert "frame_skip" in (out / "MODEL_CARD.md").read_text()
+    env = gym.make("Astra-Manipulation-v0", checkpoint=str(out), device="cpu")
+    _, info = env.reset(seed=0)
+    assert env.unwrapped.core.bank.sim_config == {"frame_skip": 3} and info["sim_seed"] in (5, 6)
+    with pytest.raises(ValueError, match="frame_bank --scenario manipulation --checkpoint"):
+        gym.make("Astra-Manipulation-v0", checkpoint=str(out), device="cpu", frame_bank=str(stock))
+    with pytest.raises(ValueError, match="frame_bank --scenario manipulation --checkpoint"):
+        bundle.make_bundle("x", world_model, vae_folder, [], tmp_path / "x", sim_config={"frame_skip": 3},
+                           frame_banks=[stock])  # fmt: skip
+    with pytest.raises(ValueError, match="no field"):  # Drive's and Explore's configs have no camera
+        bundle.make_bundle("x", world_model, vae_folder, [], tmp_path / "x", sim_config={"camera": "front"})
+    assert bundle.sim_setting("camera=front") == ("camera", "front") and bundle.sim_setting("frame_skip=4")[1] == 4
+
+
 def _check_float16_bundle(half, world_model, reward_folder) -> None:
     """float16 storage: half the bytes, the same config and metadata, weights within fp16 rounding."""
     with safe_open(half / "world_model" / "model.safetensors", "pt") as f:
@@ -613,6 +651,7 @@ def test_pipeline_vae_cache_world_model_reward_bundle(episode_dirs, tmp_path):
         "half", wm.final, vae_folder, [reward_folder], tmp_path / "half", weights_dtype="float16"
     )
     _check_float16_bundle(half, wm.final, reward_folder)
+    _check_recording_settings(wm.final, vae_folder, tmp_path)
     with pytest.raises(ValueError, match="choose one of"):
         bundle.make_bundle("x", wm.final, vae_folder, [], tmp_path / "x", weights_dtype="int8")
     with pytest.raises(ValueError, match="VAE"):  # a VAE other than the caches' is refused

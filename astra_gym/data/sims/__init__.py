@@ -16,10 +16,19 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 
 from astra_gym.data.sims.base import GymConfig, GymSimulator, Simulator, resize_frame
 
-__all__ = ["SCENARIOS", "Simulator", "GymConfig", "GymSimulator", "make_simulator", "resize_frame"]
+__all__ = [
+    "SCENARIOS",
+    "Simulator",
+    "GymConfig",
+    "GymSimulator",
+    "make_simulator",
+    "resolve_sim_config",
+    "resize_frame",
+]
 
 #: scenario -> (module, simulator class, config class)
 SCENARIOS = {
@@ -38,9 +47,28 @@ def make_simulator(scenario: str, **config: object) -> Simulator:
         ValueError: Unknown scenario or config field.
         ImportError: The simulator package is not installed.
     """
+    module, config_cls = _scenario_module(scenario, config)
+    return getattr(module, SCENARIOS[scenario][1])(config_cls(**config))
+
+
+def resolve_sim_config(scenario: str, **config: object) -> dict:
+    """The JSON-able config fields that ``config`` sets to other than ``scenario``'s defaults, resolved
+    (a camera preset name becomes its fields), e.g. what a model bundle records of its training data.
+
+    Raises:
+        ValueError, ImportError: As :func:`make_simulator`.
+    """
+    _, config_cls = _scenario_module(scenario, config)
+    resolved = json.loads(json.dumps(dataclasses.asdict(config_cls(**config))))
+    default = json.loads(json.dumps(dataclasses.asdict(config_cls())))
+    return {key: value for key, value in resolved.items() if value != default[key]}
+
+
+def _scenario_module(scenario: str, config: dict) -> tuple[object, type]:
+    """(imported scenario module, its config class), after checking the scenario and the config fields."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; choose one of {sorted(SCENARIOS)}")
-    module_name, sim_name, config_name = SCENARIOS[scenario]
+    module_name, _, config_name = SCENARIOS[scenario]
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -50,4 +78,4 @@ def make_simulator(scenario: str, **config: object) -> Simulator:
     unknown = sorted(set(config) - fields)
     if unknown:
         raise ValueError(f"{config_name} has no field(s) {unknown}; valid fields: {sorted(fields)}")
-    return getattr(module, sim_name)(config_cls(**config))
+    return module, config_cls
