@@ -65,6 +65,34 @@ def test_cli_builds_a_bank(tmp_path):
     assert bank.frames.shape == (2, 2, 64, 64, 3) and bank.meta["button_names"][0] == "MOVE_FORWARD"
 
 
+@pytest.mark.sims
+def test_cli_records_with_a_checkpoints_simulator_settings(tmp_path):
+    """``--checkpoint``: the bank is recorded like the model's data (here its FetchPush camera), so the env
+    accepts it for that model, and replaying a context with the bank's settings reproduces it."""
+    import json
+
+    pytest.importorskip("gymnasium_robotics")
+    from astra_gym.data.replay import replay
+    from astra_gym.envs.core import check_bank_matches
+    from astra_gym.rollout.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST
+
+    camera = {"distance": 0.9, "azimuth": 180.0, "elevation": -45.0, "lookat": [1.32, 0.75, 0.45]}
+    entry = {"reward_model": None, "sim_config": {"camera": camera}}
+    manifest = {"format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "world_model": "wm", "vae": "vae",
+                "scenarios": {"manipulation": entry}}  # fmt: skip
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    out = tmp_path / "front.npz"
+    main(["--scenario", "manipulation", "--out", str(out), "--count", "1", "--context-frames", "2",
+          "--min-start", "2", "--max-start", "3", "--checkpoint", str(tmp_path)])  # fmt: skip
+    bank = load_frame_bank(out)
+    assert bank.sim_config["camera"] == camera
+    check_bank_matches(bank, "manipulation", entry["sim_config"])
+    with pytest.raises(ValueError, match="frame_bank --scenario manipulation --checkpoint"):
+        check_bank_matches(load_frame_bank("manipulation"), "manipulation", entry["sim_config"])
+    with replay(int(bank.seeds[0]), bank.prefix(0), scenario="manipulation", camera=camera) as session:
+        assert np.array_equal(session.frame(), bank.frames[0, -1])
+
+
 def test_bank_context_actions_reach_the_model_history():
     """A bank context starts the model with the actions that produced it (exact convention)."""
     from astra_gym.data.action_codecs import vehicle_command_rows
