@@ -128,7 +128,12 @@ def _manifest(
 
 
 def _model_card(
-    name: str, config: Any, extra: Mapping[str, Any], vae_meta: Mapping, rewards: Mapping, manifest: Mapping
+    name: str,
+    config: Any,
+    extra: Mapping[str, Any],
+    vae_meta: Mapping,
+    rewards: Mapping,
+    manifest: Mapping | None = None,
 ) -> str:
     training = extra.get("training", {})
     datasets = training.get("config", {}).get("datasets", [])
@@ -163,7 +168,7 @@ def _model_card(
             f"- {scenario}: modality {entry['modality']}, feature {entry['feature']}; reward model: "
             f"{'held-out ' + json.dumps(held_out_scores(reward[1])) if reward else 'none'}"
         )
-        sim_config = manifest["scenarios"][scenario].get("sim_config")
+        sim_config = (manifest or {}).get("scenarios", {}).get(scenario, {}).get("sim_config")
         if sim_config:
             lines.append(f"  - recorded with simulator settings {json.dumps(sim_config)}")
         for (s, task), (_, meta) in sorted(rewards.items(), key=str):
