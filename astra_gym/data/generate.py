@@ -19,6 +19,7 @@ import json
 import multiprocessing as mp
 import time
 from collections.abc import Iterator, Sequence
+from multiprocessing.util import Finalize
 from pathlib import Path
 
 import h5py
@@ -123,6 +124,8 @@ def _record_all(cfg: GenerateConfig, indices: Sequence[int]) -> Iterator[int]:
     # spawn: MuJoCo/EGL and ViZDoom state must not be inherited through fork
     with mp.get_context("spawn").Pool(min(cfg.workers, len(indices)), _init_worker, (cfg,)) as pool:
         yield from pool.imap_unordered(_record_in_worker, indices)
+        pool.close()  # workers exit on their own and close their simulators (ViZDoom runs as a child process);
+        pool.join()  # leaving the block early (an error) still terminates them
 
 
 class _Worker:
@@ -156,6 +159,7 @@ _WORKER: _Worker | None = None
 def _init_worker(cfg: GenerateConfig) -> None:
     global _WORKER
     _WORKER = _Worker(cfg)
+    Finalize(_WORKER, _WORKER.close, exitpriority=10)  # runs when the worker process exits normally
 
 
 def _record_in_worker(index: int) -> int:

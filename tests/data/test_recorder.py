@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,6 +201,18 @@ def test_explore_policies_press_every_button_and_walk():
 # ----------------------------------------------------------------------------- generate CLI
 
 
+def _doom_processes() -> set[str]:
+    """Pids of running ViZDoom games (Linux ``/proc``; empty elsewhere)."""
+    pids = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"-iwad" in cmdline.read_bytes() and b"vizdoom" in cmdline.read_bytes():
+                pids.add(cmdline.parent.name)
+        except OSError:  # the process ended meanwhile
+            pass
+    return pids
+
+
 @pytest.mark.sims
 def test_generate_cli_resumes_and_does_not_depend_on_workers(tmp_path):
     pytest.importorskip("vizdoom")
@@ -210,7 +223,9 @@ def test_generate_cli_resumes_and_does_not_depend_on_workers(tmp_path):
     assert summary["recorded_episodes"] == 3 and summary["dataset_frames"] == 33
     assert json.loads((tmp_path / "a" / "generation.json").read_text())["dataset_episodes"] == 3
     assert main([*args, "--out", str(tmp_path / "a")])["recorded_episodes"] == 0  # resume: nothing to do
+    before = _doom_processes()
     main([*args, "--out", str(tmp_path / "b"), "--workers", "2"])
+    assert _doom_processes() <= before  # the pool's workers closed their ViZDoom games
     for a, b in zip(iter_episodes(tmp_path / "a"), iter_episodes(tmp_path / "b"), strict=True):
         assert a.seed == b.seed and np.array_equal(a.frames, b.frames) and np.array_equal(a.actions, b.actions)
     assert load_episode(tmp_path / "a" / "episode_000002.hdf5").attrs["episode_index"] == 2
