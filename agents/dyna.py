@@ -198,9 +198,14 @@ class Loop:
         folders = {None: entry.get("reward_model"), **(entry.get("task_reward_models") or {})}
         # the start bundle's reward-model folders of the scenario, by task (None: the simulator's reward)
         self.start_rewards = {task: self.start / folder for task, folder in folders.items() if folder is not None}
+        # the reward model the loop keeps or retrains: the task's own, else the potential it is the change of
+        # (as the env reads it, rollout.bundle), else the simulator's (None)
+        self.reward_task = None
         if cfg.task is not None:
-            get_task(self.scenario, cfg.task)  # an unknown task raises, listing the scenario's tasks
-            if cfg.reward_steps == 0 and cfg.task not in self.start_rewards:
+            spec = get_task(self.scenario, cfg.task)  # an unknown task raises, listing the scenario's tasks
+            own = cfg.task in self.start_rewards or spec.potential is None or spec.potential not in self.start_rewards
+            self.reward_task = cfg.task if own else spec.potential
+            if cfg.reward_steps == 0 and self.reward_task not in self.start_rewards:
                 raise ValueError(
                     f"--task {cfg.task}: the start bundle {self.start} has no reward model of that task to keep; "
                     "give --reward-steps N to train one in every iteration"
@@ -307,8 +312,8 @@ class Loop:
         cfg = dataclasses.replace(
             train_reward.PRESETS["small"],
             episodes=(*self.cfg.reward_replay, *(str(self._dir("data", j)) for j in range(i + 1))),
-            task=self.cfg.task,
-            num_frames=_reward_frames(self.start_rewards.get(self.cfg.task, self.start_rewards[None])),
+            task=self.reward_task,
+            num_frames=_reward_frames(self.start_rewards.get(self.reward_task) or self.start_rewards[None]),
             action_norm=str(world_model),
             vae=str(self.start / self.manifest["vae"]),
             total_steps=self.cfg.reward_steps,
@@ -323,9 +328,9 @@ class Loop:
         bundle's one for ``--task`` (every start reward model when ``reward`` is None)."""
         out = self._dir("bundles", i)
         if not (out / "bundle.json").exists():
-            rewards = self.start_rewards
+            rewards = dict(self.start_rewards)
             if reward is not None:
-                rewards = {None: rewards[None], self.cfg.task: reward} if self.cfg.task else {None: reward}
+                rewards[self.reward_task] = reward
             vae = self.start / self.manifest["vae"]
             entry = self.manifest["scenarios"][self.scenario]  # the start bundle's recording settings and starts
             banks = [entry["frame_bank"]] if entry.get("frame_bank") else []

@@ -41,8 +41,34 @@ def test_recipe_trains_the_other_variants_with_their_data_and_tasks(tmp_path, sc
     assert list(manifest["scenarios"]) == [scenario]
     assert {p.name for p in (bundle / "reward").iterdir()} == rewards  # the simulator's reward (+ the dense task)
     assert (tmp_path / "data" / "cache-probe").is_dir() == probe  # Explore's held-button episodes
+    if scenario == "manipulation":
+        _check_a_potential_task_keeps_its_potential(bundle, tmp_path)
     with pytest.raises(subprocess.CalledProcessError):
         subprocess.run(["bash", str(REPO / "scripts" / "train_variant.sh"), "doom", "tiny", str(tmp_path)], check=True)
+
+
+def _check_a_potential_task_keeps_its_potential(bundle: Path, tmp_path: Path) -> None:
+    """A start bundle that reads ``progress`` as the change of its ``reach-push`` reader (as the env does): the
+    loop keeps or retrains that reader, and its bundles keep the other reward models."""
+    base = [
+        "--preset",
+        "debug",
+        "--env",
+        "Astra-Manipulation-v0",
+        "--start-bundle",
+        str(bundle),
+        "--out",
+        str(tmp_path / "d"),
+    ]
+    base += ["--task", "progress"]
+    assert dyna.Loop(dyna.config_from_args(base)).reward_task == "progress"  # the task's own reader comes first
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    entry = manifest["scenarios"]["manipulation"]
+    entry["task_reward_models"] = {"reach-push": entry["task_reward_models"]["progress"]}
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
+    loop = dyna.Loop(dyna.config_from_args([*base, "--reward-steps", "0"]))
+    assert loop.reward_task == "reach-push" and set(loop.start_rewards) == {None, "reach-push"}
+    assert dyna.Loop(dyna.config_from_args(base[:-2])).reward_task is None
 
 
 def test_dyna_loop_runs_plots_and_resumes(tiny_bundle, tmp_path):
