@@ -58,6 +58,7 @@ __all__ = [
     "EnvCore",
     "StartBatch",
     "StepBatch",
+    "check_bank_matches",
     "load_world_model",
     "model_frame_bank",
     "model_sim_config",
