@@ -194,7 +194,7 @@ class Loop:
         self.distill = DistillConfig(**config["distill"]) if config.get("distill_from") else None  # if a student
         self.recipe = self.start_saved["extra"].get("teacher", training) if self.distill else training
         _check_inputs(cfg, self.distill is not None)
-        entry = self.manifest["scenarios"][self.scenario]
+        self.entry = entry = self.manifest["scenarios"][self.scenario]  # recording settings, starts, reward models
         folders = {None: entry.get("reward_model"), **(entry.get("task_reward_models") or {})}
         # the start bundle's reward-model folders of the scenario, by task (None: the simulator's reward)
         self.start_rewards = {task: self.start / folder for task, folder in folders.items() if folder is not None}
@@ -226,7 +226,7 @@ class Loop:
         """Records this iteration's episodes (resumes per episode); returns the real steps they hold."""
         folder = self._dir("data", i)
         folder.mkdir(parents=True, exist_ok=True)
-        sim = make_simulator(self.scenario, **self.manifest["scenarios"][self.scenario].get("sim_config", {}))
+        sim = make_simulator(self.scenario, **self.entry.get("sim_config", {}))
         agent = self.agent_zip(i - 1)
         if agent is None:
             policy = make_policy("mix", self.scenario, EXPLORE_BUTTONS if self.scenario == "explore" else ())
@@ -332,11 +332,10 @@ class Loop:
             if reward is not None:
                 rewards[self.reward_task] = reward
             vae = self.start / self.manifest["vae"]
-            entry = self.manifest["scenarios"][self.scenario]  # the start bundle's recording settings and starts
-            banks = [entry["frame_bank"]] if entry.get("frame_bank") else []
+            banks = [self.entry["frame_bank"]] if self.entry.get("frame_bank") else []
             make_bundle(
                 f"dyna-iter{i}", world_model, vae, list(rewards.values()), out, weights_dtype="float16",
-                sim_config=entry.get("sim_config"), frame_banks=banks,
+                sim_config=self.entry.get("sim_config"), frame_banks=banks,
             )  # fmt: skip
         return out
 

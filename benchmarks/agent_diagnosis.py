@@ -267,11 +267,9 @@ def real_starts(args, env, kind: str) -> Iterator[tuple[int, Start]]:
     """``(s, start)`` for the ``args.starts`` real starts of ``kind`` (seeds ``args.seed_offset + s``), with a
     progress bar; the simulator is set up like the env's model's training data (e.g. its camera)."""
     scenario, core = variant(args.env).scenario, env.unwrapped.core
+    context = core.bank.context_length
     for s in tqdm(range(args.starts), desc=f"{scenario} {kind} starts"):
-        yield (
-            s,
-            make_start(scenario, args.seed_offset + s, kind, core.bank.context_length, args.warm, **core.sim_config),
-        )
+        yield s, make_start(scenario, args.seed_offset + s, kind, context, args.warm, **core.sim_config)
 
 
 def main(argv: list[str] | None = None) -> dict:

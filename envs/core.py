@@ -366,7 +366,8 @@ class EnvCore:
         own_bank, frame_size = None, None
         if rollout is None:
             bundle = load_world_model(checkpoint, scenario, device, dtype, task)
-            self.sim_config, own_bank = model_sim_config(checkpoint, scenario), model_frame_bank(checkpoint, scenario)
+            entry = _manifest_entry(checkpoint, scenario)  # the model's recording settings and own starts
+            self.sim_config, own_bank = dict(entry.get("sim_config") or {}), entry.get("frame_bank")
             overrides = {"num_denoise_steps": num_denoise_steps, "guidance_scale": guidance_scale}
             overrides["batch_invariant"] = batch_invariant
             overrides["chunk_latents"] = frames_per_step

@@ -351,15 +351,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_config(Args, argv, __doc__)
     if args.scenario not in BUNDLED_BANKS:
         raise SystemExit(f"--scenario {args.scenario!r}: choose one of {list(BUNDLED_BANKS)}")
-    from astra_gym.envs.core import model_sim_config  # envs.core imports this module
-
-    sim_config = model_sim_config(args.checkpoint, args.scenario) if args.checkpoint else {}
     if args.episodes:
         from astra_gym.data.episodes import iter_episodes
 
         if args.checkpoint:
             raise SystemExit("--checkpoint sets up a new recording; recorded --episodes keep their own settings")
-
         if args.at_rest:
             raise SystemExit("--at-rest records new episodes; it does not combine with --episodes")
         episodes = [ep for folder in args.episodes for ep in iter_episodes(folder)]
@@ -369,6 +365,9 @@ def main(argv: list[str] | None = None) -> None:
             episodes, args.count, args.context_frames, (args.min_start, args.max_start), args.seed
         )
     else:
+        from astra_gym.envs.core import model_sim_config  # envs.core imports this module
+
+        sim_config = model_sim_config(args.checkpoint, args.scenario) if args.checkpoint else {}
         bank = build_frame_bank(
             args.scenario, args.count, args.context_frames, (args.min_start, args.max_start), args.policy,
             args.seed, args.at_rest, args.rest_seed, sim_config,
