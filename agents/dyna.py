@@ -18,8 +18,10 @@ distill     only when the start model is a distilled student (one forward, guida
             ``drive-v5``): distil the fine-tuned model into a new student with the start model's
             distillation settings; the fine-tunes themselves stay guided teachers
 reward      retrain the reward model (``--task``'s, when given) on every episode so far and the
-            ``--reward-replay`` folders, on the VAE's reconstructions; ``--reward-steps 0`` keeps the
-            start bundle's reward models
+            ``--reward-replay`` folders, on the VAE's reconstructions and on ``--reward-imagined-starts``
+            pieces per episode re-imagined by this iteration's world model under the recorded actions
+            (``OUT/imagine/iter_i``: that model with the start reward models); ``--reward-steps 0``
+            keeps the start bundle's reward models
 bundle      ``OUT/bundles/iter_i`` (world model stored in float16); usable as ``checkpoint=``
 agent       PPO inside the new bundle for ``--agent-steps`` imagined steps, continuing the policy
 evaluate    ``--eval-episodes`` real episodes on seeds never collected from -> ``OUT/curve.json``,
@@ -116,6 +118,13 @@ class DynaConfig:
     reward_steps: int = arg(
         1500, help="reward-model training steps per iteration (0: keep the start bundle's reward models)"
     )
+    reward_imagined_starts: int = arg(
+        4,
+        help="pieces per training episode that the iteration's world model re-imagines under the recorded actions, "
+        "with the real rewards, for the reward stage (train_reward --imagined): the reward model learns to read "
+        "the frames the agent inside will show it; 0 = the VAE's reconstructions of the recorded frames only",
+    )
+    reward_imagined_horizon: int = arg(32, help="imagined steps per piece of --reward-imagined-starts")
     task: str | None = arg(
         None,
         help="the agent's task (astra_gym.data.tasks, e.g. progress on Manipulation): the reward it trains on "
@@ -133,7 +142,7 @@ class DynaConfig:
 
 PRESETS: dict[str, DynaConfig] = {
     "debug": DynaConfig(iterations=1, collect_episodes=2, collect_steps=40, wm_steps=2, wm_batch=2, distill_steps=2,
-                        reward_steps=2,
+                        reward_steps=2, reward_imagined_starts=1, reward_imagined_horizon=8,
                         agent_steps=32, num_envs=2, imagined_horizon=8, eval_episodes=1, eval_max_steps=20),
     "cpu": DynaConfig(),
     "gpu": DynaConfig(iterations=8, collect_episodes=32, wm_steps=4000, wm_batch=64, distill_steps=3000,
@@ -302,13 +311,22 @@ class Loop:
             **_recipe_flags(self.recipe),
         )
 
-    def reward(self, i: int, world_model: Path) -> Path | None:
-        """This iteration's retrained reward model (``--task``'s when given); None with ``--reward-steps 0``."""
+    def reward(self, i: int, world_model: Path, student: Path) -> Path | None:
+        """This iteration's retrained reward model (``--task``'s when given), trained with the imagined pieces
+        of ``student`` (the model the agent will train in); None with ``--reward-steps 0``."""
         if self.cfg.reward_steps == 0:
             return None
         out = self._dir("reward", i)
         if (out / "final" / "config.json").exists():
             return out / "final"
+        imagined = {}
+        if self.cfg.reward_imagined_starts > 0:
+            imagined = dict(
+                imagined=str(self.bundle(i, student, None, kind="imagine")),
+                imagined_starts=self.cfg.reward_imagined_starts,
+                imagined_horizon=self.cfg.reward_imagined_horizon,
+                imagined_cache=str(self._dir("imagined", i)),  # a killed stage resumes without imagining again
+            )
         cfg = dataclasses.replace(
             train_reward.PRESETS["small"],
             episodes=(*self.cfg.reward_replay, *(str(self._dir("data", j)) for j in range(i + 1))),
@@ -320,13 +338,14 @@ class Loop:
             device=self.cfg.device,
             out=str(out),
             tensorboard=False,
+            **imagined,
         )
         return train_reward.train_reward(cfg)
 
-    def bundle(self, i: int, world_model: Path, reward: Path | None) -> Path:
-        """The iteration's bundle: the new world model with the retrained reward model in place of the start
-        bundle's one for ``--task`` (every start reward model when ``reward`` is None)."""
-        out = self._dir("bundles", i)
+    def bundle(self, i: int, world_model: Path, reward: Path | None, kind: str = "bundles") -> Path:
+        """The iteration's bundle (in ``OUT/kind``): the new world model with the retrained reward model in
+        place of the start bundle's one for ``--task`` (every start reward model when ``reward`` is None)."""
+        out = self._dir(kind, i)
         if not (out / "bundle.json").exists():
             rewards = dict(self.start_rewards)
             if reward is not None:
@@ -385,6 +404,11 @@ def _check_inputs(cfg: DynaConfig, distilled_start: bool) -> None:
             raise ValueError(f"--reward-replay {folder}: no recorded episodes (*.hdf5) there; give an episode folder")
     if cfg.reward_replay and cfg.reward_steps == 0:
         raise ValueError("--reward-replay with --reward-steps 0: no reward model is trained; drop one of the two")
+    if cfg.reward_imagined_starts < 0 or cfg.reward_imagined_horizon < 1:
+        raise ValueError(
+            f"--reward-imagined-starts {cfg.reward_imagined_starts} / --reward-imagined-horizon "
+            f"{cfg.reward_imagined_horizon}: give starts >= 0 (0 = no imagined pieces) and a horizon >= 1"
+        )
     if cfg.replay and not 0 < cfg.replay_share < 1:
         raise ValueError(f"--replay-share {cfg.replay_share}: give a share strictly between 0 and 1")
 
@@ -470,7 +494,7 @@ def run(cfg: DynaConfig) -> list[dict]:
         world_model = loop.world_model(i)
         student = loop.student(i, world_model)
         logger.info("iteration %d: reward model", i)
-        reward = loop.reward(i, world_model)
+        reward = loop.reward(i, world_model, student)
         bundle = loop.bundle(i, student, reward)
         logger.info("iteration %d: agent inside %s", i, bundle)
         summary = loop.agent(i, bundle)

@@ -140,6 +140,19 @@ def test_dyna_reward_stage_trains_on_the_replayed_episodes_too(tiny_bundle, tmp_
     assert dyna.main(args)[0]["real_return_mean"] is not None
     saved = json.loads((tmp_path / "reward" / "iter_000" / "final" / "config.json").read_text())
     assert saved["metrics"]["config"]["episodes"] == [recorded, str(tmp_path / "data" / "iter_000")]
+    # ... and on pieces of them re-imagined by the iteration's model, with the real rewards (one per episode)
+    imagine = tmp_path / "imagine" / "iter_000"
+    assert saved["metrics"]["config"]["imagined"] == str(imagine)
+    assert json.loads((imagine / "bundle.json").read_text())["name"] == "dyna-iter0"
+    pieces = sorted((tmp_path / "imagined" / "iter_000" / "train").glob("*.hdf5"))
+    assert pieces and saved["metrics"]["imagined_train_transitions"] == 8 * len(pieces)  # 8 steps each
+    imagined = json.loads((tmp_path / "imagined" / "iter_000" / "train" / "imagined.json").read_text())
+    assert imagined["bundle"] == str(imagine.resolve()) and imagined["horizon"] == 8 and imagined["starts"] == 1
+    no_pieces = tmp_path / "none"
+    assert dyna.main([*args[:-2], "--out", str(no_pieces), "--reward-imagined-starts", "0"])[0]["real_steps"] == 80
+    saved = json.loads((no_pieces / "reward" / "iter_000" / "final" / "config.json").read_text())
+    assert saved["metrics"]["config"]["imagined"] is None and saved["metrics"]["imagined_train_transitions"] == 0
+    assert not (no_pieces / "imagine").exists()
 
 
 def test_dyna_loop_keeps_the_start_reward_models_with_zero_reward_steps(tiny_bundle, tmp_path):
@@ -165,6 +178,7 @@ def test_dyna_loop_keeps_the_start_reward_models_with_zero_reward_steps(tiny_bun
         (["--task", "tiles", "--reward-steps", "0"], "no reward model of that task to keep"),
         (["--reward-replay", "{tmp}"], "no recorded episodes"),
         (["--reward-replay", "{bundle}/../data/train", "--reward-steps", "0"], "no reward model is trained"),
+        (["--reward-imagined-starts", "-1"], "give starts >= 0"),
     ],
 )
 def test_dyna_loop_rejects_a_teacher_or_replay_it_cannot_use(tiny_bundle, tmp_path, flags, message):
