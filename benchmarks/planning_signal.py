@@ -16,7 +16,12 @@ h) it reports:
 * ``imagined_mean`` and ``spearman``: the imagined mean, and the rank agreement of imagined and real
   returns among the candidates (mean over starts; nan where every real return is equal).
 
+``--task`` (e.g. ``progress`` on Manipulation) scores both sides with an agent task: the bundle's
+reward model of it imagines, and the real rewards are relabelled from the simulator's poses, as the
+agent benchmarks score it.
+
     python -m benchmarks.planning_signal --env Astra-Drive-v0 --starts 4 --out results/planning_signal_drive.json
+    python -m benchmarks.planning_signal --env Astra-Manipulation-v0 --task progress --out results/ps_manip.json
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from tqdm import tqdm
 from astra_gym.agents.mpc.sampling import make_sampler
 from astra_gym.agents.mpc.world_model import WorldModelDynamics, data_prior, load_engine
 from astra_gym.data.replay import replay
+from astra_gym.data.tasks import Task, get_task, relabel
 from astra_gym.envs.core import model_sim_config
 from astra_gym.envs.spaces import action_space
 from astra_gym.envs.variants import variant
@@ -48,6 +54,11 @@ class Args:
 
     env: str = arg("Astra-Drive-v0", help="Astra id: its world model imagines, its simulator replays")
     checkpoint: str | None = arg(None, help="world model (the env's checkpoint kwarg); none = the variant's bundle")
+    task: str | None = arg(
+        None,
+        help="agent task (astra_gym.data.tasks) of both returns: its reward model imagines, the real rewards are "
+        "relabelled from the poses; none = the simulator's own reward",
+    )
     starts: int = arg(4, help="real starts per kind (seeds 20000, 20001, ...: never used in training)")
     kinds: tuple[str, ...] = arg(("reset", "mid"), help="start kinds: reset (at rest) and/or mid (after --warm)")
     warm: int = arg(60, help="expert steps before a mid start")
@@ -71,12 +82,14 @@ def imagined_rewards(dynamics: WorldModelDynamics, start: Start, actions: np.nda
     return np.stack(rewards, axis=1)
 
 
-def real_rewards(scenario: str, start: Start, actions: np.ndarray) -> np.ndarray:
-    """Simulator rewards [n, H] of each sequence replayed from ``start`` (0 after the episode ends)."""
+def real_rewards(scenario: str, start: Start, actions: np.ndarray, task: Task | None = None) -> np.ndarray:
+    """Real rewards [n, H] of each sequence replayed from ``start`` (0 after the episode ends): the simulator's,
+    or ``task``'s relabelled from the poses."""
     out = np.zeros(actions.shape[:2])
     for row, sequence in enumerate(actions):
         with replay(start.seed, start.prefix, scenario=scenario, **start.sim_config) as session:
-            rewards = session.continue_with(sequence).rewards
+            piece = session.continue_with(sequence)
+        rewards = piece.rewards if task is None else relabel(piece.poses, piece.rewards, task)
         out[row, : len(rewards)] = rewards
     return out
 
@@ -108,7 +121,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     spec = variant(args.env)
     checkpoint = args.checkpoint if args.checkpoint is not None else spec.checkpoint
-    dynamics = WorldModelDynamics(load_engine(checkpoint, spec.scenario, args.device), spec.scenario)
+    task = get_task(spec.scenario, args.task)  # an unknown task raises, listing the scenario's tasks
+    engine = load_engine(checkpoint, spec.scenario, args.device, task=args.task)
+    dynamics = WorldModelDynamics(engine, spec.scenario)
     priors = {"centre": None, "data": data_prior(checkpoint, spec.scenario, args.device)}
     if "data" in args.priors and priors["data"] is None:
         raise ValueError(f"{checkpoint!r} records no action statistics of its data; use --priors centre")
@@ -122,7 +137,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for name, sampler in samplers.items():
             actions = sampler.sample(sampler.initial(args.horizon), args.candidates, rng)
             imagined = imagined_rewards(dynamics, start, actions, args.seed)
-            real = real_rewards(spec.scenario, start, actions)
+            real = real_rewards(spec.scenario, start, actions, task)
             runs.append(
                 {"seed": seed, "kind": kind, "prior": name, "imagined": imagined.tolist(), "real": real.tolist()}
             )

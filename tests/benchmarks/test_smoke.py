@@ -168,6 +168,27 @@ def test_planning_signal_replays_candidates_in_the_real_simulator(tmp_path):
     assert np.allclose(real, -0.2) and rows[1]["real_mean"] == rows[1]["real_max"] == rows[1]["real_of_best"]
 
 
+def test_planning_signal_scores_an_agent_task_on_both_sides(tmp_path):
+    """``--task progress``: the bundle's progress reader imagines, the real rewards are relabelled from the poses
+    (FetchPush's own reward is -1 on every step until the block reaches the goal)."""
+    from benchmarks import planning_signal
+    from benchmarks.action_following import make_start
+
+    out = tmp_path / "ps.json"
+    planning_signal.main(
+        ["--env", "Astra-Manipulation-v0", "--task", "progress", "--starts", "1", "--kinds", "reset",
+         "--candidates", "3", "--horizon", "4", "--priors", "centre", "--seed", "3", "--out", str(out)]
+    )  # fmt: skip
+    payload = json.loads(out.read_text())
+    (run,) = payload["results"][-1]["runs"]
+    real = np.asarray(run["real"])
+    assert payload["config"]["task"] == "progress" and real.shape == (3, 4) and np.isfinite(run["imagined"]).all()
+    assert np.abs(real).max() < 0.5 and len(np.unique(real.round(6))) > 3  # the change of a distance, per step
+    start = make_start("manipulation", run["seed"], "reset", 4, 60)
+    actions = np.random.default_rng(0).uniform(-1, 1, (2, 4, 4))
+    assert np.array_equal(planning_signal.real_rewards("manipulation", start, actions), -np.ones((2, 4)))
+
+
 def test_planning_signal_scores_the_imagined_best_by_its_real_return():
     from benchmarks.planning_signal import summarise
 
