@@ -33,7 +33,7 @@ def test_recipe_bundle_keeps_the_drive_layout(tiny_bundle):
 
 @pytest.mark.parametrize(
     "scenario, rewards, probe",
-    [("manipulation", {"manipulation", "manipulation-progress"}, False), ("explore", {"explore"}, True)],
+    [("manipulation", {"manipulation", "manipulation-reach-push"}, False), ("explore", {"explore"}, True)],
 )
 def test_recipe_trains_the_other_variants_with_their_data_and_tasks(tmp_path, scenario, rewards, probe):
     bundle = _recipe(scenario, tmp_path)
@@ -42,7 +42,21 @@ def test_recipe_trains_the_other_variants_with_their_data_and_tasks(tmp_path, sc
     assert {p.name for p in (bundle / "reward").iterdir()} == rewards  # the simulator's reward (+ the dense task)
     assert (tmp_path / "data" / "cache-probe").is_dir() == probe  # Explore's held-button episodes
     if scenario == "manipulation":
+        _check_the_manipulation_recipe(bundle, manifest, tmp_path)
         _check_a_potential_task_keeps_its_potential(bundle, tmp_path)
+
+
+def _check_the_manipulation_recipe(bundle: Path, manifest: dict, tmp_path: Path) -> None:
+    """The front camera (recorded in the bundle, with start contexts seen by it), the motion-weighted loss, and
+    a one-frame reach-push reader trained on pieces the world model re-imagined too."""
+    entry = manifest["scenarios"]["manipulation"]
+    assert entry["sim_config"]["camera"]["azimuth"] == 180.0 and entry["frame_bank"]
+    trained = json.loads((bundle / "world_model" / "config.json").read_text())["extra"]["training"]["config"]
+    assert trained["step"]["motion_weight"] == 4.0
+    reader = json.loads((bundle / "reward" / "manipulation-reach-push" / "config.json").read_text())["metrics"]
+    assert reader["config"]["task"] == "reach-push" and reader["config"]["num_frames"] == 1
+    assert reader["config"]["imagined"] == str(tmp_path / "runs" / "imagine") and reader["imagined_train_transitions"] > 0
+    assert sorted(p.name for p in (tmp_path / "runs" / "imagined").iterdir()) == ["heldout", "train"]
     with pytest.raises(subprocess.CalledProcessError):
         subprocess.run(["bash", str(REPO / "scripts" / "train_variant.sh"), "doom", "tiny", str(tmp_path)], check=True)
 
@@ -61,14 +75,14 @@ def _check_a_potential_task_keeps_its_potential(bundle: Path, tmp_path: Path) ->
         str(tmp_path / "d"),
     ]
     base += ["--task", "progress"]
-    assert dyna.Loop(dyna.config_from_args(base)).reward_task == "progress"  # the task's own reader comes first
-    manifest = json.loads((bundle / "bundle.json").read_text())
-    entry = manifest["scenarios"]["manipulation"]
-    entry["task_reward_models"] = {"reach-push": entry["task_reward_models"]["progress"]}
-    (bundle / "bundle.json").write_text(json.dumps(manifest))
     loop = dyna.Loop(dyna.config_from_args([*base, "--reward-steps", "0"]))
     assert loop.reward_task == "reach-push" and set(loop.start_rewards) == {None, "reach-push"}
     assert dyna.Loop(dyna.config_from_args(base[:-2])).reward_task is None
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    entry = manifest["scenarios"]["manipulation"]
+    entry["task_reward_models"]["progress"] = entry["task_reward_models"]["reach-push"]
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
+    assert dyna.Loop(dyna.config_from_args(base)).reward_task == "progress"  # the task's own reader comes first
 
 
 def test_dyna_loop_runs_plots_and_resumes(tiny_bundle, tmp_path):
