@@ -15,11 +15,20 @@ drive              ``abs``         blue (B > 150, R, G < 120) in the dashboard, 
 drive              ``steering``    green (G > 150, R, B < 120) in the dashboard
 drive              ``gyro``        red in the dashboard
 manipulation       ``goal``        red anywhere (the goal marker; the block is dark, the arm blue)
-manipulation       ``block``       near-black (all < 50) anywhere
+manipulation       ``block``       near-black (all < 50) anywhere, except static scenery (below)
 manipulation       ``arm``         blue (B > 150, R < 120)
 explore            (none)          ViZDoom's doors and vest have no unique colour at 64x64: the
                                    generic detail PSNR below covers them
 =================  ==============  ====================================================================
+
+Near-black also matches fixed scenery: from the stock FetchPush camera a diagonal of about 27 pixels
+at the table's left edge is dark in most frames, so every frame "had the block". A detail marked
+``moves`` (the block) therefore leaves out, when :func:`detail_report` is given ``static_share``,
+the pixels where its rule holds in at least that share of the real frames: over frames from many
+episodes the block stands elsewhere in each, and only scenery is dark that often. (Measured on 12
+held-out episodes of the recorded mix, 2,412 frames: stock camera 27 static pixels at any share
+from 0.2 to 0.5 and the block in 0.84 of the frames instead of 1.00; front camera 2 pixels, 0.90
+instead of 0.99.)
 
 Every scenario also gets ``detail_psnr``: the PSNR over the 10 % of pixels with the highest local
 contrast in the real frame (edges and small objects), where plain PSNR is dominated by flat areas.
@@ -71,6 +80,8 @@ class Detail:
         rows: Row range [start, stop) of the region.
         cols: Column range [start, stop) of the region.
         min_pixels: Pixels of the colour that count as "present".
+        moves: The detail moves between episodes while scenery of its colour stays put
+            (:func:`detail_report`'s ``static_share`` leaves that scenery out).
     """
 
     name: str
@@ -78,6 +89,7 @@ class Detail:
     rows: tuple[int, int] = (0, 64)
     cols: tuple[int, int] = (0, 64)
     min_pixels: int = 1
+    moves: bool = False
 
 
 _DASH = (56, 64)
@@ -91,7 +103,7 @@ DETAILS: dict[str, tuple[Detail, ...]] = {
     ),
     "manipulation": (
         Detail("goal", _red, min_pixels=2),
-        Detail("block", _black, min_pixels=2),
+        Detail("block", _black, min_pixels=2, moves=True),
         Detail("arm", _arm_blue, min_pixels=4),
     ),
     "explore": (),
@@ -147,13 +159,18 @@ def detail_psnr(real: np.ndarray, other: np.ndarray, share: float = 0.1) -> floa
     return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
 
 
-def detail_report(real: np.ndarray, other: np.ndarray, scenario: str) -> dict[str, float]:
+def detail_report(
+    real: np.ndarray, other: np.ndarray, scenario: str, static_share: float | None = None
+) -> dict[str, float]:
     """How well ``other`` keeps the details of ``real`` (same frames, e.g. VAE reconstructions).
 
     Args:
         real: uint8 [N, 64, 64, 3] real frames.
         other: uint8 [N, 64, 64, 3] the model's version of the same frames.
         scenario: Which details to check (:data:`DETAILS`).
+        static_share: For details that move (the block): pixels where the rule holds in at least this
+            share of the ``real`` frames are scenery and are left out of both masks (module docstring).
+            Give it only for frames spread over many episodes; None keeps every pixel.
 
     Returns:
         Per detail ``<name>_real`` (share of real frames that have it), ``<name>_kept`` (share of
@@ -162,9 +179,15 @@ def detail_report(real: np.ndarray, other: np.ndarray, scenario: str) -> dict[st
     """
     if real.shape != other.shape:
         raise ValueError(f"real and other frames differ in shape: {real.shape} vs {other.shape}")
+    if static_share is not None and not 0 < static_share <= 1:
+        raise ValueError(f"static_share={static_share}: give a share in (0, 1], or None to keep every pixel")
     report: dict[str, float] = {"frames": float(len(real)), "detail_psnr": detail_psnr(real, other)}
     for detail in DETAILS[scenario]:
         a, b = detail_mask(real, detail), detail_mask(other, detail)
+        if detail.moves and static_share is not None:
+            scenery = a.reshape(-1, *a.shape[-2:]).mean(axis=0) >= static_share  # [rows, cols]
+            a, b = a & ~scenery, b & ~scenery
+            report[f"{detail.name}_static_pixels"] = float(scenery.sum())
         has_a = a.sum(axis=(-2, -1)) >= detail.min_pixels
         has_b = b.sum(axis=(-2, -1)) >= detail.min_pixels
         union = (a | b).sum(axis=(-2, -1))

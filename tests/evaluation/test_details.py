@@ -43,3 +43,22 @@ def test_manipulation_goal_marker_and_bad_frames():
     with pytest.raises(ValueError, match="64, 64, 3"):
         car_present(np.zeros((1, 32, 32, 3), np.uint8))
     assert np.isfinite(detail_psnr(real, np.zeros_like(real)))
+
+
+def test_the_block_is_told_from_dark_scenery_over_many_frames():
+    """A dark edge in every frame is scenery; the block moves between episodes and is found only where it is."""
+    real = np.full((10, 64, 64, 3), 200, np.uint8)
+    rows = np.arange(20, 26)
+    real[:, rows, rows - 16] = 10  # a fixed dark diagonal (stock camera: the table's left edge)
+    for k in range(4):  # the block in 4 of the 10 frames, each time elsewhere
+        real[k, 40:43, 10 + 8 * k : 13 + 8 * k] = 20
+    block = DETAILS["manipulation"][1]
+    assert detail_report(real, real, "manipulation")["block_real"] == 1.0  # the edge alone counts as a block
+    report = detail_report(real, real, "manipulation", static_share=0.5)
+    assert report["block_real"] == 0.4 and report["block_kept"] == 1.0 and report["block_static_pixels"] == 6
+    erased = real.copy()
+    erased[:4, 40:43] = 200
+    assert detail_report(real, erased, "manipulation", static_share=0.5)["block_kept"] == 0.0
+    assert detail_mask(real, block).sum() == 10 * 6 + 4 * 9  # the mask itself is unchanged
+    with pytest.raises(ValueError, match="static_share"):
+        detail_report(real, real, "manipulation", static_share=0.0)
