@@ -11,7 +11,7 @@
 #   BUNDLE_OUT bundle folder (default WORK_DIR/bundle)
 # Env: PY (python, default python3), WORKERS (recording processes, default nproc - 1),
 #      DEADLINE (epoch seconds: the world model trains until 2 minutes before it),
-#      EPS (gpu: episodes), WM_STEPS / WM_MIN (cpu and gpu: world-model steps and minutes),
+#      EPS (gpu: episodes), WM_STEPS / WM_MIN (cpu and gpu: world-model steps and minutes), VAE_STEPS (cpu),
 #      WM_INIT (a world-model folder the world model starts from, e.g. another variant's; default: scratch),
 #      CAMERA (manipulation: a camera preset of astra_gym.data.sims.manipulation.CAMERAS; default front,
 #              CAMERA=stock for the stock camera)
@@ -39,7 +39,7 @@ case "$SIZE" in
   tiny) EPS=4;   HELD=2;  STEPS=40;  VAE_STEPS=20;   VAE_BS=8;   WM_PRESET=debug;     WM_MODEL=debug;
         WM_STEPS=20;    WM_BS=4;   WM_MIN=2;  REW_STEPS=20;   DEV=cpu;  VAE_PRESET=debug; PROBE=$((PROBE > 0 ? 2 : 0))
         IM_STARTS=1; IM_H=8 ;;
-  cpu)  EPS=$CPU_EPS; HELD=12; VAE_STEPS=3000; VAE_BS=32;  WM_PRESET=small-cpu; WM_MODEL=small-p4;
+  cpu)  EPS=$CPU_EPS; HELD=12; VAE_STEPS=${VAE_STEPS:-3000}; VAE_BS=32; WM_PRESET=small-cpu; WM_MODEL=small-p4;
         WM_STEPS=${WM_STEPS:-20000}; WM_BS=8; WM_MIN=${WM_MIN:-600}; REW_STEPS=3000; DEV=cpu; VAE_PRESET=detail
         IM_STARTS=4; IM_H=32 ;;
   gpu)  EPS=${EPS:-$GPU_EPS}; HELD=12; VAE_STEPS=3000; VAE_BS=128; WM_PRESET=small-gpu; WM_MODEL=small-p4;
