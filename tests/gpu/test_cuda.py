@@ -66,12 +66,13 @@ def test_variant_in_bf16_stays_close_to_float32(env_id):
 
 
 def test_vector_env_of_many_rows_runs_on_the_device():
-    envs = gym.make_vec("Astra-Drive-v0", num_envs=64, device=DEVICE)
+    rows = 8 if torch.device(DEVICE).type == "cpu" else 64  # the CPU stand-in (suite tiny): 64 rows took 207 s there
+    envs = gym.make_vec("Astra-Drive-v0", num_envs=rows, device=DEVICE)
     envs.action_space.seed(0)
     obs, _ = envs.reset(seed=0)
     for _ in range(2):
         obs, reward, *_ = envs.step(envs.action_space.sample())
-    assert obs.shape == (64, 64, 64, 3) and obs.dtype == np.uint8 and np.isfinite(reward).all()
+    assert obs.shape == (rows, 64, 64, 3) and obs.dtype == np.uint8 and np.isfinite(reward).all()
     envs.close()
 
 
