@@ -84,6 +84,11 @@ class Args:
     num_envs: int = arg(8, help="parallel envs (inside: rows of one batched world-model step)")
     imagined_horizon: int = arg(50, help="inside: steps per imagined episode before truncation (tens, DIAMOND)")
     num_denoise_steps: int | None = arg(None, help="inside: Euler steps per generated chunk; none = the checkpoint's")
+    uncertainty_penalty: float = arg(
+        0.0,
+        help="inside: the reward loses this times the world model's disagreement at each step (two draws; the "
+        "env's uncertainty_penalty, MOPO's penalty), keeping the agent where the model is right; 0 = off",
+    )
     # ---- algorithm hyperparameters (SB3 names; clip-range/batch-size/n-epochs are PPO only)
     n_steps: int = arg(128, help="steps per env per rollout (rollout = n_steps x num_envs)")
     batch_size: int = arg(256, help="PPO minibatch size")
@@ -114,6 +119,8 @@ class Args:
     def __post_init__(self) -> None:
         if self.num_envs < 1 or self.total_timesteps < 1 or self.imagined_horizon < 1:
             raise ValueError("--num-envs, --total-timesteps and --imagined-horizon must be >= 1")
+        if not self.uncertainty_penalty >= 0:
+            raise ValueError(f"--uncertainty-penalty {self.uncertainty_penalty}: give a number >= 0 (0 = off)")
         if self.task is not None:
             get_task(variant(self.env).scenario, self.task)  # an unknown task raises, listing the choices
         if self.n_steps * self.num_envs < 2:
@@ -138,6 +145,8 @@ def make_train_env(args: Args) -> VecEnv:
         kwargs["device"] = args.device
     if args.task is not None:
         kwargs["task"] = args.task  # the bundle's reward model of that task (it names the fix if it has none)
+    if args.uncertainty_penalty > 0:
+        kwargs["uncertainty_penalty"] = args.uncertainty_penalty
     return VecMonitor(AstraSB3VecEnv.make(args.env, args.num_envs, **kwargs))
 
 

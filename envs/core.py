@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ ENV_KWARGS = (
     "dtype",
     "batch_invariant",
     "task",
+    "uncertainty_penalty",
     "render_mode",
     "render_fps",
     "rollout",
@@ -266,12 +268,15 @@ class StepBatch:
         reward: float64 [n] predicted reward.
         terminated: bool [n] predicted termination (probability > 0.5).
         termination_prob: float64 [n].
+        spread: float64 [n] the world model's disagreement at this step (``uncertainty_penalty`` > 0;
+            else None): see :meth:`~astra_gym.rollout.engine.WorldModelRollout.disagreement`.
     """
 
     frames: np.ndarray
     reward: np.ndarray
     terminated: np.ndarray
     termination_prob: np.ndarray
+    spread: np.ndarray | None = None
 
 
 def _read_image(image: Any) -> np.ndarray:
@@ -358,8 +363,15 @@ class EnvCore:
         rollout: WorldModelRollout | None,
         batch_invariant: bool | None = None,
         task: str | None = None,
+        uncertainty_penalty: float = 0.0,
     ) -> None:
         self.scenario = scenario
+        if not (math.isfinite(uncertainty_penalty) and uncertainty_penalty >= 0):
+            raise ValueError(
+                f"uncertainty_penalty={uncertainty_penalty!r} must be a finite number >= 0 "
+                "(0 = off; the reward loses this many times the world model's disagreement per step)"
+            )
+        self.uncertainty_penalty = float(uncertainty_penalty)
         get_task(scenario, task)  # an unknown task raises here, listing the choices (also with rollout=)
         self.action_space = action_space(scenario)
         self.sim_config: dict[str, Any] = {}  # the model's recording settings (model_sim_config)
@@ -464,16 +476,21 @@ class EnvCore:
         """One step of every row of ``state`` with validated actions [n, ...]."""
         rows = action_rows(self.scenario, actions, self.engine.action_dim)  # [n, d]
         rows = np.repeat(rows[:, None], self.engine.config.chunk_latents, axis=1)  # [n, F, d]: held for the chunk
-        state, frames = self.engine.step(state, rows)
+        start, (state, frames) = state, self.engine.step(state, rows)
         if self.engine.reward_model is None:
             reward = torch.zeros(len(rows))
             logit = torch.full((len(rows),), -torch.inf)
         else:
             reward, logit = self.engine.score(state, rows)
+        reward, spread = reward.double().cpu().numpy(), None
+        if self.uncertainty_penalty > 0:
+            spread = self.engine.disagreement(start, rows, state).double().cpu().numpy()
+            reward = reward - self.uncertainty_penalty * spread
         batch = StepBatch(
             frames=frames.cpu().numpy(),
-            reward=reward.double().cpu().numpy(),
+            reward=reward,
             terminated=(logit > 0).cpu().numpy(),
             termination_prob=torch.sigmoid(logit.double()).cpu().numpy(),
+            spread=spread,
         )
         return state, batch

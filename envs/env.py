@@ -98,7 +98,11 @@ class AstraEnv(gym.Env):
     ``reward_model(last frame, action row)`` (:class:`~astra_gym.world_model.reward_model.RewardModel`),
     trained to regress the simulator's reward, or the reward of the ``task`` kwarg (a dense task of
     :mod:`astra_gym.data.tasks`, e.g. Manipulation ``"progress"``) when the bundle holds one for it.
-    ``info["termination_prob"]`` is its termination probability.
+    ``info["termination_prob"]`` is its termination probability. With ``uncertainty_penalty`` λ > 0
+    the reward loses λ times the world model's disagreement at the step (two draws of the same step,
+    :meth:`~astra_gym.rollout.engine.WorldModelRollout.disagreement`; ``info["model_spread"]``), so
+    agents trained inside keep away from states and actions the model has not learned (MOPO's
+    penalty); it costs one more sampling pass per step.
 
     ## Starting State
 
@@ -137,6 +141,7 @@ class AstraEnv(gym.Env):
     | ``task``            | ``None``             | agent task whose reward model scores the steps (e.g.             |
     |                     |                      | ``"progress"``; ``astra_gym.data.tasks``); None = the simulator's |
     |                     |                      | own reward. The bundle must hold a reward model for it           |
+    | ``uncertainty_penalty`` | ``0.0`` (off)    | λ: the reward loses λ x the model's disagreement (see Rewards)   |
     | ``render_mode``     | ``None``             | ``"rgb_array"`` (the last frame) or ``"human"``                  |
     | ``render_fps``      | variant              | playback rate of the frames                                      |
     | ``rollout``         | ``None``             | a ``WorldModelRollout`` to share (replaces the model kwargs)     |
@@ -168,6 +173,7 @@ class AstraEnv(gym.Env):
         dtype: str | torch.dtype | None = None,
         batch_invariant: bool | None = None,
         task: str | None = None,
+        uncertainty_penalty: float = 0.0,
         render_mode: str | None = None,
         render_fps: float = 25.0,
         rollout: WorldModelRollout | None = None,
@@ -186,9 +192,9 @@ class AstraEnv(gym.Env):
             device,
             dtype,
         )
-        self.core = EnvCore(*core_args, rollout, batch_invariant, task)
+        self.core = EnvCore(*core_args, rollout, batch_invariant, task, uncertainty_penalty)
         # Pickled by reference (see __getstate__) unless built around a caller's engine.
-        self._core_args = (*core_args, None, batch_invariant, task) if rollout is None else None
+        self._core_args = (*core_args, None, batch_invariant, task, uncertainty_penalty) if rollout is None else None
         self.metadata = {**type(self).metadata, "render_fps": render_fps}
         self.render_mode = render_mode
         self.action_space = self.core.action_space
@@ -236,6 +242,8 @@ class AstraEnv(gym.Env):
         self._elapsed += 1
         self._terminated = bool(out.terminated[0])
         info = {"frames": out.frames[0], "termination_prob": float(out.termination_prob[0])}
+        if out.spread is not None:
+            info["model_spread"] = float(out.spread[0])
         self._render_human()
         return self._obs.copy(), float(out.reward[0]), self._terminated, False, info
 

@@ -85,6 +85,7 @@ class AstraVectorEnv(gym.vector.VectorEnv):
         dtype: str | torch.dtype | None = None,
         batch_invariant: bool | None = None,
         task: str | None = None,
+        uncertainty_penalty: float = 0.0,
         render_mode: str | None = None,
         render_fps: float = 25.0,
         rollout: WorldModelRollout | None = None,
@@ -114,6 +115,7 @@ class AstraVectorEnv(gym.vector.VectorEnv):
             rollout,
             batch_invariant,
             task,
+            uncertainty_penalty,
         )
         self.num_envs = num_envs
         self.max_episode_steps = max_episode_steps
@@ -274,12 +276,17 @@ class AstraVectorEnv(gym.vector.VectorEnv):
         frames[stepping] = out.frames
         prob = np.zeros(self.num_envs)
         prob[stepping] = out.termination_prob
-        return {
+        info = {
             "frames": frames,
             "_frames": stepping.copy(),
             "termination_prob": prob,
             "_termination_prob": stepping.copy(),
         }
+        if out.spread is not None:
+            info["model_spread"] = np.zeros(self.num_envs)
+            info["model_spread"][stepping] = out.spread
+            info["_model_spread"] = stepping.copy()
+        return info
 
     def _final_info(self, ended: np.ndarray, info: dict) -> dict:
         """SAME_STEP: the ended rows' last observation and info, before they are reset."""
@@ -291,6 +298,8 @@ class AstraVectorEnv(gym.vector.VectorEnv):
                 "frames": info["frames"][i].copy(),
                 "termination_prob": float(info["termination_prob"][i]),
             }
+            if "model_spread" in info:
+                final_info[i]["model_spread"] = float(info["model_spread"][i])
         return {
             "final_obs": final_obs,
             "_final_obs": ended.copy(),

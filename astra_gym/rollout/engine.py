@@ -350,21 +350,9 @@ class WorldModelRollout:
             (new state, frames): frames are uint8 [B, frames_per_step, H, W, 3] on the engine's device.
         """
         rows = self._target_rows(action_rows, state.batch_size)  # [B, F, D], flag 0
-        frame_pack, values = self._pack(state.history, rows)
         generators = [clone_generator(g) for g in state.generators]
-        shape = (state.batch_size, self.vae.latent_channels, rows.shape[1], *state.history.recent_latents.shape[3:])
+        latents = self._sample(state, rows, generators)  # [B, C, F, h, w] float32
         with self._kernels():
-            latents = sample_chunk(
-                self.model,
-                shape,
-                context=state.text_context,
-                frame_pack=frame_pack,
-                actions=ActionInput(values, state.modality),
-                config=self._sampler,
-                generator=generators,
-                device=self.device,
-                use_history_cache=self.config.use_history_cache,
-            )  # [B, C, F, h, w] float32
             pixels, streams = self._decode(latents, state.vae_streams)
         frames = pixels_to_uint8(pixels)  # [B, F * tf, H, W, 3]
         new_state = dataclasses.replace(
@@ -376,6 +364,60 @@ class WorldModelRollout:
             recent_frames=_newest_frames(state.recent_frames, frames, self.reward_frames),
         )
         return new_state, frames
+
+    @torch.inference_mode()
+    def disagreement(
+        self, state: RolloutState, action_rows: Tensor | np.ndarray, stepped: RolloutState, draws: int = 1
+    ) -> Tensor:
+        """How much the world model's draws of one step disagree: an estimate of its error there.
+
+        Samples ``draws`` more chunks from ``state`` with the same actions, each row on sibling noise
+        streams (:func:`~astra_gym.rollout.state.derive_generator`; ``state``'s own streams are left as
+        they are), and compares them with the chunk :meth:`step` drew. Where the data taught the model
+        what the actions do, its draws agree (a simulator like FetchPush is deterministic); unfamiliar
+        states and actions spread them. Offline model-based RL subtracts such a spread from the
+        rewards so that agents do not exploit the model where it is wrong (MOPO; Offline DreamerV2).
+
+        Args:
+            state: The state :meth:`step` started from.
+            action_rows: [B, F, d] the rows given to that :meth:`step`.
+            stepped: The state that :meth:`step` returned (its newest F latents are the drawn chunk).
+            draws: Extra draws to compare with (>= 1); the cost is one sampling pass each, no decoding.
+
+        Returns:
+            [B] float32 on the engine's device: the mean squared difference per latent element between
+            the stepped chunk and the extra draws (twice the per-element variance of the draws).
+        """
+        if draws < 1:
+            raise ValueError(f"disagreement: draws={draws} must be >= 1")
+        if stepped.batch_size != state.batch_size or not torch.equal(stepped.steps, state.steps + 1):
+            raise ValueError(
+                "disagreement: `stepped` must be the state step() returned for `state` (same rows, one step on)"
+            )
+        rows = self._target_rows(action_rows, state.batch_size)
+        drawn = stepped.history.recent_latents[:, :, -rows.shape[1] :].float()  # [B, C, F, h, w]
+        total = torch.zeros(state.batch_size, device=drawn.device)
+        for k in range(1, draws + 1):
+            other = self._sample(state, rows, [derive_generator(g, k) for g in state.generators])
+            total += (other.float() - drawn).square().mean(dim=(1, 2, 3, 4))
+        return total / draws
+
+    def _sample(self, state: RolloutState, rows: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
+        """The next chunk's latents [B, C, F, h, w] float32 for normalised rows [B, F, D] (advances ``generators``)."""
+        frame_pack, values = self._pack(state.history, rows)
+        shape = (state.batch_size, self.vae.latent_channels, rows.shape[1], *state.history.recent_latents.shape[3:])
+        with self._kernels():
+            return sample_chunk(
+                self.model,
+                shape,
+                context=state.text_context,
+                frame_pack=frame_pack,
+                actions=ActionInput(values, state.modality),
+                config=self._sampler,
+                generator=list(generators),
+                device=self.device,
+                use_history_cache=self.config.use_history_cache,
+            )
 
     def _target_rows(self, action_rows: Tensor | np.ndarray, batch: int) -> Tensor:
         """Validated, normalised [B, F, D] rows with flag 0 on the engine's device."""

@@ -163,3 +163,14 @@ def test_imagined_vs_real_runs_on_debug_weights(tmp_path):
     assert json.loads(out.read_text())["config"]["spearman_rho"] == result["spearman_rho"] or np.isnan(
         result["spearman_rho"]
     )
+
+
+def test_the_uncertainty_penalty_reaches_the_inside_env():
+    args = train_sb3.Args(env="Astra-Debug-v0", checkpoint="debug", num_envs=1, uncertainty_penalty=0.25)
+    env = train_sb3.make_train_env(args)
+    try:
+        assert env.unwrapped.venv.core.uncertainty_penalty == 0.25
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="--uncertainty-penalty -1.0: give a number >= 0"):
+        train_sb3.Args(env="Astra-Debug-v0", uncertainty_penalty=-1.0)

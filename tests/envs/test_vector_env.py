@@ -116,3 +116,29 @@ def test_rows_out_of_step_reset_and_step_in_the_same_call():
         assert np.array_equal(obs[1], twin_obs) and reward[1] == twin_reward
     assert ends == [[False, False], [True, False], [False, True]]
     assert info["_frames"].tolist() == [False, True] and info["_bank_index"].tolist() == [True, False]
+
+
+def test_the_uncertainty_penalty_subtracts_the_models_disagreement_and_leaves_the_frames_alone():
+    plain, penalised = _vec(3), _vec(3, uncertainty_penalty=0.5)
+    plain.reset(seed=4)
+    penalised.reset(seed=4)
+    firsts = []
+    for _ in range(2):
+        obs_a, reward_a, _, _, info_a = plain.step(_actions(3))
+        obs_b, reward_b, _, _, info_b = penalised.step(_actions(3))
+        firsts.append((reward_b[0], info_b["model_spread"][0]))
+        np.testing.assert_array_equal(obs_a, obs_b)
+        assert "model_spread" not in info_a and info_b["_model_spread"].all()
+        assert (info_b["model_spread"] > 0).all()
+        np.testing.assert_allclose(reward_b, reward_a - 0.5 * info_b["model_spread"], rtol=0, atol=1e-12)
+    single = AstraEnv(checkpoint="debug", frame_bank="synthetic", device="cpu", uncertainty_penalty=0.5)
+    single.reset(seed=4)  # row 0 of the vector env
+    for reward_row, spread_row in firsts:
+        _, reward, _, _, info = single.step(ACTION)
+        assert info["model_spread"] == pytest.approx(spread_row) and reward == pytest.approx(reward_row)
+
+
+@pytest.mark.parametrize("penalty", [-1.0, float("nan"), float("inf")])
+def test_a_bad_uncertainty_penalty_is_named(penalty):
+    with pytest.raises(ValueError, match="uncertainty_penalty=.* must be a finite number >= 0"):
+        _vec(1, uncertainty_penalty=penalty)

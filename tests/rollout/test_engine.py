@@ -235,6 +235,38 @@ def test_score_reads_the_newest_frames_kept_in_the_state(bundle):
     torch.testing.assert_close(logit, want_logit)
 
 
+def test_disagreement_is_the_step_against_a_draw_on_sibling_noise_and_leaves_the_state_alone(engine):
+    import dataclasses
+
+    from astra_gym.rollout.state import derive_generator
+
+    state = engine.reset(contexts(3), [0, 1, 2])
+    rows = action_rows(1, 3)[0]
+    before = [g.get_state().clone() for g in state.generators]
+    stepped, _ = engine.step(state, rows)
+    spread = engine.disagreement(state, rows, stepped)
+    assert spread.shape == (3,) and bool((spread > 0).all())
+    assert all(torch.equal(g.get_state(), b) for g, b in zip(state.generators, before, strict=True))
+    torch.testing.assert_close(engine.disagreement(state, rows, stepped), spread, rtol=0, atol=0)
+    sibling = dataclasses.replace(state, generators=tuple(derive_generator(g, 1) for g in state.generators))
+    other, _ = engine.step(sibling, rows)
+    by_hand = (other.history.recent_latents[:, :, -1:] - stepped.history.recent_latents[:, :, -1:]).square()
+    torch.testing.assert_close(spread, by_hand.mean(dim=(1, 2, 3, 4)))
+    two = engine.disagreement(state, rows, stepped, draws=2)
+    assert not torch.equal(two, spread)  # the second draw counts
+
+
+def test_disagreement_refuses_a_state_that_was_not_stepped_from_it(engine):
+    state = engine.reset(contexts(2), [0, 1])
+    rows = action_rows(2, 2)
+    stepped, _ = engine.step(state, rows[0])
+    twice, _ = engine.step(stepped, rows[1])
+    with pytest.raises(ValueError, match="must be the state step"):
+        engine.disagreement(state, rows[0], twice)
+    with pytest.raises(ValueError, match="draws=0"):
+        engine.disagreement(state, rows[0], stepped, draws=0)
+
+
 # ----------------------------------------------------------------------------------------------
 # 5. Memory stays flat
 # ----------------------------------------------------------------------------------------------
