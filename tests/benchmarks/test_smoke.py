@@ -200,6 +200,31 @@ def test_planning_signal_scores_the_imagined_best_by_its_real_return():
     assert row["imagined_mean"] == np.mean([0, 5, 2]) and row["spearman"] == pytest.approx(-1.0)
 
 
+def test_planning_signal_penalises_the_imagined_best_by_the_models_spread(tmp_path):
+    from benchmarks.planning_signal import main as planning_signal_main
+    from benchmarks.planning_signal import summarise
+
+    imagined = [[0.0, 0.0], [5.0, 0.0], [1.0, 1.0]]  # returns 0, 5, 2: candidate 1 looks best ...
+    real = [[3.0, 3.0], [1.0, 0.0], [2.0, 0.0]]  # ... but candidate 0 is
+    spread = [[0.1, 0.1], [2.0, 2.0], [0.5, 0.5]]  # summed 0.2, 4, 1: the model is unsure of candidate 1
+    error = [[0.0, 10.0], [0.0, 300.0], [0.0, 90.0]]  # the frame error at h = 2 ranks as the spread does
+    runs = [{"kind": "reset", "prior": "centre", "imagined": imagined, "real": real, "spread": spread,
+             "frame_error": error}]  # fmt: skip
+    (row,) = summarise(runs, (2,), (0.0, 1.0, 10.0))
+    assert row["real_of_best_penalised"] == {"0.0": 1.0, "1.0": 1.0, "10.0": 6.0}  # λ 1: 5 - 4 ties 2 - 1 (first wins)
+    assert row["spread_error_spearman"] == pytest.approx(1.0) and row["spread_mean"] == pytest.approx(5.2 / 3)
+    assert row["spread_return_error_spearman"] == pytest.approx(-0.5)  # |imagined - real| 6, 4, 0 vs 0.2, 4, 1
+    out = tmp_path / "ps.json"
+    rows = planning_signal_main(
+        ["--env", "Astra-Debug-v0", "--checkpoint", "debug", "--starts", "1", "--kinds", "reset", "--candidates",
+         "3", "--horizon", "2", "--priors", "centre", "--penalties", "0", "2", "--out", str(out)]
+    )  # fmt: skip
+    (run,) = json.loads(out.read_text())["results"][-1]["runs"]
+    assert np.asarray(run["spread"]).shape == (3, 2) and (np.asarray(run["spread"]) > 0).all()
+    assert np.asarray(run["frame_error"]).shape == (3, 2)
+    assert rows[1]["real_of_best_penalised"]["0.0"] == rows[1]["real_of_best"]
+
+
 def test_reward_readers_compares_a_tasks_own_model_with_its_potentials_change(tmp_path):
     from astra_gym.data.episodes import save_episode
     from astra_gym.data.synthetic import manipulation_episode
