@@ -200,6 +200,8 @@ def _spread_summary(
 def main(argv: list[str] | None = None) -> list[dict]:
     """CLI entry point (see the module docstring); returns the summary rows."""
     args = parse_config(Args, argv, __doc__)
+    if any(lam < 0 for lam in args.penalties):
+        raise ValueError(f"--penalties {args.penalties}: give numbers >= 0 (0 = the imagined return alone)")
     torch.set_num_threads(args.threads)
     spec = variant(args.env)
     checkpoint = args.checkpoint if args.checkpoint is not None else spec.checkpoint
@@ -207,8 +209,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     engine = load_engine(checkpoint, spec.scenario, args.device, task=args.task)
     dynamics = WorldModelDynamics(engine, spec.scenario)
     priors = {"centre": None, "data": data_prior(checkpoint, spec.scenario, args.device)}
-    if any(lam < 0 for lam in args.penalties):
-        raise ValueError(f"--penalties {args.penalties}: give numbers >= 0 (0 = the imagined return alone)")
     if "data" in args.priors and priors["data"] is None:
         raise ValueError(f"{checkpoint!r} records no action statistics of its data; use --priors centre")
     sim_config = model_sim_config(checkpoint, spec.scenario)  # real starts look like the model's data
