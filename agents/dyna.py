@@ -202,6 +202,8 @@ class Loop:
         config = training.get("config", {})
         self.distill = DistillConfig(**config["distill"]) if config.get("distill_from") else None  # if a student
         self.recipe = self.start_saved["extra"].get("teacher", training) if self.distill else training
+        # the sampler the start bundle runs (``bundle --guidance`` may differ from its world model's training one)
+        self.sampler = _sampler(self.manifest.get("sampler") or self.start_saved["extra"]["sampler"])
         _check_inputs(cfg, self.distill is not None)
         self.entry = entry = self.manifest["scenarios"][self.scenario]  # recording settings, starts, reward models
         folders = {None: entry.get("reward_model"), **(entry.get("task_reward_models") or {})}
@@ -267,7 +269,7 @@ class Loop:
         if (run_dir / "final" / "config.json").exists():
             return run_dir / "final"
         previous = self._dir("wm", i - 1) / "final" if i > 0 else self._first_init()
-        sampler = self.distill.teacher_sampler if self.distill else _sampler(self.start_saved)
+        sampler = self.distill.teacher_sampler if self.distill else self.sampler
         cfg = self._train_config(i, run_dir, previous, self.cfg.wm_steps, sampler)
         return train_world_model.train(cfg).final
 
@@ -283,7 +285,7 @@ class Loop:
         if (run_dir / "final" / "config.json").exists():
             return run_dir / "final"
         logger.info("iteration %d: distil the world model", i)
-        cfg = self._train_config(i, run_dir, teacher, self.cfg.distill_steps, _sampler(self.start_saved))
+        cfg = self._train_config(i, run_dir, teacher, self.cfg.distill_steps, self.sampler)
         cfg = dataclasses.replace(cfg, distill_from=str(teacher), distill=self.distill)
         return train_world_model.train(cfg).final
 
@@ -437,9 +439,8 @@ def _reward_frames(folder: Path) -> int:
     return int(json.loads((folder / "config.json").read_text())["config"]["num_frames"])
 
 
-def _sampler(saved: dict) -> SamplerConfig:
-    """The sampler a model folder's ``config.json`` recommends, so the exported folder recommends the same."""
-    sampler = saved["extra"]["sampler"]
+def _sampler(sampler: dict) -> SamplerConfig:
+    """A bundle's or model folder's ``sampler`` entry, so the loop's models and bundles recommend the same."""
     return SamplerConfig(int(sampler["num_denoise_steps"]), float(sampler["shift"]), float(sampler["guidance_scale"]))
 
 

@@ -26,13 +26,16 @@ WORKERS="${WORKERS:-$(($(nproc) > 1 ? $(nproc) - 1 : 1))}"
 # probe episodes, a quarter of the world model's rows), the dense task whose reward model the bundle adds
 # (Manipulation: reach-push, the potential the env reads --task progress as the change of; one frame, as the
 # potential is a function of the state), the world model's motion weight (train_world_model --motion-weight).
+# The sampler's action-free guidance (the bundle's, and the imagined pieces' the task reader learns): 3 for Drive;
+# Manipulation and Explore run without it (benchmarks/RESULTS.md, sessions 12, 18 and 22: at 3 the imagined arm
+# overshoots lateral moves and leaves the frame, identification 0.50 against 0.83 without).
 # Manipulation records from the front camera (benchmarks/RESULTS.md, sessions 18-19: the block is visible in
 # 0.97 of the frames against 0.72, and it is the first camera whose imagined rewards rank the expert first).
 case "$SCENARIO" in
-  drive)        GEN=(--policy mix --epsilon 0.4);  STEPS=250; CPU_EPS=200; GPU_EPS=360; PROBE=0;   TASK= ;;
+  drive)        GEN=(--policy mix --epsilon 0.4);  STEPS=250; CPU_EPS=200; GPU_EPS=360; PROBE=0;   TASK= ;  GUIDANCE=3 ;;
   manipulation) GEN=(--policy mix --epsilon 0.25); STEPS=200; CPU_EPS=200; GPU_EPS=600; PROBE=0;   TASK=reach-push
-                TASK_FRAMES=1; MOTION=4; CAMERA="${CAMERA:-front}" ;;
-  explore)      GEN=(--policy mix);                STEPS=200; CPU_EPS=400; GPU_EPS=800; PROBE=100; TASK= ;;
+                TASK_FRAMES=1; MOTION=4; CAMERA="${CAMERA:-front}"; GUIDANCE=1 ;;
+  explore)      GEN=(--policy mix);                STEPS=200; CPU_EPS=400; GPU_EPS=800; PROBE=100; TASK= ;  GUIDANCE=1 ;;
   *) echo "SCENARIO must be drive, manipulation or explore, got $SCENARIO" >&2; exit 2 ;;
 esac
 case "$SIZE" in
@@ -92,7 +95,7 @@ stamp "world model ($WM_MODEL, $WM_STEPS steps at batch $WM_BS, at most $WM_MIN 
     --batch-size "$WM_BS" --total-steps "$WM_STEPS" \
     --warmup-steps $((WM_STEPS / 20 + 1)) --time-budget-min "$WM_MIN" --timestep-shift 1 --loss-weighting none \
     --history-noise-p 0.3 --episode-start-p 0.25 \
-    --sampler-steps 2 --sampler-guidance 3 --sampler-shift 1 --checkpoint-every 1000 --preview-every 0 \
+    --sampler-steps 2 --sampler-guidance "$GUIDANCE" --sampler-shift 1 --checkpoint-every 1000 --preview-every 0 \
     --data-workers "$([[ $DEV == cuda ]] && echo "$WORKERS" || echo 0)" --no-tensorboard --no-progress --log-every 50 \
     "${WM_FLAGS[@]}"
 

@@ -41,6 +41,7 @@ def test_recipe_trains_the_other_variants_with_their_data_and_tasks(tmp_path, sc
     assert list(manifest["scenarios"]) == [scenario]
     assert {p.name for p in (bundle / "reward").iterdir()} == rewards  # the simulator's reward (+ the dense task)
     assert (tmp_path / "data" / "cache-probe").is_dir() == probe  # Explore's held-button episodes
+    assert manifest["sampler"]["guidance_scale"] == 1.0  # no action-free guidance: at 3 the arm overshoots
     if scenario == "manipulation":
         _check_the_manipulation_recipe(bundle, manifest, tmp_path)
         _check_a_potential_task_keeps_its_potential(bundle, tmp_path)
@@ -103,6 +104,22 @@ def test_dyna_loop_runs_plots_and_resumes(tiny_bundle, tmp_path):
     assert (tmp_path / "bundles" / "iter_000" / "bundle.json").stat().st_mtime_ns == stamp
     cfg = dyna.config_from_args(["--preset", "gpu"])
     assert cfg.device == "cuda" and cfg.agent_steps >= 100_000
+
+
+def test_dyna_loop_keeps_the_start_bundles_guidance(tiny_bundle, tmp_path):
+    """``bundle --guidance`` sets what the bundle runs, not its world model's training sampler: the loop's
+    fine-tunes (and so its bundles) must keep the bundle's."""
+    from astra_gym.training.bundle import make_bundle
+
+    rewards = [tiny_bundle / "reward" / "drive"]
+    start = make_bundle("g1", tiny_bundle / "world_model", tiny_bundle / "vae", rewards, tmp_path / "g1", guidance=1.0)
+    trained = json.loads((start / "world_model" / "config.json").read_text())["extra"]["sampler"]
+    assert trained["guidance_scale"] == 3.0  # the training sampler, unchanged in the folder
+    args = ["--preset", "debug", "--start-bundle", str(start), "--out", str(tmp_path)]
+    loop = dyna.Loop(dyna.config_from_args(args))
+    assert loop.sampler.guidance_scale == 1.0 and loop.sampler.num_steps == trained["num_denoise_steps"]
+    tuned = loop._train_config(0, tmp_path / "wm", start / "world_model", 1, loop.sampler)
+    assert tuned.sampler_guidance == 1.0
 
 
 def test_dyna_loop_fine_tunes_a_distilled_start_as_its_teacher_and_distils_again(tiny_bundle, tmp_path):
