@@ -28,7 +28,7 @@ WORKERS="${WORKERS:-$(($(nproc) > 1 ? $(nproc) - 1 : 1))}"
 # potential is a function of the state), the world model's motion weight (train_world_model --motion-weight).
 # The sampler's action-free guidance (the bundle's, and the imagined pieces' the task reader learns): 3 for Drive;
 # Manipulation and Explore run without it (benchmarks/RESULTS.md, sessions 12, 18 and 22: at 3 the imagined arm
-# overshoots lateral moves and leaves the frame, identification 0.50 against 0.83 without).
+# overshoots lateral moves and leaves the frame, identification 0.50 against 0.79 without).
 # Manipulation records from the front camera (benchmarks/RESULTS.md, sessions 18-19: the block is visible in
 # 0.97 of the frames against 0.72, and it is the first camera whose imagined rewards rank the expert first).
 case "$SCENARIO" in

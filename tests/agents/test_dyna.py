@@ -41,7 +41,7 @@ def test_recipe_trains_the_other_variants_with_their_data_and_tasks(tmp_path, sc
     assert list(manifest["scenarios"]) == [scenario]
     assert {p.name for p in (bundle / "reward").iterdir()} == rewards  # the simulator's reward (+ the dense task)
     assert (tmp_path / "data" / "cache-probe").is_dir() == probe  # Explore's held-button episodes
-    assert manifest["sampler"]["guidance_scale"] == 1.0  # no action-free guidance: at 3 the arm overshoots
+    assert manifest["sampler"]["guidance_scale"] == 1.0  # Manipulation and Explore sample without action-free guidance
     if scenario == "manipulation":
         _check_the_manipulation_recipe(bundle, manifest, tmp_path)
         _check_a_potential_task_keeps_its_potential(bundle, tmp_path)
