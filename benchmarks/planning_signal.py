@@ -14,7 +14,11 @@ h) it reports:
 * ``real_of_best`` / ``real_max``: the real return of the imagined-best candidate and of the
   really best one (their gap is what a planner loses to the model's errors);
 * ``imagined_mean`` and ``spearman``: the imagined mean, and the rank agreement of imagined and real
-  returns among the candidates (mean over starts; nan where every real return is equal).
+  returns among the candidates (mean over starts; nan where every real return is equal);
+* ``read_mean``, ``read_spearman`` and ``real_of_read_best``: the same reward model read on the
+  candidates' *real* frames instead of imagined ones, its rank agreement with the real returns, and the
+  real return of the candidate it puts first. This separates the two ways a planner is misled: a low
+  ``read_spearman`` is the reward model's fault, a high one with a low ``spearman`` the world model's.
 
 ``--penalties`` λ... (any above 0) also records the world model's disagreement at every imagined step
 (two draws, :meth:`~astra_gym.rollout.engine.WorldModelRollout.disagreement`: the env's
@@ -56,10 +60,13 @@ from astra_gym.envs.spaces import action_space
 from astra_gym.envs.variants import variant
 from astra_gym.evaluation.metrics import mse
 from astra_gym.utils.cli_args import arg, parse_config
-from benchmarks.action_following import Start, make_start
+from benchmarks.action_following import Start, make_start, reward_on_frames
 from benchmarks.common import spearman, write_results
 
-__all__ = ["Args", "Imagined", "imagine", "imagined_rewards", "real_rewards", "replay_candidates", "summarise", "main"]
+__all__ = [
+    "Args", "Imagined", "imagine", "imagined_rewards", "read_real", "real_rewards", "replay_candidates", "summarise",
+    "main",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,14 @@ def real_rewards(scenario: str, start: Start, actions: np.ndarray, task: Task | 
     return replay_candidates(scenario, start, actions, task)[0]
 
 
+def read_real(dynamics: WorldModelDynamics, start: Start, frames: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """The reward model's rewards [n, H] on the real frames uint8 [n, H, h, w, 3] of n candidates [n, H, ...]
+    replayed from ``start`` (NaN without a reward model)."""
+    seq = np.concatenate([np.repeat(start.frames[-1:][None], len(frames), axis=0), frames], axis=1)
+    rows = np.stack([dynamics.rows(actions[:, t])[:, 0] for t in range(actions.shape[1])], axis=1)  # [n, H, d]
+    return reward_on_frames(dynamics, seq, rows)
+
+
 def summarise(runs: list[dict], horizons: tuple[int, ...], penalties: tuple[float, ...] = (0.0,)) -> list[dict]:
     """One row per (kind, prior, h) over the starts (see the module docstring); runs with a ``spread`` add its
     columns, with the imagined best picked at each of ``penalties``."""
@@ -168,6 +183,8 @@ def summarise(runs: list[dict], horizons: tuple[int, ...], penalties: tuple[floa
                     "imagined_mean": float(np.mean([i.mean() for i in imagined])),
                     "spearman": _mean_rho(rho),
                 }  # fmt: skip
+                if all("read" in r for r in group):
+                    row |= _read_summary(group, h, real)
                 if all("spread" in r for r in group):
                     row |= _spread_summary(group, h, imagined, real, penalties)
                 rows.append(row)
@@ -176,6 +193,16 @@ def summarise(runs: list[dict], horizons: tuple[int, ...], penalties: tuple[floa
 
 def _mean_rho(rho: list[float]) -> float:
     return float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan")
+
+
+def _read_summary(group: list[dict], h: int, real: list[np.ndarray]) -> dict:
+    """The reward model on the real frames: its columns of a summary row, for real returns [n] per start."""
+    read = [np.asarray(r["read"])[:, :h].sum(axis=1) for r in group]
+    return {
+        "read_mean": float(np.mean([x.mean() for x in read])),
+        "read_spearman": _mean_rho([spearman(x, r) for x, r in zip(read, real, strict=True)]),
+        "real_of_read_best": float(np.mean([r[np.argmax(x)] for x, r in zip(read, real, strict=True)])),
+    }
 
 
 def _spread_summary(
@@ -229,6 +256,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "prior": name,
                 "imagined": imagined.rewards.tolist(),
                 "real": real.tolist(),
+                "read": read_real(dynamics, start, real_frames, actions).tolist(),
             }
             if spread:
                 run["spread"] = imagined.spread.tolist()
@@ -237,11 +265,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = summarise(runs, tuple(sorted({max(1, args.horizon // 2), args.horizon})), args.penalties)
     config = {**dataclasses.asdict(args), "checkpoint": checkpoint, "seconds": time.perf_counter() - begin}
     write_results(args.out, "planning_signal", config, rows + [{"runs": runs}], dynamics.engine.device)
-    print("| start | distribution | h | real mean | real of imagined best | real max | imagined mean | spearman |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| start | distribution | h | real mean | real of imagined best | real max | imagined mean | spearman | "
+          "read on real: mean / spearman / real of its best |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
+        read = f"{r['read_mean']:.2f} / {r['read_spearman']:+.2f} / {r['real_of_read_best']:.2f}"
         print(f"| {r['kind']} | {r['prior']} | {r['h']} | {r['real_mean']:.2f} | {r['real_of_best']:.2f} | "
-              f"{r['real_max']:.2f} | {r['imagined_mean']:.2f} | {r['spearman']:+.2f} |")  # fmt: skip
+              f"{r['real_max']:.2f} | {r['imagined_mean']:.2f} | {r['spearman']:+.2f} | {read} |")  # fmt: skip
     if spread:
         print(
             "\n| start | distribution | h | spread vs frame error (rho) | vs return error (rho) | real of best at "

@@ -184,6 +184,9 @@ def test_planning_signal_scores_an_agent_task_on_both_sides(tmp_path):
     real = np.asarray(run["real"])
     assert payload["config"]["task"] == "progress" and real.shape == (3, 4) and np.isfinite(run["imagined"]).all()
     assert np.abs(real).max() < 0.5 and len(np.unique(real.round(6))) > 3  # the change of a distance, per step
+    read = np.asarray(run["read"])  # the same reader on the replayed real frames: finite, and not the imagined ones
+    assert read.shape == (3, 4) and np.isfinite(read).all() and not np.allclose(read, run["imagined"])
+    assert {"read_mean", "read_spearman", "real_of_read_best"} <= set(payload["results"][0])
     start = make_start("manipulation", run["seed"], "reset", 4, 60)
     actions = np.random.default_rng(0).uniform(-1, 1, (2, 4, 4))
     assert np.array_equal(planning_signal.real_rewards("manipulation", start, actions), -np.ones((2, 4)))
@@ -198,6 +201,11 @@ def test_planning_signal_scores_the_imagined_best_by_its_real_return():
     (row,) = summarise(runs, (2,))
     assert row["real_of_best"] == 1.0 and row["real_max"] == 6.0 and row["real_mean"] == 3.0
     assert row["imagined_mean"] == np.mean([0, 5, 2]) and row["spearman"] == pytest.approx(-1.0)
+    assert "read_mean" not in row
+    read = [[2.0, 2.0], [0.0, 0.0], [1.0, 0.5]]  # the reader on the real frames: returns 4, 0, 1.5 rank as the real do
+    (row,) = summarise([{**runs[0], "read": read}], (2,))
+    assert row["read_spearman"] == pytest.approx(1.0) and row["real_of_read_best"] == 6.0
+    assert row["read_mean"] == pytest.approx(5.5 / 3) and row["real_of_best"] == 1.0
 
 
 def test_planning_signal_penalises_the_imagined_best_by_the_models_spread(tmp_path):
