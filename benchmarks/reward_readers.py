@@ -83,7 +83,7 @@ def score(reader: torch.nn.Module, pool: TransitionPool, batch: int = 256) -> np
     """The reader's reward of every transition of ``pool`` (float64 [N])."""
     out = []
     for start in range(0, len(pool), batch):
-        frames, rows, _, _ = pool.gather(torch.arange(start, min(start + batch, len(pool))))
+        frames, rows, *_ = pool.gather(torch.arange(start, min(start + batch, len(pool))))
         out.append(reader(frames, rows)[0].double())
     return torch.cat(out).numpy()
 

@@ -12,6 +12,12 @@ row (the scenario's command feature, normalised like the world model's rows), an
 x binary cross-entropy on the termination logit. Terminations are rare, so the BCE weighs the
 positive class by ``(negatives / positives) ** termination_balance`` (1 = fully balanced, 0 = none).
 
+``--pose-weight W`` adds ``W`` x the MSE of an auxiliary head (``RewardModelConfig.pose_dim``) that
+predicts the task's ground-truth poses after the step (``Task.pose_keys``, e.g. Manipulation's
+gripper, block and goal positions; standardised by the training transitions' mean and std). A
+distance alone says little about where each object is; the poses teach the features that. Held-out
+scores then include ``pose_mae``, the head's mean absolute error in the poses' own units.
+
 Held-out episodes (``--holdout-fraction``) give ``eval/reward_mae`` (and the MAE of always predicting
 the training mean, for reference) and termination accuracy, balanced accuracy, precision and
 recall at the env's decision threshold (logit > 0).
@@ -55,7 +61,7 @@ from astra_gym.utils.pixels import uint8_to_pixels
 from astra_gym.world_model.reward_io import save_reward_model
 from astra_gym.world_model.reward_model import RewardModel, get_reward_model_preset
 
-__all__ = ["RewardTrainConfig", "PRESETS", "TransitionPool", "train_reward", "main"]
+__all__ = ["RewardTrainConfig", "PRESETS", "PoseScale", "TransitionPool", "train_reward", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +110,11 @@ class RewardTrainConfig:
     reward_loss: Literal["huber", "mse"] = arg("huber", "reward regression loss")
     termination_weight: float = arg(1.0, "weight of the termination BCE")
     termination_balance: float = arg(1.0, "positive-class BCE weight = (neg/pos) ** this (1 = balanced, 0 = off)")
+    pose_weight: float = arg(
+        0.0,
+        "weight of an auxiliary loss: a second head predicts the task's ground-truth poses after the step "
+        "(standardised), which teaches the features where the objects are (0 = off; needs a task with poses)",
+    )
     holdout_fraction: float = arg(0.1, "share of the episodes held out for evaluation")
     eval_every: int = arg(500, "steps between held-out evaluations (0 = only at the end)")
     seed: int = arg(0, "seed of the split, the init and every random draw")
@@ -117,8 +128,8 @@ class RewardTrainConfig:
         for name in ("num_frames", "batch_size", "total_steps", "log_every", "imagined_horizon", "imagined_starts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)} must be >= 1")
-        if self.termination_balance < 0 or self.termination_weight < 0:
-            raise ValueError("--termination-balance and --termination-weight must be >= 0")
+        if self.termination_balance < 0 or self.termination_weight < 0 or self.pose_weight < 0:
+            raise ValueError("--termination-balance, --termination-weight and --pose-weight must be >= 0")
 
 
 PRESETS: dict[str, RewardTrainConfig] = {
@@ -136,16 +147,25 @@ PRESETS: dict[str, RewardTrainConfig] = {
 
 
 class TransitionPool:
-    """Every step of some episodes of one scenario: frames, normalised action row, reward, termination.
+    """Every step of some episodes of one scenario: frames, normalised action row, reward, termination
+    and, with ``pose_keys``, the poses after the step.
 
     Args:
         episodes: Episodes of one scenario.
         feature: Action feature of the rows.
         normalizer: Applied to the rows.
         num_frames: Newest frames per sample k.
+        pose_keys: Poses to gather, concatenated in this order (none = an empty [N, 0] array).
     """
 
-    def __init__(self, episodes: Sequence[Episode], feature: str, normalizer: ActionNormalizer, num_frames: int):
+    def __init__(
+        self,
+        episodes: Sequence[Episode],
+        feature: str,
+        normalizer: ActionNormalizer,
+        num_frames: int,
+        pose_keys: Sequence[str] = (),
+    ):
         self.frames = [ep.frames for ep in episodes]
         rows = [torch.from_numpy(episode_rows(ep, (feature,))[feature]) for ep in episodes]
         self.rows = normalizer.apply(torch.cat(rows))  # [N, d]
@@ -153,23 +173,34 @@ class TransitionPool:
         self.terminated = torch.from_numpy(np.concatenate([ep.terminated for ep in episodes]))  # [N]
         self.episode = np.concatenate([np.full(ep.num_steps, i) for i, ep in enumerate(episodes)])
         self.step = np.concatenate([np.arange(ep.num_steps) for ep in episodes])
+        self.poses = torch.from_numpy(np.concatenate([_poses_after(ep, pose_keys) for ep in episodes])).float()
         self.num_frames = num_frames
 
     def __len__(self) -> int:
         return len(self.rewards)
 
-    def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(frames [B, k, 3, H, W] in [-1, 1], rows [B, d], rewards [B], terminated [B]) of transitions ``index``."""
+    def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(frames [B, k, 3, H, W] in [-1, 1], rows [B, d], rewards [B], terminated [B], poses [B, P]) of
+        transitions ``index``."""
         clips = []
         for i in index.tolist():
             frames, t = self.frames[self.episode[i]], int(self.step[i])
             picks = np.clip(np.arange(t + 2 - self.num_frames, t + 2), 0, None)  # newest k frames after step t
             clips.append(uint8_to_pixels(frames[picks]))
-        return torch.stack(clips), self.rows[index], self.rewards[index], self.terminated[index]
+        return torch.stack(clips), self.rows[index], self.rewards[index], self.terminated[index], self.poses[index]
 
     def sample(self, count: int, generator: torch.Generator):
         """:meth:`gather` of ``count`` transitions drawn uniformly."""
         return self.gather(torch.randint(len(self), (count,), generator=generator))
+
+
+def _poses_after(episode: Episode, keys: Sequence[str]) -> np.ndarray:
+    """[T, P] float: the poses ``keys`` after each of the episode's T steps, concatenated."""
+    missing = [key for key in keys if key not in episode.poses]
+    if missing:
+        raise ValueError(f"an episode has no {missing} poses (it has {sorted(episode.poses)}); use --pose-weight 0")
+    columns = [episode.poses[key][1:].reshape(episode.num_steps, -1) for key in keys]
+    return np.concatenate(columns, axis=1) if columns else np.zeros((episode.num_steps, 0))
 
 
 def _scenario(cfg: RewardTrainConfig, episodes: Sequence[Episode]) -> str:
@@ -207,9 +238,29 @@ def _pos_weight(pool: TransitionPool, balance: float) -> float:
     return ((len(pool) - positives) / positives) ** balance
 
 
-def _losses(model: RewardModel, batch, cfg: RewardTrainConfig, pos_weight: float, device) -> tuple[torch.Tensor, dict]:
-    frames, rows, rewards, terminated = (t.to(device) for t in batch)
-    reward, logit = model(frames, rows)
+@dataclass(frozen=True)
+class PoseScale:
+    """Standardisation of the pose targets: ``(poses - mean) / std``, each [P]."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def of(cls, poses: torch.Tensor) -> PoseScale:
+        """From the training transitions' poses [N, P] (a constant coordinate keeps std 1)."""
+        std = poses.std(dim=0)
+        return cls(poses.mean(dim=0), torch.where(std > 1e-6, std, torch.ones_like(std)))
+
+
+def _losses(
+    model: RewardModel, batch, cfg: RewardTrainConfig, pos_weight: float, device, scale: PoseScale | None = None
+) -> tuple[torch.Tensor, dict]:
+    frames, rows, rewards, terminated, poses = (t.to(device) for t in batch)
+    if scale is None:
+        reward, logit = model(frames, rows)
+    else:
+        reward, logit, predicted = model(frames, rows, poses=True)
+        pose_loss = F.mse_loss(predicted, (poses - scale.mean.to(device)) / scale.std.to(device))
     if cfg.reward_loss == "huber":
         reward_loss = F.smooth_l1_loss(reward, rewards)
     else:
@@ -217,28 +268,36 @@ def _losses(model: RewardModel, batch, cfg: RewardTrainConfig, pos_weight: float
     weight = torch.tensor(pos_weight, device=device)
     term_loss = F.binary_cross_entropy_with_logits(logit, terminated.float(), pos_weight=weight)
     loss = reward_loss + cfg.termination_weight * term_loss
-    return loss, {
-        "train/loss": loss.item(),
-        "train/reward_loss": reward_loss.item(),
-        "train/termination_loss": term_loss.item(),
-    }
+    logs = {"train/reward_loss": reward_loss.item(), "train/termination_loss": term_loss.item()}
+    if scale is not None:
+        loss = loss + cfg.pose_weight * pose_loss
+        logs["train/pose_loss"] = pose_loss.item()
+    return loss, {"train/loss": loss.item(), **logs}
 
 
 @torch.no_grad()
 def evaluate(
-    model: RewardModel, pool: TransitionPool, reward_mean: float, batch: int = 256, prefix: str = "eval"
+    model: RewardModel,
+    pool: TransitionPool,
+    reward_mean: float,
+    batch: int = 256,
+    prefix: str = "eval",
+    scale: PoseScale | None = None,
 ) -> dict[str, float]:
-    """Held-out reward MAE (and the constant-mean baseline's) and termination classification scores,
-    keyed ``{prefix}/...``."""
+    """Held-out reward MAE (and the constant-mean baseline's), termination classification scores and, with
+    ``scale`` (a model with a pose head), the pose head's MAE in the poses' units (else NaN); keyed
+    ``{prefix}/...``."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    preds, logits = [], []
+    preds, logits, pose_errors = [], [], []
     for start in range(0, len(pool), batch):
-        frames, rows, _, _ = pool.gather(torch.arange(start, min(start + batch, len(pool))))
-        reward, logit = model(frames.to(device), rows.to(device))
-        preds.append(reward.cpu())
-        logits.append(logit.cpu())
+        frames, rows, _, _, poses = pool.gather(torch.arange(start, min(start + batch, len(pool))))
+        out = model(frames.to(device), rows.to(device), poses=scale is not None)
+        preds.append(out[0].cpu())
+        logits.append(out[1].cpu())
+        if scale is not None:
+            pose_errors.append((out[2].cpu() * scale.std + scale.mean - poses).abs())
     model.train(was_training)
     reward, predicted = torch.cat(preds), torch.cat(logits) > 0
     truth = pool.terminated
@@ -251,6 +310,7 @@ def evaluate(
         "termination_balanced_accuracy": 0.5 * (tp / pos if pos else 1.0) + 0.5 * (tn / neg if neg else 1.0),
         "termination_precision": tp / int(predicted.sum()) if int(predicted.sum()) else math.nan,
         "termination_recall": tp / pos if pos else math.nan,
+        "pose_mae": float(torch.cat(pose_errors).mean()) if pose_errors else math.nan,
     }
     return {f"{prefix}/{name}": value for name, value in scores.items()}
 
@@ -262,9 +322,12 @@ _SCORES = [
     "termination_balanced_accuracy",
     "termination_precision",
     "termination_recall",
+    "pose_mae",
 ]
 _EVAL_KEYS = [f"{prefix}/{name}" for prefix in ("eval", "eval_imagined") for name in _SCORES]
-_TRAIN_KEYS = ["train/loss", "train/reward_loss", "train/termination_loss", "train/lr", "perf/samples_per_s"]
+_TRAIN_KEYS = [
+    "train/loss", "train/reward_loss", "train/termination_loss", "train/pose_loss", "train/lr", "perf/samples_per_s"
+]  # fmt: skip
 
 
 def _relabelled(episodes: Sequence[Episode], task: Task) -> list[Episode]:
@@ -365,27 +428,31 @@ def train_reward(cfg: RewardTrainConfig) -> Path:
         imagined_held = _imagined(cfg, scenario, held_eps, device, "heldout") if held_eps else []
     if cfg.vae is not None:
         train_eps, held_eps = _reconstructed(train_eps, cfg.vae, device), _reconstructed(held_eps, cfg.vae, device)
-    pool = TransitionPool(train_eps + imagined_train, feature, normalizer, cfg.num_frames)
+    pose_keys = _pose_keys(cfg, task)
+    pool = TransitionPool(train_eps + imagined_train, feature, normalizer, cfg.num_frames, pose_keys)
     held = {
-        prefix: TransitionPool(eps, feature, normalizer, cfg.num_frames)
+        prefix: TransitionPool(eps, feature, normalizer, cfg.num_frames, pose_keys)
         for prefix, eps in (("eval", held_eps), ("eval_imagined", imagined_held))
         if eps
     }
+    scale = PoseScale.of(pool.poses) if pose_keys else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(step_generator(cfg.seed, "init", 0).initial_seed())
-        config = get_reward_model_preset(cfg.model_preset, pool.rows.shape[1], num_frames=cfg.num_frames)
+        config = get_reward_model_preset(
+            cfg.model_preset, pool.rows.shape[1], num_frames=cfg.num_frames, pose_dim=pool.poses.shape[1]
+        )
         model = RewardModel(config).to(device).train()
     writer = MetricWriter(cfg.out, _TRAIN_KEYS + _EVAL_KEYS, 0, cfg.tensorboard)
     reward_mean = float(pool.rewards.mean())
     try:
-        _loop(model, pool, held, reward_mean, _pos_weight(pool, cfg.termination_balance), cfg, writer)
+        _loop(model, pool, held, reward_mean, _pos_weight(pool, cfg.termination_balance), cfg, writer, scale)
         metrics: dict[str, Any] = {
             "steps": cfg.total_steps,
             "train_transitions": len(pool),
             "imagined_train_transitions": sum(ep.num_steps for ep in imagined_train),
         }
         if held:
-            metrics.update(_evaluate_all(model, held, reward_mean))
+            metrics.update(_evaluate_all(model, held, reward_mean, scale))
             writer.write(cfg.total_steps, metrics_only(metrics))
     finally:
         writer.close()
@@ -409,7 +476,21 @@ def metrics_only(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k in _EVAL_KEYS}
 
 
-def _loop(model, pool, held, reward_mean, pos_weight, cfg: RewardTrainConfig, writer: MetricWriter) -> None:
+def _pose_keys(cfg: RewardTrainConfig, task: Task) -> tuple[str, ...]:
+    """The pose keys of ``--pose-weight`` (none when it is 0); a task without poses raises."""
+    if cfg.pose_weight == 0:
+        return ()
+    if not task.pose_keys:
+        raise ValueError(
+            f"--pose-weight {cfg.pose_weight}: task {task.name!r} reads no poses; pick a --task that does "
+            "(e.g. reach-push on Manipulation) or use --pose-weight 0"
+        )
+    return task.pose_keys
+
+
+def _loop(
+    model, pool, held, reward_mean, pos_weight, cfg: RewardTrainConfig, writer: MetricWriter, scale=None
+) -> None:
     """The training steps with logging, periodic evaluation and a progress bar."""
     device = next(model.parameters()).device
     optimizer = make_adamw(model, cfg.lr, cfg.weight_decay)
@@ -417,21 +498,23 @@ def _loop(model, pool, held, reward_mean, pos_weight, cfg: RewardTrainConfig, wr
 
     def step(index: int) -> dict[str, float]:
         batch = pool.sample(cfg.batch_size, step_generator(cfg.seed, "data", index))
-        loss, logs = _losses(model, batch, cfg, pos_weight, device)
+        loss, logs = _losses(model, batch, cfg, pos_weight, device, scale)
         loss.backward()
         logs["train/lr"], _ = optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
         return logs
 
-    held_eval = (lambda: _evaluate_all(model, held, reward_mean)) if held else None
+    held_eval = (lambda: _evaluate_all(model, held, reward_mean, scale)) if held else None
     run_steps(cfg, writer, step, held_eval, "train reward model")
 
 
-def _evaluate_all(model: RewardModel, held: dict[str, TransitionPool], reward_mean: float) -> dict[str, float]:
+def _evaluate_all(
+    model: RewardModel, held: dict[str, TransitionPool], reward_mean: float, scale: PoseScale | None = None
+) -> dict[str, float]:
     """:func:`evaluate` on every held-out pool, keyed by its prefix."""
     return {
         key: value
         for prefix, pool in held.items()
-        for key, value in evaluate(model, pool, reward_mean, prefix=prefix).items()
+        for key, value in evaluate(model, pool, reward_mean, prefix=prefix, scale=scale).items()
     }
 
 

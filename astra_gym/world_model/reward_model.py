@@ -16,13 +16,21 @@ Architecture (all sizes from :class:`RewardModelConfig`)::
          (+ with ``keypoints``: spatial soft-argmax, each channel's
             expected (x, y) under a softmax over its positions)    [B, c_last + 2 c_last]
     action [B, d] -> Linear(d, hidden) -> SiLU                      [B, hidden]
-    concat -> Linear(pooled + hidden, hidden) -> SiLU -> Linear(hidden, 2) -> (reward, termination_logit)
+    concat -> Linear(pooled + hidden, hidden) -> SiLU                [B, hidden]
+      -> Linear(hidden, 2) -> (reward, termination_logit)
+      (+ with ``pose_dim`` P: -> Linear(hidden, P) -> poses         [B, P], asked for in training only)
 
 Average pooling keeps what is in the picture but not where: a task whose reward is a distance
 between small objects (Manipulation ``progress``: gripper to block to goal, 20-40 px apart at 64x64,
 beyond the convolutions' 7-15 px receptive field) cannot be read from it. ``keypoints`` adds the
 spatial soft-argmax of Levine et al. (2016, "End-to-End Training of Deep Visuomotor Policies"):
 one learned image point per channel, from which the head can compute distances.
+
+``pose_dim`` adds a second head that predicts the task's ground-truth poses after the step (the
+gripper, block and goal positions, standardised) from the same features. It is an auxiliary training
+target only (``train_reward --pose-weight``): a scalar distance says little about where each object
+is, nine coordinates say much more, and the reward head reads the features they shape. The env never
+asks for it.
 
 Initialisation: PyTorch defaults, except the output layer: its reward weights are scaled by
 ``output_init_scale`` and its termination bias is ``termination_prior_logit`` (default -8, a
@@ -60,6 +68,7 @@ class RewardModelConfig:
         channels: Widths of the stride-2 conv stages.
         hidden: Width of the action embedding and of the head.
         keypoints: Also read each last-stage channel's expected image position (spatial soft-argmax).
+        pose_dim: Width P of the auxiliary pose head (0 = none; see the module docstring).
         output_init_scale: Factor on the initial reward weights (small = near-zero rewards).
         termination_prior_logit: Initial bias of the termination logit.
     """
@@ -69,6 +78,7 @@ class RewardModelConfig:
     channels: tuple[int, ...] = (32, 64, 128)
     hidden: int = 128
     keypoints: bool = False
+    pose_dim: int = 0
     output_init_scale: float = 0.1
     termination_prior_logit: float = -8.0
 
@@ -77,6 +87,8 @@ class RewardModelConfig:
             raise ValueError(f"RewardModelConfig.action_dim={self.action_dim} must be >= 1")
         if self.num_frames < 1:
             raise ValueError(f"RewardModelConfig.num_frames={self.num_frames} must be >= 1")
+        if self.pose_dim < 0:
+            raise ValueError(f"RewardModelConfig.pose_dim={self.pose_dim} must be >= 0 (0 = no pose head)")
         if not self.channels or min(self.channels) < 1 or self.hidden < 1:
             raise ValueError(f"channels={self.channels} and hidden={self.hidden} must be positive")
         if not math.isfinite(self.output_init_scale) or not math.isfinite(self.termination_prior_logit):
@@ -166,6 +178,7 @@ class RewardModel(nn.Module):
         self.head = nn.Sequential(
             nn.Linear(pooled + config.hidden, config.hidden), nn.SiLU(), nn.Linear(config.hidden, 2)
         )
+        self.pose_head = nn.Linear(config.hidden, config.pose_dim) if config.pose_dim else None
         self._init_output()
 
     def _init_output(self) -> None:
@@ -177,18 +190,24 @@ class RewardModel(nn.Module):
             out.bias[0].zero_()
             out.bias[1].fill_(self.config.termination_prior_logit)
 
-    def forward(self, frames: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, frames: Tensor, actions: Tensor, poses: bool = False
+    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
         """Scores one transition per batch row.
 
         Args:
             frames: [B, k, 3, H, W] float pixels in [-1, 1], the newest k = ``num_frames`` frames,
                 oldest first.
             actions: [B, d] float action rows (without the past/current flag).
+            poses: Also return the pose head's prediction (a model with ``pose_dim`` > 0 only).
 
         Returns:
-            (reward [B], termination_logit [B]), float32.
+            (reward [B], termination_logit [B]), float32; with ``poses``, the standardised poses
+            [B, P] third.
         """
         self._check_inputs(frames, actions)
+        if poses and self.pose_head is None:
+            raise ValueError("poses=True needs a reward model with a pose head (RewardModelConfig.pose_dim > 0)")
         dtype = self.head[0].weight.dtype
         images = frames.flatten(1, 2).to(dtype).contiguous()  # [B, k, 3, H, W] -> [B, 3k, H, W]
         maps = self.frame_encoder(images)  # [B, c_last, h, w]
@@ -196,7 +215,10 @@ class RewardModel(nn.Module):
         if self.config.keypoints:
             pooled = torch.cat([pooled, spatial_soft_argmax(maps)], dim=1)  # [B, 3 c_last]
         features = torch.cat([pooled, self.action_encoder(actions.to(dtype))], dim=1)  # [B, pooled + hidden]
-        out = self.head(features).float()  # [B, 2]
+        hidden = self.head[1](self.head[0](features))  # [B, hidden]
+        out = self.head[2](hidden).float()  # [B, 2]
+        if poses:
+            return out[:, 0], out[:, 1], self.pose_head(hidden).float()
         return out[:, 0], out[:, 1]
 
     def _check_inputs(self, frames: Tensor, actions: Tensor) -> None:

@@ -27,6 +27,20 @@ def test_config_round_trip_and_validation():
         get_reward_model_preset("huge", 3)
 
 
+def test_a_pose_head_leaves_the_reward_unchanged_and_is_asked_for_explicitly():
+    torch.manual_seed(0)
+    model = RewardModel(get_reward_model_preset("debug", action_dim=7, pose_dim=9)).eval()
+    frames, actions = torch.rand(4, 1, 3, 64, 64) * 2 - 1, torch.randn(4, 7)
+    reward, logit = model(frames, actions)
+    again, logit_again, poses = model(frames, actions, poses=True)
+    assert poses.shape == (4, 9) and torch.equal(reward, again) and torch.equal(logit, logit_again)
+    assert RewardModelConfig.from_dict(model.config.to_dict()).pose_dim == 9
+    with pytest.raises(ValueError, match="pose_dim=-1"):
+        RewardModelConfig(action_dim=7, pose_dim=-1)
+    with pytest.raises(ValueError, match="pose head"):
+        RewardModel(get_reward_model_preset("debug", action_dim=7))(frames, actions, poses=True)
+
+
 def test_wrong_input_shapes_are_named():
     model = RewardModel(get_reward_model_preset("debug", action_dim=7))
     with pytest.raises(ValueError, match=r"frames must be \[B, 1, 3, H, W\]"):

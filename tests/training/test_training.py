@@ -4,6 +4,7 @@ the real cache writer and a debug SmallVAE (32x32 frames -> 4x4x4 latents)."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -473,7 +474,7 @@ def test_reward_trainer_writes_a_loadable_model_with_metrics(episode_dirs, tmp_p
     pool = train_reward.TransitionPool(
         _episodes()["drive"], "vehicle_command", ActionNormalizer.identity("vehicle_command", 7), num_frames=3
     )
-    frames, rows, rewards, _ = pool.gather(torch.tensor([0, 5]))
+    frames, rows, rewards, *_ = pool.gather(torch.tensor([0, 5]))
     episode = _episodes()["drive"][0]
     # Step t sees the 3 newest frames after it, frames[t-1 .. t+1]; at t = 0 frame 0 is repeated.
     assert torch.equal(frames[0], train_reward.uint8_to_pixels(episode.frames[[0, 0, 1]]))
@@ -589,6 +590,46 @@ def test_reward_trainer_learns_a_dense_task_relabelled_from_the_poses(episode_di
         np.testing.assert_allclose(after.rewards, relabel(before.poses, before.rewards, task), rtol=1e-6)
         assert not np.allclose(after.rewards, before.rewards)
     assert train_reward._relabelled(episodes, get_task("manipulation"))[0] is episodes[0]
+
+
+def test_reward_trainer_can_also_learn_the_tasks_poses(episode_dirs, tmp_path):
+    """``--pose-weight``: a pose head learns the task's poses after each step (standardised), scored in metres."""
+    cfg = dataclasses.replace(
+        train_reward.PRESETS["debug"],
+        episodes=(str(episode_dirs / "manipulation"),),
+        task="reach-push",
+        pose_weight=1.0,
+        out=str(tmp_path / "pose"),
+        total_steps=30,
+        eval_every=0,
+        progress=False,
+        holdout_fraction=0.34,
+    )
+    model, meta = load_reward_model(train_reward.train_reward(cfg))
+    assert model.config.pose_dim == 9  # gripper, block and goal positions
+    with open(tmp_path / "pose" / "metrics.csv") as f:
+        losses = [float(row["train/pose_loss"]) for row in csv.DictReader(f) if row["train/pose_loss"]]
+    assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5])  # it learns them
+    mae = meta["metrics"]["eval/pose_mae"]
+    assert 0 < mae < 1.0  # metres, on the held-out episode
+    episodes = _episodes(seed=100)["manipulation"]
+    pool = train_reward.TransitionPool(
+        episodes, "robot_command", ActionNormalizer.identity("robot_command", 7), 1, ("ee_pos", "goal_pos")
+    )
+    poses = pool.gather(torch.tensor([0]))[4]  # the poses after step 0: row 1 of the episode's
+    np.testing.assert_allclose(
+        poses[0].numpy(), np.r_[episodes[0].poses["ee_pos"][1], episodes[0].poses["goal_pos"][1]]
+    )
+    scale = train_reward.PoseScale.of(torch.tensor([[1.0, 2.0], [3.0, 2.0]]))  # a constant column keeps std 1
+    assert torch.allclose(scale.mean, torch.tensor([2.0, 2.0])) and torch.allclose(
+        scale.std, torch.tensor([2**0.5, 1])
+    )
+    with pytest.raises(ValueError, match="reads no poses"):
+        train_reward.train_reward(dataclasses.replace(cfg, task=None))
+    with pytest.raises(ValueError, match="pose head"):
+        load_reward_model(train_reward.train_reward(dataclasses.replace(cfg, pose_weight=0.0, total_steps=1)))[0](
+            torch.zeros(1, 1, 3, SIZE, SIZE), torch.zeros(1, 7), poses=True
+        )
 
 
 def test_pipeline_vae_cache_world_model_reward_bundle(episode_dirs, tmp_path):
