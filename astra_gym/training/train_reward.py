@@ -17,6 +17,9 @@ predicts the task's ground-truth poses after the step (``Task.pose_keys``, e.g. 
 gripper, block and goal positions; standardised by the training transitions' mean and std). A
 distance alone says little about where each object is; the poses teach the features that. Held-out
 scores then include ``pose_mae``, the head's mean absolute error in the poses' own units.
+``--pose-reward`` goes further: the model computes the task's reward from its predicted poses
+(:data:`~astra_gym.world_model.reward_model.POSE_REWARDS`), and the reward loss trains the pose head
+through that formula too.
 
 Held-out episodes (``--holdout-fraction``) give ``eval/reward_mae`` (and the MAE of always predicting
 the training mean, for reference) and termination accuracy, balanced accuracy, precision and
@@ -59,9 +62,9 @@ from astra_gym.utils.cli_args import arg, parse_preset_config
 from astra_gym.utils.device import resolve_device
 from astra_gym.utils.pixels import uint8_to_pixels
 from astra_gym.world_model.reward_io import save_reward_model
-from astra_gym.world_model.reward_model import RewardModel, get_reward_model_preset
+from astra_gym.world_model.reward_model import POSE_REWARDS, RewardModel, get_reward_model_preset
 
-__all__ = ["RewardTrainConfig", "PRESETS", "PoseScale", "TransitionPool", "train_reward", "main"]
+__all__ = ["RewardTrainConfig", "PRESETS", "TransitionPool", "pose_scale", "train_reward", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +118,11 @@ class RewardTrainConfig:
         "weight of an auxiliary loss: a second head predicts the task's ground-truth poses after the step "
         "(standardised), which teaches the features where the objects are (0 = off; needs a task with poses)",
     )
+    pose_reward: bool = arg(
+        False,
+        "the model computes the task's reward from its predicted poses with the task's formula instead of a "
+        "reward head (needs --pose-weight > 0 and a task of reward_model.POSE_REWARDS, e.g. reach-push)",
+    )
     holdout_fraction: float = arg(0.1, "share of the episodes held out for evaluation")
     eval_every: int = arg(500, "steps between held-out evaluations (0 = only at the end)")
     seed: int = arg(0, "seed of the split, the init and every random draw")
@@ -130,6 +138,8 @@ class RewardTrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)} must be >= 1")
         if self.termination_balance < 0 or self.termination_weight < 0 or self.pose_weight < 0:
             raise ValueError("--termination-balance, --termination-weight and --pose-weight must be >= 0")
+        if self.pose_reward and self.pose_weight == 0:
+            raise ValueError("--pose-reward needs --pose-weight > 0 (the poses it computes the reward from)")
 
 
 PRESETS: dict[str, RewardTrainConfig] = {
@@ -238,29 +248,20 @@ def _pos_weight(pool: TransitionPool, balance: float) -> float:
     return ((len(pool) - positives) / positives) ** balance
 
 
-@dataclass(frozen=True)
-class PoseScale:
-    """Standardisation of the pose targets: ``(poses - mean) / std``, each [P]."""
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    @classmethod
-    def of(cls, poses: torch.Tensor) -> PoseScale:
-        """From the training transitions' poses [N, P] (a constant coordinate keeps std 1)."""
-        std = poses.std(dim=0)
-        return cls(poses.mean(dim=0), torch.where(std > 1e-6, std, torch.ones_like(std)))
+def pose_scale(poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean [P], std [P]) of the training transitions' poses [N, P]; a constant coordinate keeps std 1."""
+    std = poses.std(dim=0)
+    return poses.mean(dim=0), torch.where(std > 1e-6, std, torch.ones_like(std))
 
 
-def _losses(
-    model: RewardModel, batch, cfg: RewardTrainConfig, pos_weight: float, device, scale: PoseScale | None = None
-) -> tuple[torch.Tensor, dict]:
+def _losses(model: RewardModel, batch, cfg: RewardTrainConfig, pos_weight: float, device) -> tuple[torch.Tensor, dict]:
     frames, rows, rewards, terminated, poses = (t.to(device) for t in batch)
-    if scale is None:
+    with_poses = model.pose_head is not None
+    if not with_poses:
         reward, logit = model(frames, rows)
     else:
         reward, logit, predicted = model(frames, rows, poses=True)
-        pose_loss = F.mse_loss(predicted, (poses - scale.mean.to(device)) / scale.std.to(device))
+        pose_loss = F.mse_loss(predicted / model.pose_std, poses / model.pose_std)  # in standard deviations
     if cfg.reward_loss == "huber":
         reward_loss = F.smooth_l1_loss(reward, rewards)
     else:
@@ -269,7 +270,7 @@ def _losses(
     term_loss = F.binary_cross_entropy_with_logits(logit, terminated.float(), pos_weight=weight)
     loss = reward_loss + cfg.termination_weight * term_loss
     logs = {"train/reward_loss": reward_loss.item(), "train/termination_loss": term_loss.item()}
-    if scale is not None:
+    if with_poses:
         loss = loss + cfg.pose_weight * pose_loss
         logs["train/pose_loss"] = pose_loss.item()
     return loss, {"train/loss": loss.item(), **logs}
@@ -282,22 +283,20 @@ def evaluate(
     reward_mean: float,
     batch: int = 256,
     prefix: str = "eval",
-    scale: PoseScale | None = None,
 ) -> dict[str, float]:
-    """Held-out reward MAE (and the constant-mean baseline's), termination classification scores and, with
-    ``scale`` (a model with a pose head), the pose head's MAE in the poses' units (else NaN); keyed
-    ``{prefix}/...``."""
+    """Held-out reward MAE (and the constant-mean baseline's), termination classification scores and the
+    pose head's MAE in the poses' units (NaN without one); keyed ``{prefix}/...``."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     preds, logits, pose_errors = [], [], []
     for start in range(0, len(pool), batch):
         frames, rows, _, _, poses = pool.gather(torch.arange(start, min(start + batch, len(pool))))
-        out = model(frames.to(device), rows.to(device), poses=scale is not None)
+        out = model(frames.to(device), rows.to(device), poses=model.pose_head is not None)
         preds.append(out[0].cpu())
         logits.append(out[1].cpu())
-        if scale is not None:
-            pose_errors.append((out[2].cpu() * scale.std + scale.mean - poses).abs())
+        if model.pose_head is not None:
+            pose_errors.append((out[2].cpu() - poses).abs())
     model.train(was_training)
     reward, predicted = torch.cat(preds), torch.cat(logits) > 0
     truth = pool.terminated
@@ -435,24 +434,30 @@ def train_reward(cfg: RewardTrainConfig) -> Path:
         for prefix, eps in (("eval", held_eps), ("eval_imagined", imagined_held))
         if eps
     }
-    scale = PoseScale.of(pool.poses) if pose_keys else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(step_generator(cfg.seed, "init", 0).initial_seed())
         config = get_reward_model_preset(
-            cfg.model_preset, pool.rows.shape[1], num_frames=cfg.num_frames, pose_dim=pool.poses.shape[1]
+            cfg.model_preset,
+            pool.rows.shape[1],
+            num_frames=cfg.num_frames,
+            pose_dim=pool.poses.shape[1],
+            pose_reward=task.name if cfg.pose_reward else None,
         )
-        model = RewardModel(config).to(device).train()
+        model = RewardModel(config)
+    if pose_keys:
+        model.set_pose_scale(*pose_scale(pool.poses))
+    model = model.to(device).train()
     writer = MetricWriter(cfg.out, _TRAIN_KEYS + _EVAL_KEYS, 0, cfg.tensorboard)
     reward_mean = float(pool.rewards.mean())
     try:
-        _loop(model, pool, held, reward_mean, _pos_weight(pool, cfg.termination_balance), cfg, writer, scale)
+        _loop(model, pool, held, reward_mean, _pos_weight(pool, cfg.termination_balance), cfg, writer)
         metrics: dict[str, Any] = {
             "steps": cfg.total_steps,
             "train_transitions": len(pool),
             "imagined_train_transitions": sum(ep.num_steps for ep in imagined_train),
         }
         if held:
-            metrics.update(_evaluate_all(model, held, reward_mean, scale))
+            metrics.update(_evaluate_all(model, held, reward_mean))
             writer.write(cfg.total_steps, metrics_only(metrics))
     finally:
         writer.close()
@@ -480,6 +485,8 @@ def _pose_keys(cfg: RewardTrainConfig, task: Task) -> tuple[str, ...]:
     """The pose keys of ``--pose-weight`` (none when it is 0); a task without poses raises."""
     if cfg.pose_weight == 0:
         return ()
+    if cfg.pose_reward and task.name not in POSE_REWARDS:
+        raise ValueError(f"--pose-reward: task {task.name!r} has no pose formula; choose from {sorted(POSE_REWARDS)}")
     if not task.pose_keys:
         raise ValueError(
             f"--pose-weight {cfg.pose_weight}: task {task.name!r} reads no poses; pick a --task that does "
@@ -488,9 +495,7 @@ def _pose_keys(cfg: RewardTrainConfig, task: Task) -> tuple[str, ...]:
     return task.pose_keys
 
 
-def _loop(
-    model, pool, held, reward_mean, pos_weight, cfg: RewardTrainConfig, writer: MetricWriter, scale=None
-) -> None:
+def _loop(model, pool, held, reward_mean, pos_weight, cfg: RewardTrainConfig, writer: MetricWriter) -> None:
     """The training steps with logging, periodic evaluation and a progress bar."""
     device = next(model.parameters()).device
     optimizer = make_adamw(model, cfg.lr, cfg.weight_decay)
@@ -498,23 +503,21 @@ def _loop(
 
     def step(index: int) -> dict[str, float]:
         batch = pool.sample(cfg.batch_size, step_generator(cfg.seed, "data", index))
-        loss, logs = _losses(model, batch, cfg, pos_weight, device, scale)
+        loss, logs = _losses(model, batch, cfg, pos_weight, device)
         loss.backward()
         logs["train/lr"], _ = optimizer_step(model, optimizer, scheduler, cfg.max_grad_norm)
         return logs
 
-    held_eval = (lambda: _evaluate_all(model, held, reward_mean, scale)) if held else None
+    held_eval = (lambda: _evaluate_all(model, held, reward_mean)) if held else None
     run_steps(cfg, writer, step, held_eval, "train reward model")
 
 
-def _evaluate_all(
-    model: RewardModel, held: dict[str, TransitionPool], reward_mean: float, scale: PoseScale | None = None
-) -> dict[str, float]:
+def _evaluate_all(model: RewardModel, held: dict[str, TransitionPool], reward_mean: float) -> dict[str, float]:
     """:func:`evaluate` on every held-out pool, keyed by its prefix."""
     return {
         key: value
         for prefix, pool in held.items()
-        for key, value in evaluate(model, pool, reward_mean, prefix=prefix, scale=scale).items()
+        for key, value in evaluate(model, pool, reward_mean, prefix=prefix).items()
     }
 
 

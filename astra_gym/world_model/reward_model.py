@@ -27,10 +27,13 @@ spatial soft-argmax of Levine et al. (2016, "End-to-End Training of Deep Visuomo
 one learned image point per channel, from which the head can compute distances.
 
 ``pose_dim`` adds a second head that predicts the task's ground-truth poses after the step (the
-gripper, block and goal positions, standardised) from the same features. It is an auxiliary training
-target only (``train_reward --pose-weight``): a scalar distance says little about where each object
-is, nine coordinates say much more, and the reward head reads the features they shape. The env never
-asks for it.
+gripper, block and goal positions) from the same features, standardised by the buffers ``pose_mean``
+and ``pose_std`` (set by the trainer, saved with the weights). As a training target only
+(``train_reward --pose-weight``) it shapes the features the reward head reads: a scalar distance says
+little about where each object is, nine coordinates say much more. With ``pose_reward`` the model
+goes further and *computes* its reward from the predicted poses with the task's own formula
+(:data:`POSE_REWARDS`, e.g. ``reach-push``'s distances) instead of reading it from the head: the
+distance is then exact, and only the positions are learned.
 
 Initialisation: PyTorch defaults, except the output layer: its reward weights are scaled by
 ``output_init_scale`` and its termination bias is ``termination_prior_logit`` (default -8, a
@@ -54,7 +57,19 @@ __all__ = [
     "REWARD_MODEL_PRESETS",
     "get_reward_model_preset",
     "spatial_soft_argmax",
+    "POSE_REWARDS",
 ]
+
+
+def _reach_push(poses: Tensor) -> Tensor:
+    """``reach-push`` of :mod:`astra_gym.data.tasks` on poses [B, 9] (gripper, block, goal xyz): [B]."""
+    gripper, block, goal = poses[:, 0:3], poses[:, 3:6], poses[:, 6:9]
+    return -((gripper - block).norm(dim=1) + (block - goal).norm(dim=1))
+
+
+# A task's reward as a function of the poses after the step (its pose keys concatenated, in order), for
+# ``RewardModelConfig.pose_reward``; each must equal the task's reward in astra_gym.data.tasks (tested).
+POSE_REWARDS = {"reach-push": (_reach_push, 9)}
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,8 @@ class RewardModelConfig:
         hidden: Width of the action embedding and of the head.
         keypoints: Also read each last-stage channel's expected image position (spatial soft-argmax).
         pose_dim: Width P of the auxiliary pose head (0 = none; see the module docstring).
+        pose_reward: A task of :data:`POSE_REWARDS` whose reward the model computes from its predicted
+            poses instead of its reward head (None = the head's).
         output_init_scale: Factor on the initial reward weights (small = near-zero rewards).
         termination_prior_logit: Initial bias of the termination logit.
     """
@@ -79,6 +96,7 @@ class RewardModelConfig:
     hidden: int = 128
     keypoints: bool = False
     pose_dim: int = 0
+    pose_reward: str | None = None
     output_init_scale: float = 0.1
     termination_prior_logit: float = -8.0
 
@@ -89,6 +107,14 @@ class RewardModelConfig:
             raise ValueError(f"RewardModelConfig.num_frames={self.num_frames} must be >= 1")
         if self.pose_dim < 0:
             raise ValueError(f"RewardModelConfig.pose_dim={self.pose_dim} must be >= 0 (0 = no pose head)")
+        if self.pose_reward is not None:
+            if self.pose_reward not in POSE_REWARDS:
+                raise ValueError(f"pose_reward={self.pose_reward!r}: choose one of {sorted(POSE_REWARDS)} or None")
+            if self.pose_dim != POSE_REWARDS[self.pose_reward][1]:
+                raise ValueError(
+                    f"pose_reward={self.pose_reward!r} reads {POSE_REWARDS[self.pose_reward][1]} pose numbers, "
+                    f"but pose_dim={self.pose_dim}"
+                )
         if not self.channels or min(self.channels) < 1 or self.hidden < 1:
             raise ValueError(f"channels={self.channels} and hidden={self.hidden} must be positive")
         if not math.isfinite(self.output_init_scale) or not math.isfinite(self.termination_prior_logit):
@@ -179,6 +205,9 @@ class RewardModel(nn.Module):
             nn.Linear(pooled + config.hidden, config.hidden), nn.SiLU(), nn.Linear(config.hidden, 2)
         )
         self.pose_head = nn.Linear(config.hidden, config.pose_dim) if config.pose_dim else None
+        if config.pose_dim:
+            self.register_buffer("pose_mean", torch.zeros(config.pose_dim))
+            self.register_buffer("pose_std", torch.ones(config.pose_dim))
         self._init_output()
 
     def _init_output(self) -> None:
@@ -189,6 +218,14 @@ class RewardModel(nn.Module):
             out.weight[1].zero_()
             out.bias[0].zero_()
             out.bias[1].fill_(self.config.termination_prior_logit)
+
+    @torch.no_grad()
+    def set_pose_scale(self, mean: Tensor, std: Tensor) -> None:
+        """Sets the standardisation [P] of the pose head's outputs (from the training poses)."""
+        if self.pose_head is None:
+            raise ValueError("this reward model has no pose head (RewardModelConfig.pose_dim = 0)")
+        self.pose_mean.copy_(mean)
+        self.pose_std.copy_(std)
 
     def forward(
         self, frames: Tensor, actions: Tensor, poses: bool = False
@@ -202,8 +239,9 @@ class RewardModel(nn.Module):
             poses: Also return the pose head's prediction (a model with ``pose_dim`` > 0 only).
 
         Returns:
-            (reward [B], termination_logit [B]), float32; with ``poses``, the standardised poses
-            [B, P] third.
+            (reward [B], termination_logit [B]), float32; with ``poses``, the predicted poses [B, P]
+            (in their own units) third. With ``pose_reward``, the reward is that task's reward of
+            the predicted poses.
         """
         self._check_inputs(frames, actions)
         if poses and self.pose_head is None:
@@ -217,9 +255,14 @@ class RewardModel(nn.Module):
         features = torch.cat([pooled, self.action_encoder(actions.to(dtype))], dim=1)  # [B, pooled + hidden]
         hidden = self.head[1](self.head[0](features))  # [B, hidden]
         out = self.head[2](hidden).float()  # [B, 2]
-        if poses:
-            return out[:, 0], out[:, 1], self.pose_head(hidden).float()
-        return out[:, 0], out[:, 1]
+        reward = out[:, 0]
+        if poses or self.config.pose_reward is not None:
+            predicted = self.pose_head(hidden).float() * self.pose_std.float() + self.pose_mean.float()  # [B, P]
+            if self.config.pose_reward is not None:
+                reward = POSE_REWARDS[self.config.pose_reward][0](predicted)
+            if poses:
+                return reward, out[:, 1], predicted
+        return reward, out[:, 1]
 
     def _check_inputs(self, frames: Tensor, actions: Tensor) -> None:
         k, d = self.config.num_frames, self.config.action_dim

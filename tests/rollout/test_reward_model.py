@@ -41,6 +41,27 @@ def test_a_pose_head_leaves_the_reward_unchanged_and_is_asked_for_explicitly():
         RewardModel(get_reward_model_preset("debug", action_dim=7))(frames, actions, poses=True)
 
 
+def test_each_pose_reward_is_its_tasks_reward():
+    """``POSE_REWARDS`` repeats the task formulas of astra_gym.data.tasks in torch; they must agree."""
+    import numpy as np
+
+    from astra_gym.data.tasks import get_task
+    from astra_gym.world_model.reward_model import POSE_REWARDS
+
+    rng = np.random.default_rng(0)
+    for name, (formula, width) in POSE_REWARDS.items():
+        task = get_task("manipulation", name)
+        poses = rng.normal(size=(5, width))
+        parts = np.split(poses, len(task.pose_keys), axis=1)
+        after = [{key: part[i] for key, part in zip(task.pose_keys, parts, strict=True)} for i in range(5)]
+        expected = [task.reward(row, row, 0.0) for row in after]
+        np.testing.assert_allclose(formula(torch.from_numpy(poses)).numpy(), expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="reads 9 pose numbers"):
+        RewardModelConfig(action_dim=7, pose_dim=6, pose_reward="reach-push")
+    with pytest.raises(ValueError, match="choose one of"):
+        RewardModelConfig(action_dim=7, pose_dim=9, pose_reward="tiles")
+
+
 def test_wrong_input_shapes_are_named():
     model = RewardModel(get_reward_model_preset("debug", action_dim=7))
     with pytest.raises(ValueError, match=r"frames must be \[B, 1, 3, H, W\]"):

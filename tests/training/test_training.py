@@ -593,7 +593,8 @@ def test_reward_trainer_learns_a_dense_task_relabelled_from_the_poses(episode_di
 
 
 def test_reward_trainer_can_also_learn_the_tasks_poses(episode_dirs, tmp_path):
-    """``--pose-weight``: a pose head learns the task's poses after each step (standardised), scored in metres."""
+    """``--pose-weight``: a pose head learns the task's poses after each step (standardised), scored in metres;
+    ``--pose-reward``: the reward is then the task's formula on those poses."""
     cfg = dataclasses.replace(
         train_reward.PRESETS["debug"],
         episodes=(str(episode_dirs / "manipulation"),),
@@ -606,30 +607,36 @@ def test_reward_trainer_can_also_learn_the_tasks_poses(episode_dirs, tmp_path):
         holdout_fraction=0.34,
     )
     model, meta = load_reward_model(train_reward.train_reward(cfg))
-    assert model.config.pose_dim == 9  # gripper, block and goal positions
+    assert model.config.pose_dim == 9 and model.config.pose_reward is None  # gripper, block and goal positions
     with open(tmp_path / "pose" / "metrics.csv") as f:
         losses = [float(row["train/pose_loss"]) for row in csv.DictReader(f) if row["train/pose_loss"]]
     assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5])  # it learns them
-    mae = meta["metrics"]["eval/pose_mae"]
-    assert 0 < mae < 1.0  # metres, on the held-out episode
+    assert 0 < meta["metrics"]["eval/pose_mae"] < 1.0  # metres, on the held-out episode
+    assert (model.pose_std > 0).all() and (model.pose_mean != 0).any()  # the standardisation is saved
     episodes = _episodes(seed=100)["manipulation"]
     pool = train_reward.TransitionPool(
         episodes, "robot_command", ActionNormalizer.identity("robot_command", 7), 1, ("ee_pos", "goal_pos")
     )
-    poses = pool.gather(torch.tensor([0]))[4]  # the poses after step 0: row 1 of the episode's
-    np.testing.assert_allclose(
-        poses[0].numpy(), np.r_[episodes[0].poses["ee_pos"][1], episodes[0].poses["goal_pos"][1]]
-    )
-    scale = train_reward.PoseScale.of(torch.tensor([[1.0, 2.0], [3.0, 2.0]]))  # a constant column keeps std 1
-    assert torch.allclose(scale.mean, torch.tensor([2.0, 2.0])) and torch.allclose(
-        scale.std, torch.tensor([2**0.5, 1])
-    )
+    after = np.r_[episodes[0].poses["ee_pos"][1], episodes[0].poses["goal_pos"][1]]
+    np.testing.assert_allclose(pool.gather(torch.tensor([0]))[4][0].numpy(), after, rtol=1e-6)  # after step 0
+    mean, std = train_reward.pose_scale(torch.tensor([[1.0, 2.0], [3.0, 2.0]]))  # a constant column keeps std 1
+    assert torch.allclose(mean, torch.tensor([2.0, 2.0])) and torch.allclose(std, torch.tensor([2**0.5, 1.0]))
     with pytest.raises(ValueError, match="reads no poses"):
         train_reward.train_reward(dataclasses.replace(cfg, task=None))
+    with pytest.raises(ValueError, match="needs --pose-weight"):
+        dataclasses.replace(cfg, pose_weight=0.0, pose_reward=True)
+    with pytest.raises(ValueError, match="no pose formula"):
+        train_reward.train_reward(dataclasses.replace(cfg, task="progress", pose_reward=True))
+    frames, actions = torch.zeros(2, 1, 3, SIZE, SIZE), torch.zeros(2, 7)
     with pytest.raises(ValueError, match="pose head"):
         load_reward_model(train_reward.train_reward(dataclasses.replace(cfg, pose_weight=0.0, total_steps=1)))[0](
-            torch.zeros(1, 1, 3, SIZE, SIZE), torch.zeros(1, 7), poses=True
+            frames, actions, poses=True
         )
+    model, meta = load_reward_model(train_reward.train_reward(dataclasses.replace(cfg, pose_reward=True)))
+    assert model.config.pose_reward == "reach-push" and np.isfinite(meta["metrics"]["eval/reward_mae"])
+    reward, _, poses = model(frames, actions, poses=True)
+    expected = -((poses[:, :3] - poses[:, 3:6]).norm(dim=1) + (poses[:, 3:6] - poses[:, 6:]).norm(dim=1))
+    torch.testing.assert_close(reward, expected)
 
 
 def test_pipeline_vae_cache_world_model_reward_bundle(episode_dirs, tmp_path):
