@@ -29,12 +29,16 @@ WORKERS="${WORKERS:-$(($(nproc) > 1 ? $(nproc) - 1 : 1))}"
 # The sampler's action-free guidance (the bundle's, and the imagined pieces' the task reader learns): 3 for Drive;
 # Manipulation and Explore run without it (benchmarks/RESULTS.md, sessions 12, 18 and 22: at 3 the imagined arm
 # overshoots lateral moves and leaves the frame, identification 0.50 against 0.79 without).
+# Manipulation's reader predicts the gripper, block and goal positions and computes reach-push from them
+# (benchmarks/RESULTS.md, session 23: it ranks 12 planner candidates' real frames with rho +0.55 to +0.74,
+# the distance-regressing reader +0.17 to +0.28).
 # Manipulation records from the front camera (benchmarks/RESULTS.md, sessions 18-19: the block is visible in
 # 0.97 of the frames against 0.72, and it is the first camera whose imagined rewards rank the expert first).
 case "$SCENARIO" in
   drive)        GEN=(--policy mix --epsilon 0.4);  STEPS=250; CPU_EPS=200; GPU_EPS=360; PROBE=0;   TASK= ;  GUIDANCE=3 ;;
   manipulation) GEN=(--policy mix --epsilon 0.25); STEPS=200; CPU_EPS=200; GPU_EPS=600; PROBE=0;   TASK=reach-push
-                TASK_FRAMES=1; MOTION=4; CAMERA="${CAMERA:-front}"; GUIDANCE=1 ;;
+                TASK_FRAMES=1; MOTION=4; CAMERA="${CAMERA:-front}"; GUIDANCE=1
+                TASK_READER=(--model-preset keypoints --pose-weight 1 --pose-reward) ;;
   explore)      GEN=(--policy mix);                STEPS=200; CPU_EPS=400; GPU_EPS=800; PROBE=100; TASK= ;  GUIDANCE=1 ;;
   *) echo "SCENARIO must be drive, manipulation or explore, got $SCENARIO" >&2; exit 2 ;;
 esac
@@ -123,7 +127,7 @@ if [[ -n "$TASK" ]]; then
       --episodes "$DATA/train" --task "$TASK" --num-frames "${TASK_FRAMES:-2}" --action-norm "$RUNS/wm/final" \
       --vae "$RUNS/vae/final" --imagined "$RUNS/imagine" --imagined-starts "$IM_STARTS" --imagined-horizon "$IM_H" \
       --imagined-cache "$RUNS/imagined" --total-steps "$REW_STEPS" --device "$DEV" --out "$out" \
-      --no-tensorboard --no-progress
+      "${TASK_READER[@]}" --no-tensorboard --no-progress
   REWARDS+=(--reward "$out/final")
 fi
 

@@ -51,13 +51,15 @@ def test_recipe_trains_the_other_variants_with_their_data_and_tasks(tmp_path, sc
 
 def _check_the_manipulation_recipe(bundle: Path, manifest: dict, tmp_path: Path) -> None:
     """The front camera (recorded in the bundle, with start contexts seen by it), the motion-weighted loss, and
-    a one-frame reach-push reader trained on pieces the world model re-imagined too."""
+    a one-frame reach-push reader from predicted poses, trained on pieces the world model re-imagined too."""
     entry = manifest["scenarios"]["manipulation"]
     assert entry["sim_config"]["camera"]["azimuth"] == 180.0 and entry["frame_bank"]
     trained = json.loads((bundle / "world_model" / "config.json").read_text())["extra"]["training"]["config"]
     assert trained["step"]["motion_weight"] == 4.0
     reader = json.loads((bundle / "reward" / "manipulation-reach-push" / "config.json").read_text())["metrics"]
     assert reader["config"]["task"] == "reach-push" and reader["config"]["num_frames"] == 1
+    # ... which computes reach-push from the positions it predicts (session 23)
+    assert reader["config"]["pose_reward"] and reader["config"]["model_preset"] == "keypoints"
     assert reader["config"]["imagined"] == str(tmp_path / "runs" / "imagine")
     assert reader["imagined_train_transitions"] > 0
     assert sorted(p.name for p in (tmp_path / "runs" / "imagined").iterdir()) == ["heldout", "train"]
