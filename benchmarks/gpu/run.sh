@@ -6,7 +6,8 @@
 #   SUITE=tiny DEVICE=cpu bash benchmarks/gpu/run.sh # the same steps at tiny sizes on the CPU (CI runs this)
 #
 # Parts (each under its own time limit, so one slow part cannot starve the rest; a part that fails
-# or times out is recorded as such and the suite goes on):
+# or times out is recorded as such and the suite goes on; LIMIT_SCALE=k multiplies every limit, for
+# slow or shared CPUs where the limits would measure the machine rather than the code):
 #   tests          pytest -m gpu tests/gpu: each variant on CUDA vs the CPU, bf16, SDPA backends, training
 #   peak+dit       the measured bf16 matmul peak and the wan2.1-1.3b DiT forward (352x640, 480x832)
 #   rollout_*      wan2.1-1.3b (random weights, bf16): the faithful 50-step AFG path and the few-step +
@@ -43,7 +44,7 @@ export SDL_VIDEODRIVER=dummy PYTHONUNBUFFERED=1 ASTRA_GPU_TEST_DEVICE="$DEVICE"
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")'
 
 part() {  # part NAME SECONDS COMMAND...: runs one part, records its exit status and seconds
-  local name=$1 limit=$2; shift 2
+  local name=$1 limit=$(($2 * ${LIMIT_SCALE:-1})); shift 2
   local start=$SECONDS
   echo "=== $name (limit ${limit}s): $*"
   timeout --kill-after=10 "$limit" "$@"

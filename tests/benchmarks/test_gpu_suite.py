@@ -10,8 +10,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_gpu_suite_runs_every_part_at_tiny_size(tmp_path):
+    # The parts' time limits budget GPU minutes; on a shared CPU they would time the machine, not test the code.
     env = {**os.environ, "SUITE": "tiny", "DEVICE": "cpu", "INSTALL": "0", "PY": sys.executable,
-           "OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}  # fmt: skip
+           "OUT": str(tmp_path), "OMP_NUM_THREADS": "1", "LIMIT_SCALE": "20"}  # fmt: skip
     done = subprocess.run(["bash", "benchmarks/gpu/run.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
     suite = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert done.returncode == 0 and [p["status"] for p in suite["parts"]] == [0] * 7, done.stdout[-4000:]
@@ -28,3 +29,4 @@ def test_gpu_suite_runs_every_part_at_tiny_size(tmp_path):
     assert [r["preset"] for r in results["train"]["results"]] == ["debug", "small-p4"]
     assert all(r["samples_per_s"] > 0 for r in results["train"]["results"])
     assert (tmp_path / "gpu_tests.xml").is_file() and (tmp_path / "log.txt").is_file()
+    assert "=== dit (limit 800s)" in done.stdout  # LIMIT_SCALE multiplies dit's 40 s
