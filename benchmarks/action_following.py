@@ -145,18 +145,17 @@ def imagined_branches(envs: gym.vector.VectorEnv, scenario: str, start: Start, s
 
 def reward_on_frames(core, seq: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The env's reward model on given frames: [B, L] for frames uint8 [B, L + 1, H, W, 3] (the start frame
-    first, also the anchor of poses fixed in an episode, as in the env) and the action rows [B, L, d] of the
-    L steps, read through the trainer's frame windows; NaN where the bundle has no reward model."""
+    first) and the action rows [B, L, d] of the L steps, read through the trainer's frame windows; NaN where
+    the bundle has no reward model."""
     if core.engine.reward_model is None:
         return np.full(rows.shape[:2], np.nan)
     k = core.engine.reward_model.config.num_frames
-    anchor = np.repeat(seq[:, :1], k, axis=1)
     out = np.zeros(rows.shape[:2])
     for t in range(rows.shape[1]):
         window = seq[:, max(0, t + 2 - k) : t + 2]
         if window.shape[1] < k:  # before the start: repeat the oldest frame (as the trainer does)
             window = np.concatenate([np.repeat(window[:, :1], k - window.shape[1], axis=1), window], axis=1)
-        out[:, t] = core.engine.score_frames(window, rows[:, t : t + 1], anchor)[0].double().cpu().numpy()
+        out[:, t] = core.engine.score_frames(window, rows[:, t : t + 1])[0].double().cpu().numpy()
     return out
 
 

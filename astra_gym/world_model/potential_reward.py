@@ -44,7 +44,7 @@ class PotentialReward(nn.Module):
         self.potential, self.scale = potential, float(scale)
         self.config = potential.config.replace(num_frames=potential.config.num_frames + 1)
 
-    def forward(self, frames: Tensor, actions: Tensor, anchor: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, frames: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
         """Scores one transition per batch row.
 
         Both potentials see the step's action row, so an action's pull on the potential model
@@ -53,8 +53,6 @@ class PotentialReward(nn.Module):
         Args:
             frames: [B, k + 1, 3, H, W] float pixels in [-1, 1], oldest first.
             actions: [B, d] float action rows (without the past/current flag).
-            anchor: [B, k + 1, 3, H, W] the episode's start frames, or None (see
-                :meth:`RewardModel.forward`); both potentials read the newest k of them.
 
         Returns:
             (reward [B], termination_logit [B]) float32; the termination is the potential model's
@@ -67,6 +65,5 @@ class PotentialReward(nn.Module):
             )
         batch = frames.shape[0]
         both = torch.cat([frames[:, 1:], frames[:, :-1]], dim=0)  # [2B, k, 3, H, W]: after, before
-        anchors = None if anchor is None else anchor[:, 1:].repeat(2, 1, 1, 1, 1)
-        phi, logit = self.potential(both, actions.repeat(2, 1), anchor=anchors)
+        phi, logit = self.potential(both, actions.repeat(2, 1))
         return self.scale * (phi[:batch] - phi[batch:]), logit[:batch]

@@ -35,12 +35,6 @@ goes further and *computes* its reward from the predicted poses with the task's 
 (:data:`POSE_REWARDS`, e.g. ``reach-push``'s distances) instead of reading it from the head: the
 distance is then exact, and only the positions are learned.
 
-Some poses never move within an episode (FetchPush's goal). A world model can still lose them: the
-imagined goal marker fades within about 10 steps, and a reader of the newest frame then pays a
-standing arm for the drift (``benchmarks/RESULTS.md``, session 24). Given ``anchor``, the episode's
-start frames, a pose reward reads its ``fixed`` poses from those instead (:class:`PoseReward`); the
-rollout core keeps them in ``RolloutState.start_frames``.
-
 Initialisation: PyTorch defaults, except the output layer: its reward weights are scaled by
 ``output_init_scale`` and its termination bias is ``termination_prior_logit`` (default -8, a
 termination probability of 3e-4 per step) with zero termination weights, so an untrained model
@@ -52,7 +46,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -65,7 +58,6 @@ __all__ = [
     "get_reward_model_preset",
     "spatial_soft_argmax",
     "POSE_REWARDS",
-    "PoseReward",
 ]
 
 
@@ -75,25 +67,9 @@ def _reach_push(poses: Tensor) -> Tensor:
     return -((gripper - block).norm(dim=1) + (block - goal).norm(dim=1))
 
 
-@dataclass(frozen=True)
-class PoseReward:
-    """A task's reward as a function of the poses after the step, for ``RewardModelConfig.pose_reward``.
-
-    Attributes:
-        formula: poses [B, dim] (the task's pose keys concatenated, in order) -> reward [B]; it must
-            equal the task's reward in :mod:`astra_gym.data.tasks` (tested).
-        dim: Pose numbers P it reads.
-        fixed: Indices into the P numbers that the simulator keeps constant within an episode (FetchPush's
-            goal). Given the episode's start frames (``anchor``), the model reads these from them rather
-            than from the newest frames, where a world model may have blurred them away.
-    """
-
-    formula: Callable[[Tensor], Tensor]
-    dim: int
-    fixed: tuple[int, ...] = ()
-
-
-POSE_REWARDS = {"reach-push": PoseReward(_reach_push, 9, fixed=(6, 7, 8))}
+# A task's reward as a function of the poses after the step (its pose keys concatenated, in order), for
+# ``RewardModelConfig.pose_reward``; each must equal the task's reward in astra_gym.data.tasks (tested).
+POSE_REWARDS = {"reach-push": (_reach_push, 9)}
 
 
 @dataclass(frozen=True)
@@ -134,9 +110,9 @@ class RewardModelConfig:
         if self.pose_reward is not None:
             if self.pose_reward not in POSE_REWARDS:
                 raise ValueError(f"pose_reward={self.pose_reward!r}: choose one of {sorted(POSE_REWARDS)} or None")
-            if self.pose_dim != POSE_REWARDS[self.pose_reward].dim:
+            if self.pose_dim != POSE_REWARDS[self.pose_reward][1]:
                 raise ValueError(
-                    f"pose_reward={self.pose_reward!r} reads {POSE_REWARDS[self.pose_reward].dim} pose numbers, "
+                    f"pose_reward={self.pose_reward!r} reads {POSE_REWARDS[self.pose_reward][1]} pose numbers, "
                     f"but pose_dim={self.pose_dim}"
                 )
         if not self.channels or min(self.channels) < 1 or self.hidden < 1:
@@ -252,7 +228,7 @@ class RewardModel(nn.Module):
         self.pose_std.copy_(std)
 
     def forward(
-        self, frames: Tensor, actions: Tensor, poses: bool = False, anchor: Tensor | None = None
+        self, frames: Tensor, actions: Tensor, poses: bool = False
     ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
         """Scores one transition per batch row.
 
@@ -261,9 +237,6 @@ class RewardModel(nn.Module):
                 oldest first.
             actions: [B, d] float action rows (without the past/current flag).
             poses: Also return the pose head's prediction (a model with ``pose_dim`` > 0 only).
-            anchor: [B, k, 3, H, W] the episode's start frames (real ones, e.g. the rollout's context).
-                With a ``pose_reward`` that has ``fixed`` poses, those are read from here (same action
-                row); ignored otherwise. None = everything from ``frames``.
 
         Returns:
             (reward [B], termination_logit [B]), float32; with ``poses``, the predicted poses [B, P]
@@ -273,26 +246,6 @@ class RewardModel(nn.Module):
         self._check_inputs(frames, actions)
         if poses and self.pose_head is None:
             raise ValueError("poses=True needs a reward model with a pose head (RewardModelConfig.pose_dim > 0)")
-        spec = None if self.config.pose_reward is None else POSE_REWARDS[self.config.pose_reward]
-        fixed = list(spec.fixed) if spec is not None and anchor is not None else []
-        if fixed:
-            self._check_inputs(anchor, actions, "anchor")
-            frames, actions = torch.cat([frames, anchor.to(frames.dtype)]), actions.repeat(2, 1)
-        hidden, out = self._hidden(frames, actions)  # [B or 2B, hidden], [B or 2B, 2]
-        batch = out.shape[0] // 2 if fixed else out.shape[0]
-        reward, logit = out[:batch, 0], out[:batch, 1]
-        if not (poses or spec is not None):
-            return reward, logit
-        predicted = self.pose_head(hidden).float() * self.pose_std.float() + self.pose_mean.float()  # [B(2B), P]
-        if fixed:  # the newest frames' poses, with the fixed ones from the anchor's
-            index = torch.tensor(fixed, device=hidden.device)
-            predicted = predicted[:batch].index_copy(1, index, predicted[batch:, fixed])
-        if spec is not None:
-            reward = spec.formula(predicted)
-        return (reward, logit, predicted) if poses else (reward, logit)
-
-    def _hidden(self, frames: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
-        """The head's hidden features [B, hidden] and its outputs [B, 2] (float32)."""
         dtype = self.head[0].weight.dtype
         images = frames.flatten(1, 2).to(dtype).contiguous()  # [B, k, 3, H, W] -> [B, 3k, H, W]
         maps = self.frame_encoder(images)  # [B, c_last, h, w]
@@ -301,12 +254,20 @@ class RewardModel(nn.Module):
             pooled = torch.cat([pooled, spatial_soft_argmax(maps)], dim=1)  # [B, 3 c_last]
         features = torch.cat([pooled, self.action_encoder(actions.to(dtype))], dim=1)  # [B, pooled + hidden]
         hidden = self.head[1](self.head[0](features))  # [B, hidden]
-        return hidden, self.head[2](hidden).float()
+        out = self.head[2](hidden).float()  # [B, 2]
+        reward = out[:, 0]
+        if poses or self.config.pose_reward is not None:
+            predicted = self.pose_head(hidden).float() * self.pose_std.float() + self.pose_mean.float()  # [B, P]
+            if self.config.pose_reward is not None:
+                reward = POSE_REWARDS[self.config.pose_reward][0](predicted)
+            if poses:
+                return reward, out[:, 1], predicted
+        return reward, out[:, 1]
 
-    def _check_inputs(self, frames: Tensor, actions: Tensor, name: str = "frames") -> None:
+    def _check_inputs(self, frames: Tensor, actions: Tensor) -> None:
         k, d = self.config.num_frames, self.config.action_dim
         if frames.ndim != 5 or frames.shape[1:3] != (k, 3):
-            raise ValueError(f"{name} must be [B, {k}, 3, H, W] in [-1, 1], got shape {tuple(frames.shape)}")
+            raise ValueError(f"frames must be [B, {k}, 3, H, W] in [-1, 1], got shape {tuple(frames.shape)}")
         if actions.shape != (frames.shape[0], d):
             raise ValueError(
                 f"actions must be [B, {d}] rows for B={frames.shape[0]}, got shape {tuple(actions.shape)}"
