@@ -118,7 +118,7 @@ def test_the_real_simulator_is_set_up_like_the_checkpoints_data(tmp_path):
                 "scenarios": {"manipulation": entry}}  # fmt: skip
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
     front = make_real_env("Astra-Manipulation-v0", 2, checkpoint=str(tmp_path))
-    stock = make_real_env("Astra-Manipulation-v0", 2)
+    stock = make_real_env("Astra-Manipulation-v0", 2, checkpoint="small-v0")  # the joint model: stock camera
     other = make_real_env("Astra-Manipulation-v0", 2, checkpoint=str(tmp_path), camera="stock")
     try:
         assert front.unwrapped.sim.config.camera == dict(CAMERAS["front"])

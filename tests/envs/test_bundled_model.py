@@ -6,12 +6,12 @@ import pytest
 
 import astra_gym  # noqa: F401
 from astra_gym.envs.frame_bank import load_frame_bank
-from astra_gym.envs.variants import BUNDLED_MODEL, DRIVE_MODEL, bundled_model_path
+from astra_gym.envs.variants import BUNDLED_MODEL, DRIVE_MODEL, MANIPULATION_MODEL, bundled_model_path
 from astra_gym.evaluation.details import car_present
 from astra_gym.rollout.bundle import read_bundle
 
 REAL_VARIANTS = ["Astra-Drive-v0", "Astra-Manipulation-v0", "Astra-Explore-v0"]
-SHIPPED = [BUNDLED_MODEL, DRIVE_MODEL]
+SHIPPED = [BUNDLED_MODEL, DRIVE_MODEL, MANIPULATION_MODEL]
 
 
 def _size(path) -> int:
@@ -26,9 +26,10 @@ def test_bundle_is_shipped(name):
     read_bundle(path)  # parses and validates the manifest
 
 
-def test_shipped_models_are_small_together():
-    size = sum(_size(bundled_model_path(name)) for name in SHIPPED)
-    assert size < 52 * 2**20, f"the bundles take {size / 2**20:.1f} MiB; keep them under 52 MiB in total"
+@pytest.mark.parametrize("name", SHIPPED)
+def test_each_shipped_model_is_small(name):
+    size = _size(bundled_model_path(name))
+    assert size < 28 * 2**20, f"{name} takes {size / 2**20:.1f} MiB; keep a bundle under 28 MiB (float16 weights)"
 
 
 def test_no_file_is_shipped_twice():
@@ -70,7 +71,7 @@ def test_bundled_model_rolls_out(env_id):
 
 
 def test_bundled_manipulation_model_scores_the_progress_task():
-    """``task="progress"`` swaps in the bundle's reward model of that task; the frames stay the same."""
+    """``task="progress"`` reads the change of the bundle's ``reach-push`` pose reader; the frames stay the same."""
     rewards, frames = {}, {}
     for task in (None, "progress"):
         env = gym.make("Astra-Manipulation-v0", device="cpu", num_denoise_steps=1, task=task)
@@ -81,6 +82,5 @@ def test_bundled_manipulation_model_scores_the_progress_task():
         env.close()
     np.testing.assert_array_equal(frames[None], frames["progress"])
     assert np.all(np.isfinite(rewards["progress"])) and not np.allclose(rewards[None], rewards["progress"])
-    assert (
-        "progress" in read_bundle(bundled_model_path(BUNDLED_MODEL))["scenarios"]["manipulation"]["task_reward_models"]
-    )
+    entry = read_bundle(bundled_model_path(MANIPULATION_MODEL))["scenarios"]["manipulation"]
+    assert "reach-push" in entry["task_reward_models"] and entry["sim_config"]["camera"]  # front camera
