@@ -58,6 +58,7 @@ from astra_gym.envs.variants import variant
 from astra_gym.evaluation.metrics import PSNR_CAP_DB, psnr
 from astra_gym.utils.atomic import atomic_write
 from astra_gym.utils.cli_args import arg, parse_config
+from astra_gym.utils.pixels import uint8_to_pixels
 from benchmarks.action_following import Start, make_start, reward_on_frames
 from benchmarks.common import write_results
 
@@ -173,6 +174,29 @@ def reward_model_on_real(env, scenario: str, start: Start, real: dict) -> np.nda
     seq = np.concatenate([start.frames[-1:], real["frames"]])  # [L + 1, ...]
     rows = action_rows(scenario, core.check(real["actions"], len(real["actions"])), core.engine.action_dim)
     return reward_on_frames(core, seq[None], rows[None])[0]
+
+
+def pose_reader(env, scenario: str) -> tuple[torch.nn.Module, tuple[str, ...]] | None:
+    """The env's reward model that computes its reward from predicted poses (``pose_reward``; a potential's
+    model is unwrapped) and the simulator's pose keys of its task, or None when it has none."""
+    model = env.unwrapped.core.engine.reward_model
+    model = getattr(model, "potential", model)
+    name = None if model is None else model.config.pose_reward
+    return None if name is None else (model, get_task(scenario, name).pose_keys)
+
+
+@torch.inference_mode()
+def read_poses(env, scenario: str, reader: torch.nn.Module, frames: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """[L, P] the pose reader's positions (their own units) on frames uint8 [L, H, W, 3], each read with the
+    action [L, ...] that produced it (one-frame readers only)."""
+    core = env.unwrapped.core
+    if reader.config.num_frames != 1:
+        raise ValueError(f"read_poses reads one frame at a time; this reader takes {reader.config.num_frames}")
+    rows = action_rows(scenario, core.check(actions, len(actions)), core.engine.action_dim)
+    device = core.engine.device
+    pixels = uint8_to_pixels(frames).to(device)  # [L, 3, H, W]
+    rows = torch.as_tensor(rows, dtype=torch.float32, device=device)
+    return reader(pixels[:, None], rows, poses=True)[2].double().cpu().numpy()
 
 
 def action_gap(a: np.ndarray, b: np.ndarray) -> float:

@@ -20,7 +20,12 @@ Its real actions are then replayed open loop in the Astra env from the same real
   reward model on real frames (the reader alone), and real against imagined (reader and world
   model together);
 * the margins that decide what an agent learns: expert minus still and random minus still, real
-  and imagined.
+  and imagined;
+* with a reward model that computes its reward from predicted poses (``train_reward --pose-reward``),
+  what moved: per behaviour and pose key (e.g. gripper, block, goal), how far it moved over the run
+  in the simulator, as the reader reads the real frames, and as it reads the imagined ones, and the
+  reader's mean error on each (:data:`POSE_SOURCES`). A still arm whose imagined block or goal moves
+  is a world model that loses the scene (session 24: the goal marker fades within 10 steps).
 
 The reward model ranks wrongly on real frames: fix the reader. Right on real, wrong imagined: the
 world model does not carry the behaviours' consequences.
@@ -45,11 +50,20 @@ from astra_gym.data.policies import make_policy
 from astra_gym.data.replay import ReplaySession
 from astra_gym.envs.spaces import EXPLORE_BUTTONS
 from astra_gym.utils.cli_args import arg, parse_config
-from benchmarks.agent_diagnosis import open_loop, real_run, real_starts, reward_model_on_real, start_env
+from benchmarks.agent_diagnosis import (
+    open_loop,
+    pose_reader,
+    read_poses,
+    real_run,
+    real_starts,
+    reward_model_on_real,
+    start_env,
+)
 from benchmarks.common import sampler_overrides, spearman, write_results
 
 BEHAVIOURS = ("expert", "still", "random")
 RETURNS = ("real", "reward_model_on_real", "imagined")
+POSE_SOURCES = ("real", "read_real", "read_imagined")  # the simulator's poses, the reader on real / imagined frames
 
 
 def behaviour(name: str, scenario: str, seed: int) -> tuple[Callable, Callable]:
@@ -67,8 +81,10 @@ def behaviour(name: str, scenario: str, seed: int) -> tuple[Callable, Callable]:
 
 
 def run_start(env, scenario: str, start, steps: int, task, behaviours: tuple[str, ...], seed: int) -> dict:
-    """{behaviour: {"real", "reward_model_on_real", "imagined": returns, "actions": [L, ...]}} for one start."""
+    """{behaviour: {"real", "reward_model_on_real", "imagined": returns, "actions": [L, ...], and with a pose
+    reader "poses": :func:`pose_drift`}} for one start."""
     out = {}
+    reader = pose_reader(env, scenario)
     for name in behaviours:
         begin, act = behaviour(name, scenario, seed)
         real = real_run(act, scenario, start, steps, task, begin=begin)
@@ -79,6 +95,31 @@ def run_start(env, scenario: str, start, steps: int, task, behaviours: tuple[str
             "imagined": float(opened["rewards"].sum()),
             "actions": real["actions"],
         }
+        if reader is not None:
+            out[name]["poses"] = pose_drift(env, scenario, reader, start, real, opened["frames"])
+    return out
+
+
+def pose_drift(env, scenario: str, reader: tuple, start, real: dict, imagined: np.ndarray) -> dict[str, float]:
+    """Per pose key of the reader's task: ``move_<key>_<source>``, the distance between its first and last
+    position (sources :data:`POSE_SOURCES`; the start frame first), and ``error_<key>_<read source>``, the
+    reader's mean distance from the simulator's position over the run's steps. Units: the poses' own (m)."""
+    model, keys = reader
+    actions = np.concatenate([real["actions"][:1], real["actions"]])  # the start frame read with the first action
+    first = start.frames[-1:]
+    truth = np.concatenate([real["poses"][k] for k in keys], axis=-1)  # [L + 1, P]
+    found = {"real": truth}
+    for source, frames in (("read_real", real["frames"]), ("read_imagined", imagined)):
+        found[source] = read_poses(env, scenario, model, np.concatenate([first, frames]), actions)
+    out, column = {}, 0
+    for key in keys:
+        width = real["poses"][key].shape[-1]
+        part = slice(column, column + width)
+        column += width
+        for source, poses in found.items():
+            out[f"move_{key}_{source}"] = float(np.linalg.norm(poses[-1, part] - poses[0, part]))
+            if source != "real":
+                out[f"error_{key}_{source}"] = float(np.linalg.norm(poses[1:, part] - truth[1:, part], axis=-1).mean())
     return out
 
 
@@ -92,6 +133,10 @@ def summarise(kind: str, runs: list[dict], behaviours: tuple[str, ...], steps: i
         rhos = [spearman([r[b]["real"] for b in behaviours], [r[b][key] for b in behaviours]) for r in runs]
         rhos = [x for x in rhos if np.isfinite(x)]
         row[f"rank_agreement_{key}"] = float(np.mean(rhos)) if rhos else None
+    for name in behaviours:
+        if "poses" in runs[0][name]:
+            for key in runs[0][name]["poses"]:
+                row[f"{name}_{key}"] = float(np.mean([r[name]["poses"][key] for r in runs]))
     if "still" in behaviours:
         for name in (b for b in behaviours if b != "still"):
             for key in ("real", "imagined"):
@@ -129,7 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
         runs = [run_start(env, scenario, start, args.steps, task, args.behaviours, seed=s)
                 for s, start in real_starts(args, env, kind)]  # fmt: skip
         row = summarise(kind, runs, args.behaviours, args.steps)
-        row["per_start"] = [{b: {k: r[b][k] for k in RETURNS} for b in args.behaviours} for r in runs]
+        row["per_start"] = [{b: {k: r[b][k] for k in (*RETURNS, "poses") if k in r[b]} for b in args.behaviours}
+                            for r in runs]  # fmt: skip
         rows.append(row)
     config = {**dataclasses.asdict(args), "checkpoint": checkpoint}
     write_results(args.out, "behaviour_ranking", config, rows, torch.device("cpu"))
@@ -151,7 +197,24 @@ def markdown(rows: list[dict], behaviours: tuple[str, ...]) -> str:
         margins = [f"{k.split('_')[0]} - still ({k.split('_')[-1]}) {v:+.2f}" for k, v in r.items() if "_minus_" in k]
         summary = f"\n{r['kind']}: rank agreement with real, reward model on real / imagined {agree}"
         lines.append(f"{summary}; {', '.join(margins)}")
-    return "\n".join(lines)
+    return "\n".join(lines + _pose_table(rows, behaviours))
+
+
+def _pose_table(rows: list[dict], behaviours: tuple[str, ...]) -> list[str]:
+    """Markdown lines of the pose reader's drift (none without a pose reader)."""
+    prefix, suffix = f"{behaviours[0]}_move_", "_read_real"
+    keys = [k[len(prefix) : -len(suffix)] for k in rows[0] if k.startswith(prefix) and k.endswith(suffix)]
+    if not keys:
+        return []
+    head = ["start", "behaviour", "pose", "moved: simulator / read real / read imagined", "error: real / imagined"]
+    lines = ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        for b in behaviours:
+            for key in keys:
+                moved = " / ".join(f"{r[f'{b}_move_{key}_{src}']:.3f}" for src in POSE_SOURCES)
+                error = " / ".join(f"{r[f'{b}_error_{key}_{src}']:.3f}" for src in POSE_SOURCES[1:])
+                lines.append(f"| {r['kind']} | {b} | {key} | {moved} | {error} |")
+    return lines
 
 
 if __name__ == "__main__":

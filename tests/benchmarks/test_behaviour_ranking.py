@@ -58,3 +58,29 @@ def test_sampler_overrides_reach_the_env():
     assert (config.num_denoise_steps, config.guidance_scale) == (3, 2.0)
     _, plain, _, _ = behaviour_ranking.start_env(behaviour_ranking.Args(env="Astra-Debug-v0", checkpoint="debug"))
     assert plain.unwrapped.core.engine.config.num_denoise_steps != 3  # the bundle's own sampler
+
+
+def test_a_pose_reader_reports_what_moved_real_and_imagined():
+    """The shipped Manipulation model reads ``progress`` through a pose reader: the report says how far each
+    pose moved in the simulator, as read on the real frames and on the imagined ones, and the reader's error."""
+    pytest.importorskip("gymnasium_robotics")
+    env = gym.make("Astra-Manipulation-v0", task="progress", max_episode_steps=10, device="cpu")
+    start = make_start("manipulation", 20000, "reset", context=env.unwrapped.core.bank.context_length, warm=0,
+                       **env.unwrapped.core.sim_config)  # fmt: skip
+    task = get_task("manipulation", "progress")
+    runs = [behaviour_ranking.run_start(env, "manipulation", start, 3, task, ("still", "random"), seed=0)]
+    keys = get_task("manipulation", "reach-push").pose_keys
+    for name in ("still", "random"):
+        poses = runs[0][name]["poses"]
+        assert set(poses) == {f"move_{k}_{s}" for k in keys for s in behaviour_ranking.POSE_SOURCES} | {
+            f"error_{k}_{s}" for k in keys for s in behaviour_ranking.POSE_SOURCES[1:]
+        }
+        assert all(np.isfinite(v) and v >= 0 for v in poses.values())
+        assert poses["error_goal_pos_read_real"] > 0  # a learned reader is never exact
+    assert runs[0]["still"]["poses"]["move_object_pos_real"] < 1e-3  # nothing touches the block
+    assert runs[0]["random"]["poses"]["move_ee_pos_real"] > runs[0]["still"]["poses"]["move_ee_pos_real"]
+    row = behaviour_ranking.summarise("reset", runs, ("still", "random"), 3)
+    assert row["still_move_goal_pos_read_imagined"] == runs[0]["still"]["poses"]["move_goal_pos_read_imagined"]
+    table = behaviour_ranking.markdown([row], ("still", "random"))
+    assert "| reset | random | object_pos |" in table
+    env.close()
