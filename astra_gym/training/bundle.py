@@ -50,7 +50,14 @@ __all__ = ["held_out_scores", "make_bundle", "main", "reward_folder"]
 
 logger = logging.getLogger(__name__)
 
-STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+STORAGE_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int8": torch.float16,
+}
+"""Float dtype of the stored weights per ``--weights-dtype``; ``int8`` also stores the world model's weight
+matrices as int8 with a float16 scale per 32 inputs (``save_pretrained(..., int8=True)``)."""
 
 
 def _check_vae(extra: Mapping[str, Any], vae_meta: Mapping[str, Any], allow_mismatch: bool) -> None:
@@ -206,9 +213,10 @@ def make_bundle(
 ) -> Path:
     """Checks and copies the parts into ``out`` (replaced atomically as a whole); returns it.
 
-    ``weights_dtype`` (``float32``, ``float16`` or ``bfloat16``) is the storage dtype of the
-    world-model and reward-model weights (float16 halves the size; the envs compute in float32
-    either way). The VAE is copied as it is: its weights digest is the identity its latents carry.
+    ``weights_dtype`` (``float32``, ``float16``, ``bfloat16`` or ``int8``) is the storage dtype of the
+    world-model and reward-model weights (float16 halves the size; ``int8`` stores the world model's
+    weight matrices as int8 with a float16 scale per 32 inputs, and the rest in float16; the envs compute in
+    float32 either way). The VAE is copied as it is: its weights digest is the identity its latents carry.
     ``guidance`` replaces the action-free guidance scale of the sampler the world model was trained
     with (1 = none): a model warm-started from another variant's teacher may need another scale.
     ``sim_config`` names the simulator settings the training data was recorded with where they differ
@@ -236,7 +244,7 @@ def make_bundle(
             shutil.copytree(world_model, tmp / "world_model")
         else:
             weights = load_pretrained(world_model, dtype=STORAGE_DTYPES[weights_dtype])
-            save_pretrained(weights, tmp / "world_model", extra)
+            save_pretrained(weights, tmp / "world_model", extra, int8=weights_dtype == "int8")
         shutil.copytree(vae, tmp / "vae")
         for (scenario, task), (folder, _) in reward_entries.items():
             copy_reward_model(folder, tmp / reward_folder(scenario, task), STORAGE_DTYPES[weights_dtype])
@@ -293,9 +301,10 @@ class Args:
         (), help="reward-model folder (repeat per scenario and task; each knows its own)", parse=str, append=True
     )
     allow_vae_mismatch: bool = arg(False, help="warn instead of failing on a VAE hash mismatch")
-    weights_dtype: Literal["float32", "float16", "bfloat16"] = arg(
+    weights_dtype: Literal["float32", "float16", "bfloat16", "int8"] = arg(
         "float32",
-        help="storage dtype of the world-model and reward weights (float16 halves the size; compute stays float32)",
+        help="storage dtype of the world-model and reward weights (float16 halves the size; int8 stores the world "
+        "model's weight matrices as int8 with a scale per 32 inputs; compute stays float32)",
     )
     guidance: float | None = arg(
         None, help="action-free guidance scale of the bundle's sampler (none: the world model's training sampler)"

@@ -18,8 +18,7 @@
 # Wheels: the machine's python has torch, accelerate and safetensors; every *.whl under .whl/ is
 # installed first. This suite needs no simulator: carry .whl/core (gymnasium, farama-notifications,
 # pytest, pluggy, iniconfig, packaging, pygments; 2.3 MB for python 3.12), which fits next to the
-# tree without astra_gym/assets/models/small-v0 (move it out for the call: the suite runs the Drive and
-# Manipulation models, drive-v5 and manip-v4). INSTALL=0 uses the current environment as it is.
+# 51 MiB tree. INSTALL=0 uses the current environment as it is.
 set -uo pipefail
 SUITE="${SUITE:-full}"; DEVICE="${DEVICE:-cuda}"; INSTALL="${INSTALL:-1}"
 OUT="${OUT:-runs/gpu-out}"; mkdir -p "$OUT"; OUT="$(cd "$OUT" && pwd)"

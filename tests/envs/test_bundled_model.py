@@ -3,6 +3,8 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 import astra_gym  # noqa: F401
 from astra_gym.envs.frame_bank import load_frame_bank
@@ -26,10 +28,18 @@ def test_bundle_is_shipped(name):
     read_bundle(path)  # parses and validates the manifest
 
 
+def test_shipped_models_are_small_together():
+    size = sum(_size(bundled_model_path(name)) for name in SHIPPED)
+    assert size < 48 * 2**20, f"the bundles take {size / 2**20:.1f} MiB; keep them under 48 MiB in total"
+
+
 @pytest.mark.parametrize("name", SHIPPED)
-def test_each_shipped_model_is_small(name):
-    size = _size(bundled_model_path(name))
-    assert size < 28 * 2**20, f"{name} takes {size / 2**20:.1f} MiB; keep a bundle under 28 MiB (float16 weights)"
+def test_shipped_world_models_are_stored_in_int8(name):
+    """Weight matrices in int8 with a scale per 32 inputs, about a quarter of float32 (``--weights-dtype int8``)."""
+    weights = load_file(str(bundled_model_path(name) / "world_model" / "model.safetensors"))
+    stored = {key: value.numel() * value.element_size() for key, value in weights.items()}
+    int8 = sum(size for key, size in stored.items() if weights[key].dtype == torch.int8)
+    assert int8 > 0.9 * sum(stored.values()), f"{name}: {int8 / sum(stored.values()):.0%} of its bytes are int8"
 
 
 def test_no_file_is_shipped_twice():

@@ -529,6 +529,21 @@ def _check_recording_settings(world_model, vae_folder, tmp_path) -> None:
     assert bundle.sim_setting("camera=front") == ("camera", "front") and bundle.sim_setting("frame_skip=4")[1] == 4
 
 
+def _check_int8_bundle(small, half) -> None:
+    """int8 storage: the world model's matrices in int8 with scales, the rest (reward models too) as in float16."""
+    with safe_open(small / "world_model" / "model.safetensors", "pt") as f:
+        dtypes = {k: f.get_tensor(k).dtype for k in f.keys()}
+    assert torch.int8 in dtypes.values() and set(dtypes.values()) == {torch.int8, torch.float16}
+    assert read_pretrained_config(small / "world_model") == read_pretrained_config(half / "world_model")
+    reward = "reward/drive/reward.safetensors"
+    assert (small / reward).read_bytes() == (half / reward).read_bytes()
+    half_state = load_pretrained(half / "world_model").state_dict()
+    for key, value in load_pretrained(small / "world_model").state_dict().items():
+        assert value.dtype == torch.float16, key
+        bound = half_state[key].float().abs().max() / 127  # a whole step of the coarsest row
+        assert (value.float() - half_state[key].float()).abs().max() <= bound, key
+
+
 def _check_float16_bundle(half, world_model, reward_folder) -> None:
     """float16 storage: half the bytes, the same config and metadata, weights within fp16 rounding."""
     with safe_open(half / "world_model" / "model.safetensors", "pt") as f:
@@ -700,8 +715,10 @@ def test_pipeline_vae_cache_world_model_reward_bundle(episode_dirs, tmp_path):
     )
     _check_float16_bundle(half, wm.final, reward_folder)
     _check_recording_settings(wm.final, vae_folder, tmp_path)
+    small = bundle.make_bundle("int8", wm.final, vae_folder, [reward_folder], tmp_path / "int8", weights_dtype="int8")
+    _check_int8_bundle(small, half)
     with pytest.raises(ValueError, match="choose one of"):
-        bundle.make_bundle("x", wm.final, vae_folder, [], tmp_path / "x", weights_dtype="int8")
+        bundle.make_bundle("x", wm.final, vae_folder, [], tmp_path / "x", weights_dtype="int4")
     with pytest.raises(ValueError, match="VAE"):  # a VAE other than the caches' is refused
         bundle.make_bundle(
             "bad",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from astra_gym.world_model import checkpoints as ckpt
 from astra_gym.world_model import model_cache
@@ -461,6 +462,40 @@ def test_round_trip_is_bit_exact(tmp_path, dtype):
     assert torch.equal(forward(loaded), forward(model))
     assert ckpt.read_pretrained_config(folder) == (model.config, extra)
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_int8_storage_is_smaller_and_within_half_a_step(tmp_path):
+    model = random_debug_model()
+    plain = ckpt.save_pretrained(model, tmp_path / "plain")
+    small = ckpt.save_pretrained(model, tmp_path / "int8", int8=True)
+    stored = load_file(str(small / "model.safetensors"))
+    quantized = {key for key, value in stored.items() if value.dtype == torch.int8}
+    assert quantized and {key + ckpt.INT8_SCALE_SUFFIX for key in quantized} <= set(stored)
+    size = (small / "model.safetensors").stat().st_size / (plain / "model.safetensors").stat().st_size
+    assert size < 0.6  # the debug preset's matrices hold 58 % of its values
+
+    loaded = ckpt.load_pretrained(small)
+    assert loaded.config == model.config and ckpt.read_pretrained_config(small) == ckpt.read_pretrained_config(plain)
+    expected = model.state_dict()
+    for key, value in loaded.state_dict().items():
+        assert value.dtype == expected[key].dtype, key
+        if key not in quantized:
+            assert torch.equal(value, expected[key]), key
+            continue
+        rows = expected[key].reshape(value.shape[0], -1)
+        error = (value.reshape(value.shape[0], -1) - rows).abs().amax(dim=1)
+        assert torch.all(error <= rows.abs().amax(dim=1) / 254 * 1.001) and torch.any(error > 0), key
+    torch.testing.assert_close(forward(loaded), forward(model), rtol=0, atol=0.05)
+
+
+def test_int8_scale_without_its_tensor_is_named(tmp_path):
+    folder = ckpt.save_pretrained(random_debug_model(), tmp_path / "m", int8=True)
+    state = load_file(str(folder / "model.safetensors"))
+    key = next(key for key, value in state.items() if value.dtype == torch.int8)
+    state[key] = state[key].float()
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=re.escape(key + ckpt.INT8_SCALE_SUFFIX)):
+        ckpt.load_pretrained(folder)
 
 
 def test_load_pretrained_errors_name_the_problem(tmp_path):
