@@ -325,8 +325,8 @@ def quantize_int8(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
             out[key] = value
             continue
         groups = value.float().reshape(value.shape[0], _groups(value), -1)
-        scale = (groups.abs().amax(dim=2) / 127).clamp_min(torch.finfo(torch.float32).tiny).to(value.dtype)
-        steps = torch.round(groups / scale.float()[..., None]).clamp(-127, 127)
+        scale = (groups.abs().amax(dim=2) / 127).to(value.dtype)  # 0 for a group of zeros (it stores zeros)
+        steps = torch.round(groups / torch.where(scale == 0, 1, scale).float()[..., None]).clamp(-127, 127)
         out[key] = steps.to(torch.int8).reshape(value.shape).contiguous()
         out[key + INT8_SCALE_SUFFIX] = scale.contiguous()
     return out
@@ -534,7 +534,7 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
             f"cannot read {path} as safetensors ({err}): the file is truncated, corrupted or not a "
             "safetensors file. Fix: download or save it again."
         ) from err
-    return dequantize_int8(state) if any(key.endswith(INT8_SCALE_SUFFIX) for key in state) else state
+    return dequantize_int8(state)
 
 
 def _unpickler_reason(err: Exception) -> str:
