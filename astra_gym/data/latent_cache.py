@@ -755,6 +755,22 @@ class LatentShardDataset(torch.utils.data.Dataset):
         prefix = f"{ref.key}/"
         return {k[len(prefix) :]: shard.get_tensor(k) for k in shard.keys() if k.startswith(prefix)}
 
+    def mean_latent(self, max_episodes: int = 64) -> Tensor:
+        """The mean latent of up to ``max_episodes`` evenly spaced selected episodes (every latent of each).
+
+        Returns:
+            [C, h, w] float32, what a cell of this data holds on average (the static scene).
+        """
+        if not self.episodes:
+            raise ValueError(f"{self.root}: no selected episode to average")
+        picks = np.unique(np.linspace(0, len(self.episodes) - 1, min(max_episodes, len(self.episodes))).round())
+        total, count = None, 0
+        for episode in picks.astype(int).tolist():
+            latents = self.load_episode(episode)["latents"].float()  # [C, L, h, w]
+            total = latents.sum(dim=1) if total is None else total + latents.sum(dim=1)
+            count += latents.shape[1]
+        return total / count
+
 
 # ---------------------------------------------------------------------------------------------
 # CLI

@@ -383,6 +383,10 @@ class JointLatentData:
 
     # ------------------------------------------------------------------------------ metadata
 
+    def mean_latents(self, max_episodes: int = 64) -> tuple[Tensor, ...]:
+        """Each dataset's mean latent [C, h, w] float32 (:meth:`LatentShardDataset.mean_latent`), by dataset index."""
+        return tuple(ds.mean_latent(max_episodes) for ds in self.datasets)
+
     def scenario_metadata(self) -> dict[str, Any]:
         """What an env needs per scenario: modality slot, feature, width and action normalisation."""
         meta: dict[str, Any] = {}

@@ -17,7 +17,9 @@ one generator in a fixed order:
 timestep-weighted) flow-matching MSE plus ``moe_balance_weight`` times the MoAE load-balancing loss.
 With ``motion_weight`` > 0 the MSE is a weighted mean over latent cells (:func:`motion_mask`): cells
 that change from the newest history latent to the target count more, so that a small moving object
-(FetchPush's block and gripper) is not drowned by a static background.
+(FetchPush's block and gripper) is not drowned by a static background. With ``detail_weight`` > 0
+cells that differ from their dataset's mean latent count more too (:func:`detail_mask`): what stands
+out of the usual scene (the goal marker, the block, the arm), moving or not.
 
 Data parallelism: with ``share=(rank, world)`` every rank uses the step's one generator, makes the
 draws for ``world`` copies of its rows (:func:`draw_share`) and keeps copy ``rank``: the ranks draw
@@ -27,7 +29,7 @@ distinct rows of one stream, and when their packed batches have the shapes of th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -56,6 +58,8 @@ __all__ = [
     "per_dataset_mse",
     "newest_history_latent",
     "motion_mask",
+    "detail_mask",
+    "loss_mask",
 ]
 
 T = TypeVar("T")
@@ -87,6 +91,12 @@ class StepConfig:
         "mean change, motion_clip) (0 = off, every cell counts the same)",
     )
     motion_clip: float = arg(8.0, "cap of a cell's change relative to its row's mean change (motion_weight > 0)")
+    detail_weight: float = arg(
+        0.0,
+        "extra loss weight of latent cells that differ from their dataset's mean latent: a cell counts "
+        "1 + detail_weight * min(difference / its row's mean difference, motion_clip) on top of the motion term "
+        "(0 = off)",
+    )
 
     def __post_init__(self) -> None:
         for name in ("history_noise_p", "action_dropout"):
@@ -105,6 +115,8 @@ class StepConfig:
             raise ValueError(f"moe_balance_weight={self.moe_balance_weight} must be >= 0")
         if self.motion_weight < 0 or self.motion_clip <= 0:
             raise ValueError(f"motion_weight={self.motion_weight} must be >= 0 and motion_clip={self.motion_clip} > 0")
+        if self.detail_weight < 0:
+            raise ValueError(f"detail_weight={self.detail_weight} must be >= 0")
 
 
 @dataclass(frozen=True, eq=False)
@@ -248,12 +260,61 @@ def motion_mask(batch: WorldModelBatch, weight: float, clip: float) -> Tensor:
     return torch.where(present[:, None, None, None, None], mask, ones)
 
 
+def detail_mask(batch: WorldModelBatch, reference: Sequence[Tensor], weight: float, clip: float) -> Tensor:
+    """Per-cell loss weights that favour what stands out of the usual scene (``StepConfig.detail_weight``).
+
+    Args:
+        batch: Clean packed batch.
+        reference: Per dataset index, its mean latent [C, h, w] (``JointLatentData.mean_latents``).
+        weight: ``detail_weight``; 0 gives ones.
+        clip: Cap of a cell's difference relative to its row's mean difference.
+
+    Returns:
+        [B, 1, F, h, w] float32 weights ``1 + weight * min(d / mean_row(d), clip)``, with d the
+        channel-mean absolute difference of each target latent from its dataset's mean latent.
+    """
+    target = batch.target.float()
+    if weight == 0:
+        return torch.ones_like(target[:, :1])
+    means = torch.stack([reference[i] for i in batch.dataset.tolist()]).to(target)  # [B, C, h, w]
+    if means.shape[1:] != (target.shape[1],) + target.shape[3:]:
+        raise ValueError(
+            f"mean latents of shape {tuple(means.shape[1:])} do not match the targets' latents "
+            f"{(target.shape[1],) + tuple(target.shape[3:])}; compute them from the same caches"
+        )
+    difference = (target - means[:, :, None]).abs().mean(dim=1, keepdim=True)  # [B, 1, F, h, w]
+    scale = difference.flatten(1).mean(dim=1).clamp_min(1e-6)[:, None, None, None, None]
+    return 1 + weight * (difference / scale).clamp(max=clip)
+
+
+def loss_mask(batch: WorldModelBatch, cfg: StepConfig, reference: Sequence[Tensor] | None) -> Tensor | None:
+    """The flow loss's per-cell weights: motion and detail terms added (None when both are off).
+
+    Args:
+        batch: Clean packed batch.
+        cfg: Step recipe (``motion_weight``, ``detail_weight``, ``motion_clip``).
+        reference: Per dataset, its mean latent [C, h, w]; needed when ``detail_weight`` > 0.
+
+    Returns:
+        [B, 1, F, h, w] float32 ``motion + detail - 1``, or None.
+    """
+    if cfg.motion_weight == 0 and cfg.detail_weight == 0:
+        return None
+    mask = motion_mask(batch, cfg.motion_weight, cfg.motion_clip)
+    if cfg.detail_weight > 0:
+        if reference is None:
+            raise ValueError("detail_weight > 0 needs the datasets' mean latents (pass reference=...)")
+        mask = mask + detail_mask(batch, reference, cfg.detail_weight, cfg.motion_clip) - 1
+    return mask
+
+
 def train_step(
     model: nn.Module,
     batch: WorldModelBatch,
     cfg: StepConfig,
     generator: torch.Generator,
     share: tuple[int, int] = (0, 1),
+    reference: Sequence[Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Loss of one batch (no backward, no optimizer step).
 
@@ -264,6 +325,7 @@ def train_step(
         cfg: Step recipe.
         generator: CPU generator of every random draw of the step (the same on every rank).
         share: ``(rank, world)`` of data parallelism (:func:`draw_share`).
+        reference: Per dataset, its mean latent [C, h, w] (needed when ``cfg.detail_weight`` > 0).
 
     Returns:
         (loss, logs): the 0-d loss with gradients, and detached 0-d logs ``loss``,
@@ -273,7 +335,7 @@ def train_step(
     inputs = draw_share(batch, share, lambda b: prepare_inputs(b, cfg, generator))
     velocity, aux = model(inputs.noisy, inputs.timestep, None, inputs.frame_pack, inputs.actions, return_aux=True)
     weight = timestep_weight(inputs.timestep, shift=cfg.timestep_shift) if cfg.loss_weighting == "release" else None
-    mask = motion_mask(batch, cfg.motion_weight, cfg.motion_clip) if cfg.motion_weight > 0 else None
+    mask = loss_mask(batch, cfg, reference)
     flow_loss, flow_logs = flow_matching_loss(velocity, inputs.target_velocity, weight, mask)
     balance = aux["moe_balance_loss"].float()
     loss = flow_loss + cfg.moe_balance_weight * balance

@@ -431,6 +431,7 @@ class _Run:
     rows: list[dict[str, float]] = field(default_factory=list)
     teacher: nn.Module | None = None
     out_of_time: bool = False
+    reference: tuple[torch.Tensor, ...] | None = None
 
     @property
     def unwrapped(self) -> nn.Module:
@@ -470,7 +471,7 @@ def _one_step(run: _Run, batch) -> dict[str, torch.Tensor]:
     batch = batch_to(batch, acc.device)
     generator = step_generator(cfg.seed, "noise", run.step)  # every rank: its rows of the global draws
     if run.teacher is None:
-        loss, logs = train_step(run.model, batch, cfg.step, generator, share)
+        loss, logs = train_step(run.model, batch, cfg.step, generator, share, run.reference)
     else:
         autocast = torch.bfloat16 if cfg.mixed_precision == "bf16" else None
         loss, logs = distill_step(
@@ -662,6 +663,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         state.step if state else 0,
         state.samples_seen if state else 0,
         teacher=_load_teacher(cfg, config, accelerator.device),
+        reference=_mean_latents(cfg, data, accelerator.device),
     )
     try:
         _run_with_progress(run)
@@ -671,6 +673,13 @@ def train(cfg: TrainConfig) -> TrainResult:
             writer.close()
         accelerator.end_training()  # destroys the process group (a no-op in one process)
     return TrainResult(run.step, final, run.rows)
+
+
+def _mean_latents(cfg: TrainConfig, data: JointLatentData, device: torch.device) -> tuple[torch.Tensor, ...] | None:
+    """Each dataset's mean latent on ``device`` when the detail loss weight needs it, else None."""
+    if cfg.step.detail_weight == 0:
+        return None
+    return tuple(mean.to(device) for mean in data.mean_latents())
 
 
 def _run_with_progress(run: _Run) -> None:

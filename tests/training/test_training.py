@@ -27,7 +27,9 @@ from astra_gym.training.data import DatasetSpec, JointLatentData, WindowDraw, ma
 from astra_gym.training.normalization import ActionNormalizer
 from astra_gym.training.steps import (
     StepConfig,
+    detail_mask,
     draw_share,
+    loss_mask,
     motion_mask,
     newest_history_latent,
     prepare_inputs,
@@ -231,6 +233,52 @@ def test_motion_weight_changes_the_loss_but_not_the_logged_mse(cache):
     torch.testing.assert_close(moving_logs["mse"], plain_logs["mse"])  # the same draws, logged unweighted
     with pytest.raises(ValueError, match="motion_weight"):
         StepConfig(motion_weight=-1.0)
+
+
+def test_mean_latents_average_every_latent_of_each_dataset(cache):
+    data = _data(cache)
+    means = data.mean_latents()
+    assert len(means) == 3
+    for dataset, mean in zip(data.datasets, means, strict=True):
+        every = torch.cat([dataset.load_episode(e)["latents"].float() for e in range(len(dataset.episodes))], dim=1)
+        torch.testing.assert_close(mean, every.mean(dim=1))
+    first = data.datasets[0].mean_latent(max_episodes=1)
+    torch.testing.assert_close(first, data.datasets[0].load_episode(0)["latents"].float().mean(dim=1))
+
+
+def test_detail_mask_weights_the_cells_that_differ_from_their_datasets_mean(cache):
+    batch = _long_history_batch(_data(cache), rows=2)
+    reference = tuple(torch.randn(batch.target.shape[1], *batch.target.shape[3:]) for _ in range(3))
+    target = torch.stack([reference[i] for i in batch.dataset.tolist()])[:, :, None].clone()  # each row: its mean
+    target[0, :, 0, 1, 2] += 3.0  # one cell of row 0 stands out
+    target[1] += 0.5  # row 1 differs everywhere by the same amount
+    batch = dataclasses.replace(batch, target=target)
+    mask = detail_mask(batch, reference, weight=2.0, clip=8.0)  # [B, 1, F, h, w]
+    cells = mask[0].numel()
+    assert float(mask[0, 0, 0, 1, 2]) == pytest.approx(1 + 2.0 * 8.0)  # difference / mean = cells, capped at 8
+    assert bool((mask[0].flatten().sort().values[:-1] == 1).all()) and cells > 8
+    torch.testing.assert_close(mask[1], torch.full_like(mask[1], 3.0))  # 1 + 2 * (d / mean d = 1)
+    both = loss_mask(batch, StepConfig(motion_weight=4.0, detail_weight=2.0), reference)
+    torch.testing.assert_close(both, motion_mask(batch, 4.0, 8.0) + mask - 1)
+    assert loss_mask(batch, StepConfig(), None) is None
+    with pytest.raises(ValueError, match="mean latents"):
+        loss_mask(batch, StepConfig(detail_weight=2.0), None)
+    with pytest.raises(ValueError, match="do not match"):
+        detail_mask(batch, tuple(r[:, :2] for r in reference), weight=2.0, clip=8.0)
+    with pytest.raises(ValueError, match="detail_weight"):
+        StepConfig(detail_weight=-1.0)
+
+
+def test_detail_weight_trains_and_changes_the_loss(cache, tmp_path):
+    data = _data(cache)
+    batch = _long_history_batch(data)
+    model = _model()
+    plain, _ = train_step(model, batch, StepConfig(), step_generator(0, "noise", 0))
+    cfg = StepConfig(detail_weight=4.0)
+    weighted, _ = train_step(model, batch, cfg, step_generator(0, "noise", 0), reference=data.mean_latents())
+    assert weighted.item() != pytest.approx(plain.item(), rel=1e-4)
+    result = train_world_model.train(_run_config(cache, tmp_path, total_steps=2, checkpoint_every=2, step=cfg))
+    assert result.step == 2 and all(np.isfinite(r["train/loss"]) for r in result.rows if "train/loss" in r)
 
 
 def test_action_dropout_nulls_whole_rows_and_nothing_else(cache):
