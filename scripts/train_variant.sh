@@ -71,7 +71,7 @@ if ((PROBE > 0)); then
   "$PY" -m astra_gym.data.generate --scenario "$SCENARIO" --episodes "$PROBE" --steps "$STEPS" --policy probe \
       --epsilon 0.4 --seed 5000 --workers "$WORKERS" --out "$DATA/probe"
   SPLITS+=(probe)
-  DATASETS+=(--dataset "scenario=$SCENARIO,path=$DATA/cache-probe,weight=1")
+  DATASETS+=(--dataset "scenario=$SCENARIO,path=$DATA/cache-probe,weight=1,name=probe")
 fi
 
 # Drive's detail VAE (bundled with drive-v5) is where the other variants' VAEs start: it keeps small objects.

@@ -229,6 +229,13 @@ class JointLatentData:
             raise ValueError(f"mixing={mixing!r} must be 'sample' or 'step'")
         if not 0.0 <= episode_start_p <= 1.0:
             raise ValueError(f"episode_start_p={episode_start_p} must be a probability in [0, 1]")
+        labels = [spec.label for spec in specs]
+        for label in sorted({lab for lab in labels if labels.count(lab) > 1}):
+            roots = [spec.root for spec in specs if spec.label == label]
+            raise ValueError(
+                f"datasets {roots} share the log label {label!r}, so their per-dataset metrics would overwrite "
+                "each other; give each its own name= (e.g. --dataset scenario=...,path=...,name=probe)"
+            )
         self.episode_start_p = episode_start_p
         self.specs, self.config, self.layout, self.mixing = tuple(specs), model_config, layout, mixing
         self.chunk_latents, self.max_history = chunk_latents, max_history

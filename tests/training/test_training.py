@@ -246,6 +246,14 @@ def test_mean_latents_average_every_latent_of_each_dataset(cache):
     torch.testing.assert_close(first, data.datasets[0].load_episode(0)["latents"].float().mean(dim=1))
 
 
+def test_datasets_that_share_a_log_label_are_refused_with_the_fix(cache):
+    twins = (DatasetSpec(str(cache), "drive"), DatasetSpec(str(cache), "drive", 2.0))
+    with pytest.raises(ValueError, match="share the log label 'drive'.*name="):
+        JointLatentData(twins, get_preset("debug"), 1, 6, LAYOUT)
+    named = (twins[0], dataclasses.replace(twins[1], name="probe"))
+    assert [s.label for s in JointLatentData(named, get_preset("debug"), 1, 6, LAYOUT).specs] == ["drive", "probe"]
+
+
 def test_detail_mask_weights_the_cells_that_differ_from_their_datasets_mean(cache):
     batch = _long_history_batch(_data(cache), rows=2)
     reference = tuple(torch.randn(batch.target.shape[1], *batch.target.shape[3:]) for _ in range(3))
