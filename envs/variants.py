@@ -30,7 +30,7 @@ BUNDLED_MODEL = "small-v0"
 DRIVE_MODEL = "drive-v5"
 # Manipulation's own model: front camera, a reader that predicts the poses (the first model under which MPC
 # beats standing still in the real FetchPush; see its MODEL_CARD).
-MANIPULATION_MODEL = "manip-v4"
+MANIPULATION_MODEL = "manip-v5"
 VECTOR_ENTRY_POINT = "astra_gym.envs.vector_env:AstraVectorEnv"
 
 

@@ -5,7 +5,7 @@
 # On the project's device tool (carry .whl: core/ gymnasium, farama-notifications, and per variant sims/
 # Box2D, pygame-ce (drive), mujoco, gymnasium-robotics (manipulation; MuJoCo renders through EGL) or
 # vizdoom (explore), for the machine's python; the tree is 51 MiB: where the wheels take it past 64 MiB, move
-# out the bundles a recipe does not use, astra_gym/assets/models/small-v0 and manip-v4 (Drive's recipe starts
+# out the bundles a recipe does not use, astra_gym/assets/models/small-v0 and manip-v5 (Drive's recipe starts
 # from drive-v5's VAE)):
 #   SCENARIO=explore bash benchmarks/gpu/train_variant.sh   (SCENARIO: drive (default), manipulation, explore;
 #                                                            OUT=folder to fill; default runs/gpu-out)

@@ -129,7 +129,7 @@ def test_unreadable_images_and_bad_reset_frames(tmp_path):
 
 
 def test_missing_and_mismatched_checkpoints(tmp_path):
-    installed = r"Installed: 'drive-v5', 'manip-v4', 'small-v0'"
+    installed = r"Installed: 'drive-v5', 'manip-v5', 'small-v0'"
     with pytest.raises(BundleError, match=rf"no-such-model.*{installed}.*checkpoint='debug'"):
         gym.make("Astra-Drive-v0", checkpoint="no-such-model")
     with pytest.raises(BundleError, match=r"Did you mean 'drive-v5'\?"):
