@@ -230,10 +230,11 @@ class JointLatentData:
         if not 0.0 <= episode_start_p <= 1.0:
             raise ValueError(f"episode_start_p={episode_start_p} must be a probability in [0, 1]")
         labels = [spec.label for spec in specs]
-        for label in sorted({lab for lab in labels if labels.count(lab) > 1}):
-            roots = [spec.root for spec in specs if spec.label == label]
+        shared = sorted({label for label in labels if labels.count(label) > 1})
+        if shared:
+            roots = [spec.root for spec in specs if spec.label == shared[0]]
             raise ValueError(
-                f"datasets {roots} share the log label {label!r}, so their per-dataset metrics would overwrite "
+                f"datasets {roots} share the log label {shared[0]!r}, so their per-dataset metrics would overwrite "
                 "each other; give each its own name= (e.g. --dataset scenario=...,path=...,name=probe)"
             )
         self.episode_start_p = episode_start_p

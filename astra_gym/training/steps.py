@@ -254,10 +254,15 @@ def motion_mask(batch: WorldModelBatch, weight: float, clip: float) -> Tensor:
     if weight == 0 or newest is None:
         return ones
     latents, present = newest
-    change = (target - latents.float()[:, :, None]).abs().mean(dim=1, keepdim=True)  # [B, 1, F, h, w]
-    scale = change.flatten(1).mean(dim=1).clamp_min(1e-6)[:, None, None, None, None]
-    mask = 1 + weight * (change / scale).clamp(max=clip)
+    mask = _relative_weights(target, latents.float()[:, :, None], weight, clip)
     return torch.where(present[:, None, None, None, None], mask, ones)
+
+
+def _relative_weights(target: Tensor, reference: Tensor, weight: float, clip: float) -> Tensor:
+    """``1 + weight * min(d / mean_row(d), clip)`` [B, 1, F, h, w], d = channel-mean |target - reference|."""
+    distance = (target - reference).abs().mean(dim=1, keepdim=True)  # [B, 1, F, h, w]
+    scale = distance.flatten(1).mean(dim=1).clamp_min(1e-6)[:, None, None, None, None]
+    return 1 + weight * (distance / scale).clamp(max=clip)
 
 
 def detail_mask(batch: WorldModelBatch, reference: Sequence[Tensor], weight: float, clip: float) -> Tensor:
@@ -282,9 +287,7 @@ def detail_mask(batch: WorldModelBatch, reference: Sequence[Tensor], weight: flo
             f"mean latents of shape {tuple(means.shape[1:])} do not match the targets' latents "
             f"{(target.shape[1],) + tuple(target.shape[3:])}; compute them from the same caches"
         )
-    difference = (target - means[:, :, None]).abs().mean(dim=1, keepdim=True)  # [B, 1, F, h, w]
-    scale = difference.flatten(1).mean(dim=1).clamp_min(1e-6)[:, None, None, None, None]
-    return 1 + weight * (difference / scale).clamp(max=clip)
+    return _relative_weights(target, means[:, :, None], weight, clip)
 
 
 def loss_mask(batch: WorldModelBatch, cfg: StepConfig, reference: Sequence[Tensor] | None) -> Tensor | None:
