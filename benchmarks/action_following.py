@@ -146,7 +146,7 @@ def imagined_branches(envs: gym.vector.VectorEnv, scenario: str, start: Start, s
 def reward_on_frames(core, seq: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The env's reward model on given frames: [B, L] for frames uint8 [B, L + 1, H, W, 3] (the start frame
     first) and the action rows [B, L, d] of the L steps, read through the trainer's frame windows; NaN where
-    the bundle has no reward model."""
+    the bundle has no reward model. The start frame is also an anchored reward model's anchor."""
     if core.engine.reward_model is None:
         return np.full(rows.shape[:2], np.nan)
     k = core.engine.reward_model.config.num_frames
@@ -155,7 +155,7 @@ def reward_on_frames(core, seq: np.ndarray, rows: np.ndarray) -> np.ndarray:
         window = seq[:, max(0, t + 2 - k) : t + 2]
         if window.shape[1] < k:  # before the start: repeat the oldest frame (as the trainer does)
             window = np.concatenate([np.repeat(window[:, :1], k - window.shape[1], axis=1), window], axis=1)
-        out[:, t] = core.engine.score_frames(window, rows[:, t : t + 1])[0].double().cpu().numpy()
+        out[:, t] = core.engine.score_frames(window, rows[:, t : t + 1], anchor=seq[:, :1])[0].double().cpu().numpy()
     return out
 
 

@@ -186,9 +186,12 @@ def pose_reader(env, scenario: str) -> tuple[torch.nn.Module, tuple[str, ...]] |
 
 
 @torch.inference_mode()
-def read_poses(env, scenario: str, reader: torch.nn.Module, frames: np.ndarray, actions: np.ndarray) -> np.ndarray:
+def read_poses(
+    env, scenario: str, reader: torch.nn.Module, frames: np.ndarray, actions: np.ndarray, anchor: np.ndarray
+) -> np.ndarray:
     """[L, P] the pose reader's positions (their own units) on frames uint8 [L, H, W, 3], each read with the
-    action [L, ...] that produced it (one-frame readers only)."""
+    action [L, ...] that produced it and the episode's start frame ``anchor`` uint8 [H, W, 3] (read by an
+    anchored reader only; one-frame readers only)."""
     core = env.unwrapped.core
     if reader.config.num_frames != 1:
         raise ValueError(f"read_poses reads one frame at a time; this reader takes {reader.config.num_frames}")
@@ -196,7 +199,8 @@ def read_poses(env, scenario: str, reader: torch.nn.Module, frames: np.ndarray, 
     device = core.engine.device
     pixels = uint8_to_pixels(frames).to(device)  # [L, 3, H, W]
     rows = torch.as_tensor(rows, dtype=torch.float32, device=device)
-    return reader(pixels[:, None], rows, poses=True)[2].double().cpu().numpy()
+    start = uint8_to_pixels(anchor[None]).to(device)[:, None].expand(len(frames), -1, -1, -1, -1)  # [L, 1, 3, H, W]
+    return reader(pixels[:, None], rows, poses=True, anchor=start)[2].double().cpu().numpy()
 
 
 def action_gap(a: np.ndarray, b: np.ndarray) -> float:

@@ -110,7 +110,7 @@ def pose_drift(env, scenario: str, reader: tuple, start, real: dict, imagined: n
     truth = np.concatenate([real["poses"][k] for k in keys], axis=-1)  # [L + 1, P]
     found = {"real": truth}
     for source, frames in (("read_real", real["frames"]), ("read_imagined", imagined)):
-        found[source] = read_poses(env, scenario, model, np.concatenate([first, frames]), actions)
+        found[source] = read_poses(env, scenario, model, np.concatenate([first, frames]), actions, first[0])
     out, column = {}, 0
     for key in keys:
         width = real["poses"][key].shape[-1]

@@ -260,6 +260,8 @@ class WorldModelRollout:
             latents = self.vae.encode(uint8_to_pixels(frames))  # [B, C, L, h, w]
             streams, pixels = self._warm_streams(latents, decode=self.reward_frames > 0)
         rows = self._context_rows(context_actions, batch, latents.shape[2])  # [B, L, D]
+        decoded = frames if pixels is None else pixels_to_uint8(pixels)
+        recent = _newest_frames(frames[:, :0], decoded, self.reward_frames)
         return RolloutState(
             history=FramePackHistory.from_latents(latents, rows, window=self.config.layout.window),
             generators=generators,
@@ -267,9 +269,8 @@ class WorldModelRollout:
             modality=torch.full((batch,), self.modality_index, dtype=torch.long, device=self.device),
             vae_streams=streams,
             steps=torch.zeros(batch, dtype=torch.long),
-            recent_frames=_newest_frames(
-                frames[:, :0], frames if pixels is None else pixels_to_uint8(pixels), self.reward_frames
-            ),
+            recent_frames=recent,
+            start_frames=recent.clone(),
         )
 
     def _as_frames(self, context: Tensor | np.ndarray) -> Tensor:
@@ -476,35 +477,47 @@ class WorldModelRollout:
 
         Args:
             state: The state returned by :meth:`step` (its ``recent_frames`` are what the reward
-                model reads: the newest ``num_frames`` frames, context frames included).
+                model reads: the newest ``num_frames`` frames, context frames included; its
+                ``start_frames``, the frames at reset, are an anchored model's anchor).
             action_rows: [B, F, d] the rows given to that :meth:`step` (the first row is scored).
 
         Returns:
             (reward [B], termination_logit [B]) float32 on the engine's device.
         """
-        return self.score_frames(state.recent_frames, action_rows)
+        return self.score_frames(state.recent_frames, action_rows, anchor=state.start_frames)
 
     @torch.inference_mode()
-    def score_frames(self, frames: Tensor | np.ndarray, action_rows: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
+    def score_frames(
+        self, frames: Tensor | np.ndarray, action_rows: Tensor | np.ndarray, anchor: Tensor | np.ndarray | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Reward and termination logit of transitions given as frames (e.g. real ones, for diagnosis).
 
         Args:
             frames: uint8 [B, T, H, W, 3], oldest first; the newest ``num_frames`` are read.
             action_rows: [B, F, d] the rows of the step that produced the newest frame (first row scored).
+            anchor: uint8 [B, T', H, W, 3] the episode's start frames: a reward model with
+                ``RewardModelConfig.anchor`` reads the newest of them beside ``frames`` (others ignore
+                it; such a model refuses None).
 
         Returns:
             (reward [B], termination_logit [B]) float32 on the engine's device.
         """
         if self.reward_model is None:
             raise ValueError("this rollout has no reward model; pass reward_model= to WorldModelRollout")
+        pixels = self._reward_pixels(frames, "frames")
+        rows = self._target_rows(action_rows, pixels.shape[0])[:, 0, : self.action_dim]  # [B, d]
+        anchor = None if anchor is None else self._reward_pixels(anchor, "anchor", count=1)
+        with self._kernels():
+            return self.reward_model(pixels, rows, anchor=anchor)
+
+    def _reward_pixels(self, frames: Tensor | np.ndarray, name: str, count: int | None = None) -> Tensor:
+        """Pixels [B, k, 3, H, W] of the newest k (``count``, default the reward model's ``num_frames``) of
+        uint8 [B, T, H, W, 3]."""
         frames = torch.as_tensor(np.asarray(frames) if not isinstance(frames, Tensor) else frames)
         if frames.dtype != torch.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
-            raise ValueError(f"frames must be uint8 [B, T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
-        rows = self._target_rows(action_rows, frames.shape[0])[:, 0, : self.action_dim]  # [B, d]
-        recent = frames[:, -self.reward_model.config.num_frames :].to(self.device)
-        pixels = uint8_to_pixels(recent).transpose(1, 2).contiguous()  # [B, k, 3, H, W]
-        with self._kernels():
-            return self.reward_model(pixels, rows)
+            raise ValueError(f"{name} must be uint8 [B, T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+        recent = frames[:, -(count or self.reward_model.config.num_frames) :].to(self.device)
+        return uint8_to_pixels(recent).transpose(1, 2).contiguous()
 
     # ------------------------------------------------------------------------------------------
     # Row bookkeeping

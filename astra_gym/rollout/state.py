@@ -16,6 +16,9 @@ field              holds                                 bounded by
 ``steps``          [B] chunks generated since reset      one integer per row
 ``recent_frames``  uint8 [B, K, H, W, 3] newest frames   K = the reward model's ``num_frames``
                    (what the reward model reads)         (0 without a reward model)
+``start_frames``   uint8 [B, K, H, W, 3] the newest      as ``recent_frames``
+                   frames at reset (an anchored reward
+                   model's anchor)
 =================  ====================================  ==========================================
 
 Nothing in it grows with the episode length, so memory is flat however long a rollout runs.
@@ -90,6 +93,9 @@ class RolloutState:
         recent_frames: uint8 [B, K, H, W, 3] the K newest frames of each row, oldest first, on the
             engine's device (K may be 0). After a reset they are the VAE's reconstructions of the
             context, the image domain of every generated frame, so a reward model compares like with like.
+        start_frames: uint8 [B, K, H, W, 3] ``recent_frames`` as they were at the row's reset: the real
+            start that a reward model with ``RewardModelConfig.anchor`` reads beside the newest frames
+            (e.g. where FetchPush's block and goal were before the world model could lose them).
     """
 
     history: FramePackHistory
@@ -99,6 +105,7 @@ class RolloutState:
     vae_streams: tuple[VaeStreamState, ...]
     steps: Tensor
     recent_frames: Tensor
+    start_frames: Tensor
 
     def __post_init__(self) -> None:
         batch = self.history.batch_size
@@ -108,6 +115,7 @@ class RolloutState:
             "vae_streams": len(self.vae_streams),
             "steps": self.steps.shape[0],
             "recent_frames": self.recent_frames.shape[0],
+            "start_frames": self.start_frames.shape[0],
         }
         if self.text_context is not None:
             sizes["text_context"] = self.text_context.shape[0]
@@ -132,6 +140,7 @@ class RolloutState:
             vae_streams=tuple(self.vae_streams[i] for i in picked),
             steps=self.steps[index],
             recent_frames=self.recent_frames[index.to(self.recent_frames.device)],
+            start_frames=self.start_frames[index.to(self.start_frames.device)],
         )
 
     def put(self, rows: Tensor | Sequence[int], other: RolloutState) -> RolloutState:
@@ -158,6 +167,7 @@ class RolloutState:
             vae_streams=tuple(streams),
             steps=_put_rows(self.steps, index, other.steps),
             recent_frames=_put_rows(self.recent_frames, index, other.recent_frames),
+            start_frames=_put_rows(self.start_frames, index, other.start_frames),
         )
 
     def clone(self) -> RolloutState:
@@ -170,12 +180,13 @@ class RolloutState:
             vae_streams=tuple(_clone_stream(s) for s in self.vae_streams),
             steps=self.steps.clone(),
             recent_frames=self.recent_frames.clone(),
+            start_frames=self.start_frames.clone(),
         )
 
     def nbytes(self) -> int:
         """Bytes held by the state's tensors (history, context, counters, VAE caches, generator states)."""
         tensors = [getattr(self.history, f.name) for f in dataclasses.fields(self.history)]
-        tensors += [self.modality, self.steps, self.recent_frames]
+        tensors += [self.modality, self.steps, self.recent_frames, self.start_frames]
         tensors += [self.text_context] if self.text_context is not None else []
         tensors += [t for s in self.vae_streams for t in s.cache if isinstance(t, Tensor)]
         total = sum(t.numel() * t.element_size() for t in tensors)

@@ -123,6 +123,11 @@ class RewardTrainConfig:
         "the model computes the task's reward from its predicted poses with the task's formula instead of a "
         "reward head (needs --pose-weight > 0 and a task of reward_model.POSE_REWARDS, e.g. reach-push)",
     )
+    anchor_every: int = arg(
+        0,
+        "also read the episode's start frame (RewardModelConfig.anchor), taken every N recorded steps (the env's "
+        "episode length: Manipulation 50; an imagined piece's is its first frame); 0 = the newest frames only",
+    )
     holdout_fraction: float = arg(0.1, "share of the episodes held out for evaluation")
     eval_every: int = arg(500, "steps between held-out evaluations (0 = only at the end)")
     seed: int = arg(0, "seed of the split, the init and every random draw")
@@ -138,6 +143,13 @@ class RewardTrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)} must be >= 1")
         if self.termination_balance < 0 or self.termination_weight < 0 or self.pose_weight < 0:
             raise ValueError("--termination-balance, --termination-weight and --pose-weight must be >= 0")
+        if self.anchor_every < 0:
+            raise ValueError(f"--anchor-every={self.anchor_every} must be >= 0 (0 = no anchor)")
+        if self.anchor_every and self.imagined is not None and self.imagined_horizon > self.anchor_every:
+            raise ValueError(
+                f"--imagined-horizon {self.imagined_horizon} exceeds --anchor-every {self.anchor_every}: an imagined "
+                "piece's anchor is its first (real) frame, so a piece must fit in one anchored episode"
+            )
         if self.pose_reward and self.pose_weight == 0:
             raise ValueError("--pose-reward needs --pose-weight > 0 (the poses it computes the reward from)")
 
@@ -157,8 +169,8 @@ PRESETS: dict[str, RewardTrainConfig] = {
 
 
 class TransitionPool:
-    """Every step of some episodes of one scenario: frames, normalised action row, reward, termination
-    and, with ``pose_keys``, the poses after the step.
+    """Every step of some episodes of one scenario: frames, normalised action row, reward, termination,
+    with ``pose_keys`` the poses after the step, and with ``anchor_every`` the start frame of its episode.
 
     Args:
         episodes: Episodes of one scenario.
@@ -166,6 +178,8 @@ class TransitionPool:
         normalizer: Applied to the rows.
         num_frames: Newest frames per sample k.
         pose_keys: Poses to gather, concatenated in this order (none = an empty [N, 0] array).
+        anchor_every: N > 0: the anchor of step t is frame ``N * (t // N)``, where an env episode of N
+            steps (the context's newest frame first) would have started; 0 = no anchors.
     """
 
     def __init__(
@@ -175,6 +189,7 @@ class TransitionPool:
         normalizer: ActionNormalizer,
         num_frames: int,
         pose_keys: Sequence[str] = (),
+        anchor_every: int = 0,
     ):
         self.frames = [ep.frames for ep in episodes]
         rows = [torch.from_numpy(episode_rows(ep, (feature,))[feature]) for ep in episodes]
@@ -184,20 +199,24 @@ class TransitionPool:
         self.episode = np.concatenate([np.full(ep.num_steps, i) for i, ep in enumerate(episodes)])
         self.step = np.concatenate([np.arange(ep.num_steps) for ep in episodes])
         self.poses = torch.from_numpy(np.concatenate([_poses_after(ep, pose_keys) for ep in episodes])).float()
-        self.num_frames = num_frames
+        self.num_frames, self.anchor_every = num_frames, anchor_every
 
     def __len__(self) -> int:
         return len(self.rewards)
 
     def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(frames [B, k, 3, H, W] in [-1, 1], rows [B, d], rewards [B], terminated [B], poses [B, P]) of
-        transitions ``index``."""
-        clips = []
+        """(frames [B, k, 3, H, W] in [-1, 1], rows [B, d], rewards [B], terminated [B], poses [B, P], anchors
+        [B, 1, 3, H, W] in [-1, 1] or None without ``anchor_every``) of transitions ``index``."""
+        clips, anchors = [], []
         for i in index.tolist():
             frames, t = self.frames[self.episode[i]], int(self.step[i])
             picks = np.clip(np.arange(t + 2 - self.num_frames, t + 2), 0, None)  # newest k frames after step t
             clips.append(uint8_to_pixels(frames[picks]))
-        return torch.stack(clips), self.rows[index], self.rewards[index], self.terminated[index], self.poses[index]
+            if self.anchor_every:
+                anchors.append(uint8_to_pixels(frames[self.anchor_every * (t // self.anchor_every), None]))
+        anchor = torch.stack(anchors) if anchors else None
+        labels = self.rows[index], self.rewards[index], self.terminated[index], self.poses[index]
+        return torch.stack(clips), *labels, anchor
 
     def sample(self, count: int, generator: torch.Generator):
         """:meth:`gather` of ``count`` transitions drawn uniformly."""
@@ -255,12 +274,12 @@ def pose_scale(poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _losses(model: RewardModel, batch, cfg: RewardTrainConfig, pos_weight: float, device) -> tuple[torch.Tensor, dict]:
-    frames, rows, rewards, terminated, poses = (t.to(device) for t in batch)
+    frames, rows, rewards, terminated, poses, anchor = (None if t is None else t.to(device) for t in batch)
     with_poses = model.pose_head is not None
     if not with_poses:
-        reward, logit = model(frames, rows)
+        reward, logit = model(frames, rows, anchor=anchor)
     else:
-        reward, logit, predicted = model(frames, rows, poses=True)
+        reward, logit, predicted = model(frames, rows, poses=True, anchor=anchor)
         pose_loss = F.mse_loss(predicted / model.pose_std, poses / model.pose_std)  # in standard deviations
     if cfg.reward_loss == "huber":
         reward_loss = F.smooth_l1_loss(reward, rewards)
@@ -291,8 +310,9 @@ def evaluate(
     device = next(model.parameters()).device
     preds, logits, pose_errors = [], [], []
     for start in range(0, len(pool), batch):
-        frames, rows, _, _, poses = pool.gather(torch.arange(start, min(start + batch, len(pool))))
-        out = model(frames.to(device), rows.to(device), poses=model.pose_head is not None)
+        frames, rows, _, _, poses, anchor = pool.gather(torch.arange(start, min(start + batch, len(pool))))
+        anchor = None if anchor is None else anchor.to(device)
+        out = model(frames.to(device), rows.to(device), poses=model.pose_head is not None, anchor=anchor)
         preds.append(out[0].cpu())
         logits.append(out[1].cpu())
         if model.pose_head is not None:
@@ -428,9 +448,9 @@ def train_reward(cfg: RewardTrainConfig) -> Path:
     if cfg.vae is not None:
         train_eps, held_eps = _reconstructed(train_eps, cfg.vae, device), _reconstructed(held_eps, cfg.vae, device)
     pose_keys = _pose_keys(cfg, task)
-    pool = TransitionPool(train_eps + imagined_train, feature, normalizer, cfg.num_frames, pose_keys)
+    pool = TransitionPool(train_eps + imagined_train, feature, normalizer, cfg.num_frames, pose_keys, cfg.anchor_every)
     held = {
-        prefix: TransitionPool(eps, feature, normalizer, cfg.num_frames, pose_keys)
+        prefix: TransitionPool(eps, feature, normalizer, cfg.num_frames, pose_keys, cfg.anchor_every)
         for prefix, eps in (("eval", held_eps), ("eval_imagined", imagined_held))
         if eps
     }
@@ -442,6 +462,7 @@ def train_reward(cfg: RewardTrainConfig) -> Path:
             num_frames=cfg.num_frames,
             pose_dim=pool.poses.shape[1],
             pose_reward=task.name if cfg.pose_reward else None,
+            anchor=cfg.anchor_every > 0,
         )
         model = RewardModel(config)
     if pose_keys:

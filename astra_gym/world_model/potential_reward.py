@@ -44,7 +44,7 @@ class PotentialReward(nn.Module):
         self.potential, self.scale = potential, float(scale)
         self.config = potential.config.replace(num_frames=potential.config.num_frames + 1)
 
-    def forward(self, frames: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, frames: Tensor, actions: Tensor, anchor: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Scores one transition per batch row.
 
         Both potentials see the step's action row, so an action's pull on the potential model
@@ -53,6 +53,8 @@ class PotentialReward(nn.Module):
         Args:
             frames: [B, k + 1, 3, H, W] float pixels in [-1, 1], oldest first.
             actions: [B, d] float action rows (without the past/current flag).
+            anchor: [B, 1, 3, H, W] the episode's start frame, read by both potentials of an anchored
+                potential model (see :class:`RewardModel`); None otherwise.
 
         Returns:
             (reward [B], termination_logit [B]) float32; the termination is the potential model's
@@ -65,5 +67,6 @@ class PotentialReward(nn.Module):
             )
         batch = frames.shape[0]
         both = torch.cat([frames[:, 1:], frames[:, :-1]], dim=0)  # [2B, k, 3, H, W]: after, before
-        phi, logit = self.potential(both, actions.repeat(2, 1))
+        anchors = None if anchor is None else anchor.repeat(2, 1, 1, 1, 1)
+        phi, logit = self.potential(both, actions.repeat(2, 1), anchor=anchors)
         return self.scale * (phi[:batch] - phi[batch:]), logit[:batch]

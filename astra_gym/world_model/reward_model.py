@@ -35,6 +35,15 @@ goes further and *computes* its reward from the predicted poses with the task's 
 (:data:`POSE_REWARDS`, e.g. ``reach-push``'s distances) instead of reading it from the head: the
 distance is then exact, and only the positions are learned.
 
+``anchor`` adds the episode's start frame (the newest real frame the rollout was reset on, kept in
+``RolloutState.start_frames``) as three more input channels. A world model can lose what a single
+frame would show: on FetchPush the imagined goal marker fades within about 10 steps and the block
+drifts under a still arm, and a reader of the newest frame alone then pays a standing arm for the
+drift (``benchmarks/RESULTS.md``, sessions 24 and 27). Trained on imagined frames labelled with the
+real poses, an anchored reader can learn where the start frame is the better witness (the goal
+never moves; the block moves only when pushed). Reading the fixed poses from the start frame by
+hand instead lost the errors that cancel within one frame (session 24).
+
 Initialisation: PyTorch defaults, except the output layer: its reward weights are scaled by
 ``output_init_scale`` and its termination bias is ``termination_prior_logit`` (default -8, a
 termination probability of 3e-4 per step) with zero termination weights, so an untrained model
@@ -86,6 +95,7 @@ class RewardModelConfig:
         pose_dim: Width P of the auxiliary pose head (0 = none; see the module docstring).
         pose_reward: A task of :data:`POSE_REWARDS` whose reward the model computes from its predicted
             poses instead of its reward head (None = the head's).
+        anchor: Also read the episode's start frame (``anchor`` of :meth:`RewardModel.forward`).
         output_init_scale: Factor on the initial reward weights (small = near-zero rewards).
         termination_prior_logit: Initial bias of the termination logit.
     """
@@ -97,6 +107,7 @@ class RewardModelConfig:
     keypoints: bool = False
     pose_dim: int = 0
     pose_reward: str | None = None
+    anchor: bool = False
     output_init_scale: float = 0.1
     termination_prior_logit: float = -8.0
 
@@ -194,7 +205,7 @@ class RewardModel(nn.Module):
         super().__init__()
         self.config = config
         stages: list[nn.Module] = []
-        width = 3 * config.num_frames
+        width = 3 * (config.num_frames + int(config.anchor))
         for out in config.channels:
             stages += [nn.Conv2d(width, out, 3, stride=2, padding=1), _group_norm(out), nn.SiLU()]
             width = out
@@ -228,7 +239,7 @@ class RewardModel(nn.Module):
         self.pose_std.copy_(std)
 
     def forward(
-        self, frames: Tensor, actions: Tensor, poses: bool = False
+        self, frames: Tensor, actions: Tensor, poses: bool = False, anchor: Tensor | None = None
     ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
         """Scores one transition per batch row.
 
@@ -237,6 +248,8 @@ class RewardModel(nn.Module):
                 oldest first.
             actions: [B, d] float action rows (without the past/current flag).
             poses: Also return the pose head's prediction (a model with ``pose_dim`` > 0 only).
+            anchor: [B, 1, 3, H, W] float pixels in [-1, 1], the episode's start frame: read by a model
+                with ``RewardModelConfig.anchor`` (required there), ignored by others.
 
         Returns:
             (reward [B], termination_logit [B]), float32; with ``poses``, the predicted poses [B, P]
@@ -246,8 +259,10 @@ class RewardModel(nn.Module):
         self._check_inputs(frames, actions)
         if poses and self.pose_head is None:
             raise ValueError("poses=True needs a reward model with a pose head (RewardModelConfig.pose_dim > 0)")
+        if self.config.anchor:
+            frames = torch.cat([self._checked_anchor(anchor, frames), frames], dim=1)  # [B, 1 + k, 3, H, W]
         dtype = self.head[0].weight.dtype
-        images = frames.flatten(1, 2).to(dtype).contiguous()  # [B, k, 3, H, W] -> [B, 3k, H, W]
+        images = frames.flatten(1, 2).to(dtype).contiguous()  # [B, k (+1), 3, H, W] -> [B, 3k (+3), H, W]
         maps = self.frame_encoder(images)  # [B, c_last, h, w]
         pooled = maps.mean(dim=(2, 3))  # [B, c_last]
         if self.config.keypoints:
@@ -272,3 +287,17 @@ class RewardModel(nn.Module):
             raise ValueError(
                 f"actions must be [B, {d}] rows for B={frames.shape[0]}, got shape {tuple(actions.shape)}"
             )
+
+    def _checked_anchor(self, anchor: Tensor | None, frames: Tensor) -> Tensor:
+        """``anchor`` [B, 1, 3, H, W] in ``frames``' dtype, or a ValueError naming what is wrong."""
+        if anchor is None:
+            raise ValueError(
+                "this reward model reads the episode's start frame (RewardModelConfig.anchor): pass anchor= "
+                "[B, 1, 3, H, W], e.g. the rollout's RolloutState.start_frames"
+            )
+        if anchor.shape != (frames.shape[0], 1, *frames.shape[2:]):
+            raise ValueError(
+                f"anchor must be [B, 1, 3, H, W] = {(frames.shape[0], 1, *frames.shape[2:])} like the frames, "
+                f"got shape {tuple(anchor.shape)}"
+            )
+        return anchor.to(frames.dtype)

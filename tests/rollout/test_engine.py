@@ -235,6 +235,34 @@ def test_score_reads_the_newest_frames_kept_in_the_state(bundle):
     torch.testing.assert_close(logit, want_logit)
 
 
+def test_the_start_frames_stay_the_anchor_of_an_anchored_reward_model(bundle):
+    """``start_frames`` are the reset's ``recent_frames`` for the whole episode, rows and forks included, and
+    ``score`` gives their newest to an anchored reward model."""
+    from astra_gym.world_model.reward_model import RewardModel, get_reward_model_preset
+
+    torch.manual_seed(0)
+    reward_model = RewardModel(get_reward_model_preset("debug", 7, anchor=True)).eval()
+    config = bundle.rollout.replace(num_denoise_steps=1)
+    engine = WorldModelRollout(bundle.transformer, bundle.vae, config, reward_model)
+    state = engine.reset(contexts(2, frames=1), [0, 1])
+    start = state.start_frames.clone()
+    assert torch.equal(start, state.recent_frames)
+    rows = action_rows(1, 2)[0]  # [B, F, d]
+    for _ in range(2):
+        state, _ = engine.step(state, rows)
+    assert torch.equal(state.start_frames, start) and not torch.equal(state.recent_frames, start)
+    reward, _ = engine.score(state, rows)
+    pixels = [f.permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0 for f in (state.recent_frames, start)]
+    with torch.no_grad():
+        anchored = reward_model(pixels[0], torch.from_numpy(rows[:, 0]), anchor=pixels[1])[0]
+        other = reward_model(pixels[0], torch.from_numpy(rows[:, 0]), anchor=pixels[0])[0]
+    torch.testing.assert_close(reward, anchored)
+    assert not torch.allclose(reward, other)
+    forked = engine.fork(state, 2)
+    assert torch.equal(forked.start_frames, start.repeat_interleave(2, dim=0))
+    assert torch.equal(state.put([1], state.select([0])).start_frames[1], start[0])
+
+
 def test_disagreement_is_the_step_against_a_draw_on_sibling_noise_and_leaves_the_state_alone(engine):
     import dataclasses
 

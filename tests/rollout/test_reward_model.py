@@ -62,6 +62,36 @@ def test_each_pose_reward_is_its_tasks_reward():
         RewardModelConfig(action_dim=7, pose_dim=9, pose_reward="tiles")
 
 
+def test_an_anchored_model_reads_the_start_frame_and_refuses_to_go_without_it():
+    """``anchor=True`` stacks the episode's start frame on the input channels; a potential of it reads the
+    same start frame on both sides of the step."""
+    from astra_gym.world_model.potential_reward import PotentialReward
+
+    torch.manual_seed(0)
+    config = get_reward_model_preset("debug", action_dim=7, pose_dim=9, pose_reward="reach-push", anchor=True)
+    assert RewardModelConfig.from_dict(config.to_dict()) == config
+    model = RewardModel(config).eval()
+    assert model.frame_encoder[0].in_channels == 6  # the newest frame and the start frame
+    frames, start, other = (torch.rand(3, 1, 3, 64, 64) * 2 - 1 for _ in range(3))
+    actions = torch.randn(3, 7)
+    with torch.no_grad():
+        reward, _, poses = model(frames, actions, poses=True, anchor=start)
+        moved = model(frames, actions, poses=True, anchor=other)[2]
+    assert poses.shape == (3, 9) and not torch.allclose(poses, moved)  # the anchor is read
+    with pytest.raises(ValueError, match=r"reads the episode's start frame .* pass anchor="):
+        model(frames, actions)
+    with pytest.raises(ValueError, match=r"anchor must be \[B, 1, 3, H, W\]"):
+        model(frames, actions, anchor=torch.cat([start, start], dim=1))
+    plain = RewardModel(get_reward_model_preset("debug", action_dim=7)).eval()
+    with torch.no_grad():  # a model without an anchor ignores one
+        torch.testing.assert_close(plain(frames, actions, anchor=start)[0], plain(frames, actions)[0])
+    potential = PotentialReward(model, 10.0).eval()
+    with torch.no_grad():
+        got = potential(torch.cat([other, frames], dim=1), actions, anchor=start)[0]
+        after, before = (model(f, actions, anchor=start)[0] for f in (frames, other))
+    torch.testing.assert_close(got, 10.0 * (after - before))
+
+
 def test_wrong_input_shapes_are_named():
     model = RewardModel(get_reward_model_preset("debug", action_dim=7))
     with pytest.raises(ValueError, match=r"frames must be \[B, 1, 3, H, W\]"):

@@ -36,6 +36,7 @@ from astra_gym.training.steps import (
     train_step,
 )
 from astra_gym.utils.atomic import atomic_folder
+from astra_gym.utils.pixels import uint8_to_pixels
 from astra_gym.world_model.action_encoders import flag_columns
 from astra_gym.world_model.checkpoints import load_pretrained, read_pretrained_config
 from astra_gym.world_model.conditioning import FramePackInputs, TokenGroup
@@ -708,6 +709,44 @@ def test_reward_trainer_can_also_learn_the_tasks_poses(episode_dirs, tmp_path):
     reward, _, poses = model(frames, actions, poses=True)
     expected = -((poses[:, :3] - poses[:, 3:6]).norm(dim=1) + (poses[:, 3:6] - poses[:, 6:]).norm(dim=1))
     torch.testing.assert_close(reward, expected)
+
+
+def test_reward_trainer_anchors_each_step_on_its_episodes_start_frame(episode_dirs, tmp_path):
+    """``--anchor-every N``: step t's anchor is frame N * (t // N), where an env episode of N steps would have
+    started; the saved model reads it and refuses to score without one."""
+    episodes = _episodes(seed=100)["manipulation"]
+    pool = train_reward.TransitionPool(
+        episodes, "robot_command", ActionNormalizer.identity("robot_command", 7), 1, anchor_every=3
+    )
+    steps = torch.tensor([0, 2, 3, 5])  # episode 0's steps: anchors at frames 0, 0, 3, 3
+    anchors = pool.gather(steps)[5]
+    frames = episodes[0].frames
+    expected = torch.stack([uint8_to_pixels(frames[[i]]) for i in (0, 0, 3, 3)])
+    torch.testing.assert_close(anchors, expected)
+    plain = train_reward.TransitionPool(episodes, "robot_command", ActionNormalizer.identity("robot_command", 7), 1)
+    assert plain.gather(steps)[5] is None
+    cfg = dataclasses.replace(
+        train_reward.PRESETS["debug"],
+        episodes=(str(episode_dirs / "manipulation"),),
+        task="reach-push",
+        pose_weight=1.0,
+        pose_reward=True,
+        anchor_every=4,
+        out=str(tmp_path / "anchored"),
+        total_steps=3,
+        eval_every=0,
+        progress=False,
+        holdout_fraction=0.34,
+    )
+    model, meta = load_reward_model(train_reward.train_reward(cfg))
+    assert model.config.anchor and meta["metrics"]["config"]["anchor_every"] == 4
+    assert np.isfinite(meta["metrics"]["eval/pose_mae"])
+    with pytest.raises(ValueError, match="pass anchor="):
+        model(torch.zeros(2, 1, 3, SIZE, SIZE), torch.zeros(2, 7))
+    with pytest.raises(ValueError, match="anchor-every=-1"):
+        dataclasses.replace(cfg, anchor_every=-1)
+    with pytest.raises(ValueError, match="must fit in one anchored episode"):
+        dataclasses.replace(cfg, imagined="debug", imagined_horizon=8)
 
 
 def test_pipeline_vae_cache_world_model_reward_bundle(episode_dirs, tmp_path):
