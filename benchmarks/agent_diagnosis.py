@@ -190,15 +190,15 @@ def read_poses(
     env, scenario: str, reader: torch.nn.Module, frames: np.ndarray, actions: np.ndarray, anchor: np.ndarray
 ) -> np.ndarray:
     """[L, P] the pose reader's positions (their own units) on frames uint8 [L, H, W, 3], each read with the
-    action [L, ...] that produced it and the episode's start frame ``anchor`` uint8 [H, W, 3] (read by an
-    anchored reader only; one-frame readers only)."""
+    action [L, ...] that produced it, normalised as the env's engine gives it to its reward model, and the
+    episode's start frame ``anchor`` uint8 [H, W, 3] (read by an anchored reader only; one-frame readers only)."""
     core = env.unwrapped.core
     if reader.config.num_frames != 1:
         raise ValueError(f"read_poses reads one frame at a time; this reader takes {reader.config.num_frames}")
     rows = action_rows(scenario, core.check(actions, len(actions)), core.engine.action_dim)
     device = core.engine.device
     pixels = uint8_to_pixels(frames).to(device)  # [L, 3, H, W]
-    rows = torch.as_tensor(rows, dtype=torch.float32, device=device)
+    rows = torch.as_tensor(rows, dtype=torch.float32, device=device) / core.engine.action_scale  # [L, d]
     start = uint8_to_pixels(anchor[None]).to(device)[:, None].expand(len(frames), -1, -1, -1, -1)  # [L, 1, 3, H, W]
     return reader(pixels[:, None], rows, poses=True, anchor=start)[2].double().cpu().numpy()
 
