@@ -13,6 +13,12 @@ worse per-step reading for a better per-episode one and an imagined return that 
 under PPO; it did not plan better, so a bundle's own model of the task comes first and this
 reader serves bundles that have only the potential's.
 
+The sum telescopes only as far as the potential model ignores the action row. Both sides of a step
+are read with that step's row, so a frame is read with one row as the step's "after" and with the
+next row as the next step's "before"; each change of action adds the difference. Measured on
+``manip-v5`` (``benchmarks/RESULTS.md``, session 27), that adds about +0.7 to random motion's
+imagined 50-step return (+0.54, where each frame read once with the row that produced it gives -0.15).
+
 :class:`PotentialReward` wraps the potential's :class:`~astra_gym.world_model.reward_model.RewardModel`
 so the rollout core scores it like any reward model: it sees one frame more than the potential
 model (the frame before the step).
