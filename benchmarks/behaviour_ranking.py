@@ -50,6 +50,7 @@ from astra_gym.data.policies import make_policy
 from astra_gym.data.replay import ReplaySession
 from astra_gym.envs.spaces import EXPLORE_BUTTONS
 from astra_gym.utils.cli_args import arg, parse_config
+from astra_gym.world_model.potential_reward import PotentialReward
 from benchmarks.agent_diagnosis import (
     open_loop,
     pose_reader,
@@ -106,6 +107,8 @@ def pose_drift(env, scenario: str, reader: tuple, start, real: dict, imagined: n
     reader's mean distance from the simulator's position over the run's steps. Units: the poses' own (m)."""
     model, keys = reader
     actions = np.concatenate([real["actions"][:1], real["actions"]])  # the start frame read with the first action
+    if isinstance(env.unwrapped.core.engine.reward_model, PotentialReward):
+        actions = np.zeros_like(actions)  # a potential is read with zero rows, as the env reads it
     first = start.frames[-1:]
     truth = np.concatenate([real["poses"][k] for k in keys], axis=-1)  # [L + 1, P]
     found = {"real": truth}

@@ -13,11 +13,12 @@ worse per-step reading for a better per-episode one and an imagined return that 
 under PPO; it did not plan better, so a bundle's own model of the task comes first and this
 reader serves bundles that have only the potential's.
 
-The sum telescopes only as far as the potential model ignores the action row. Both sides of a step
-are read with that step's row, so a frame is read with one row as the step's "after" and with the
-next row as the next step's "before"; each change of action adds the difference. Measured on
-``manip-v5`` (``benchmarks/RESULTS.md``, session 27), that adds about +0.7 to random motion's
-imagined 50-step return (+0.54, where each frame read once with the row that produced it gives -0.15).
+The potential is a function of the frames alone: it is read with a zero action row (the model
+takes one, but a potential must not depend on it, or the shaping is no longer potential-based).
+Until session 27 both sides of a step were read with that step's row. A frame was then read with
+one row as a step's "after" and with the next row as the next step's "before", so the sum did not
+telescope and every change of action added the difference. On ``manip-v5`` that paid random motion
+about +0.7 over 50 imagined steps (``benchmarks/RESULTS.md``, session 27).
 
 :class:`PotentialReward` wraps the potential's :class:`~astra_gym.world_model.reward_model.RewardModel`
 so the rollout core scores it like any reward model: it sees one frame more than the potential
@@ -53,12 +54,12 @@ class PotentialReward(nn.Module):
     def forward(self, frames: Tensor, actions: Tensor, anchor: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Scores one transition per batch row.
 
-        Both potentials see the step's action row, so an action's pull on the potential model
-        cancels in the difference.
+        Both potentials are read with a zero action row (the module docstring), so an episode's
+        return telescopes exactly whatever the actions.
 
         Args:
             frames: [B, k + 1, 3, H, W] float pixels in [-1, 1], oldest first.
-            actions: [B, d] float action rows (without the past/current flag).
+            actions: [B, d] float action rows (without the past/current flag): checked, not read.
             anchor: [B, 1, 3, H, W] the episode's start frame, read by both potentials of an anchored
                 potential model (see :class:`RewardModel`); None otherwise.
 
@@ -72,7 +73,12 @@ class PotentialReward(nn.Module):
                 f"before), got shape {tuple(frames.shape)}"
             )
         batch = frames.shape[0]
+        if actions.shape != (batch, self.config.action_dim):
+            raise ValueError(
+                f"actions must be [B, {self.config.action_dim}] rows for B={batch}, got {tuple(actions.shape)}"
+            )
         both = torch.cat([frames[:, 1:], frames[:, :-1]], dim=0)  # [2B, k, 3, H, W]: after, before
         anchors = None if anchor is None else anchor.repeat(2, 1, 1, 1, 1)
-        phi, logit = self.potential(both, actions.repeat(2, 1), anchor=anchors)
+        still = actions.new_zeros(2 * batch, actions.shape[1])  # [2B, d]
+        phi, logit = self.potential(both, still, anchor=anchors)
         return self.scale * (phi[:batch] - phi[batch:]), logit[:batch]

@@ -88,21 +88,26 @@ def test_a_pose_reader_reports_what_moved_real_and_imagined():
 
 def test_the_pose_reader_reads_the_frames_as_the_env_rewards_them():
     """``read_poses`` gives the reader the same (normalised) action rows and start frame as the env's engine: the
-    ``reach-push`` change it reads on the env's own frames is the env's ``progress`` reward, step by step."""
+    ``reach-push`` change it reads on the env's own frames is the env's ``reach-push`` reward with the actions, and
+    its ``progress`` reward with zero rows (a potential is a function of the frames), step by step."""
     from benchmarks.agent_diagnosis import pose_reader, read_poses
 
     env = gym.make("Astra-Manipulation-v0", task="progress", max_episode_steps=10, device="cpu")
+    direct = gym.make("Astra-Manipulation-v0", task="reach-push", max_episode_steps=10, device="cpu")
     reader, _ = pose_reader(env, "manipulation")
     obs, _ = env.reset(seed=3)
+    direct.reset(seed=3)
     start = env.unwrapped._state.start_frames[0, -1].cpu().numpy()  # the VAE's reconstruction of the start
     actions = np.array([[0.9, -0.5, 0.2, 0.0], [-0.7, 0.8, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
-    frames, rewards = [start], []
+    frames, rewards, distances = [start], [], []
     for action in actions:
         obs, reward, *_ = env.step(action)
         frames.append(obs)
         rewards.append(reward)
+        distances.append(direct.step(action)[1])
     frames = np.stack(frames)
-    after, before = (read_poses(env, "manipulation", reader, f, actions, start) for f in (frames[1:], frames[:-1]))
+    still = np.zeros_like(actions)
+    after, before = (read_poses(env, "manipulation", reader, f, still, start) for f in (frames[1:], frames[:-1]))
 
     def potential(poses):
         return -(
@@ -110,4 +115,7 @@ def test_the_pose_reader_reads_the_frames_as_the_env_rewards_them():
         )
 
     np.testing.assert_allclose(10.0 * (potential(after) - potential(before)), rewards, atol=1e-4)
+    read = potential(read_poses(direct, "manipulation", reader, frames[1:], actions, start))
+    np.testing.assert_allclose(read, distances, atol=1e-4)  # the same frames: both envs imagine alike from one seed
     env.close()
+    direct.close()

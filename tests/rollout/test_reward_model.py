@@ -88,7 +88,7 @@ def test_an_anchored_model_reads_the_start_frame_and_refuses_to_go_without_it():
     potential = PotentialReward(model, 10.0).eval()
     with torch.no_grad():
         got = potential(torch.cat([other, frames], dim=1), actions, anchor=start)[0]
-        after, before = (model(f, actions, anchor=start)[0] for f in (frames, other))
+        after, before = (model(f, torch.zeros_like(actions), anchor=start)[0] for f in (frames, other))
     torch.testing.assert_close(got, 10.0 * (after - before))
 
 
@@ -110,19 +110,23 @@ def test_a_potential_reward_is_the_scaled_change_of_its_model():
     reward = PotentialReward(phi, 10.0).eval()
     assert reward.config.num_frames == 2 and phi.config.num_frames == 1
     frames, actions = torch.rand(4, 2, 3, 64, 64) * 2 - 1, torch.randn(4, 7)
+    still = torch.zeros_like(actions)  # the potential is read with a zero row: a function of the frames alone
     with torch.no_grad():
         got, logit = reward(frames, actions)
-        after, after_logit = phi(frames[:, 1:], actions)
-        before, _ = phi(frames[:, :1], actions)
+        after, after_logit = phi(frames[:, 1:], still)
+        before, _ = phi(frames[:, :1], still)
+        assert not torch.allclose(phi(frames[:, 1:], actions)[0], after)  # the model itself reads its row
     torch.testing.assert_close(got, 10.0 * (after - before))
     torch.testing.assert_close(logit, after_logit)  # the newest frame's termination
     assert got.abs().max() > 0
-    # Telescoping: an episode's return is scale * (phi(last) - phi(first)), whatever happened between.
+    # Telescoping: an episode's return is scale * (phi(last) - phi(first)), whatever the actions between.
     video = torch.rand(1, 6, 3, 64, 64) * 2 - 1
     with torch.no_grad():
-        steps = [reward(video[:, t : t + 2], actions[:1])[0] for t in range(5)]
-        ends = [phi(video[:, t : t + 1], actions[:1])[0] for t in (0, 5)]
+        steps = [reward(video[:, t : t + 2], actions[t % 4 : t % 4 + 1])[0] for t in range(5)]
+        ends = [phi(video[:, t : t + 1], still[:1])[0] for t in (0, 5)]
     torch.testing.assert_close(sum(steps), 10.0 * (ends[1] - ends[0]))
+    with pytest.raises(ValueError, match=r"actions must be \[B, 7\] rows for B=4"):
+        reward(frames, actions[:2])
     with pytest.raises(ValueError, match=r"frames must be \[B, 2, 3, H, W\] \(the potential's frames plus"):
         reward(frames[:, :1], actions)
 
