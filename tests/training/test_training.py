@@ -664,20 +664,25 @@ def test_reward_trainer_learns_a_dense_task_relabelled_from_the_poses(episode_di
     assert train_reward._relabelled(episodes, get_task("manipulation"))[0] is episodes[0]
 
 
-def test_reward_trainer_can_also_learn_the_tasks_poses(episode_dirs, tmp_path):
-    """``--pose-weight``: a pose head learns the task's poses after each step (standardised), scored in metres;
-    ``--pose-reward``: the reward is then the task's formula on those poses."""
-    cfg = dataclasses.replace(
+def _pose_reader_config(episode_dirs, out, **changes) -> train_reward.RewardTrainConfig:
+    """A debug reward-trainer config that learns Manipulation's reach-push poses (one held-out episode)."""
+    return dataclasses.replace(
         train_reward.PRESETS["debug"],
         episodes=(str(episode_dirs / "manipulation"),),
         task="reach-push",
         pose_weight=1.0,
-        out=str(tmp_path / "pose"),
-        total_steps=30,
+        out=str(out),
         eval_every=0,
         progress=False,
         holdout_fraction=0.34,
+        **changes,
     )
+
+
+def test_reward_trainer_can_also_learn_the_tasks_poses(episode_dirs, tmp_path):
+    """``--pose-weight``: a pose head learns the task's poses after each step (standardised), scored in metres;
+    ``--pose-reward``: the reward is then the task's formula on those poses."""
+    cfg = _pose_reader_config(episode_dirs, tmp_path / "pose", total_steps=30)
     model, meta = load_reward_model(train_reward.train_reward(cfg))
     assert model.config.pose_dim == 9 and model.config.pose_reward is None  # gripper, block and goal positions
     with open(tmp_path / "pose" / "metrics.csv") as f:
@@ -725,19 +730,7 @@ def test_reward_trainer_anchors_each_step_on_its_episodes_start_frame(episode_di
     torch.testing.assert_close(anchors, expected)
     plain = train_reward.TransitionPool(episodes, "robot_command", ActionNormalizer.identity("robot_command", 7), 1)
     assert plain.gather(steps)[5] is None
-    cfg = dataclasses.replace(
-        train_reward.PRESETS["debug"],
-        episodes=(str(episode_dirs / "manipulation"),),
-        task="reach-push",
-        pose_weight=1.0,
-        pose_reward=True,
-        anchor_every=4,
-        out=str(tmp_path / "anchored"),
-        total_steps=3,
-        eval_every=0,
-        progress=False,
-        holdout_fraction=0.34,
-    )
+    cfg = _pose_reader_config(episode_dirs, tmp_path / "anchored", total_steps=3, pose_reward=True, anchor_every=4)
     model, meta = load_reward_model(train_reward.train_reward(cfg))
     assert model.config.anchor and meta["metrics"]["config"]["anchor_every"] == 4
     assert np.isfinite(meta["metrics"]["eval/pose_mae"])
