@@ -270,7 +270,7 @@ class WorldModelRollout:
             vae_streams=streams,
             steps=torch.zeros(batch, dtype=torch.long),
             recent_frames=recent,
-            start_frames=recent.clone(),
+            start_frames=recent[:, -1:].clone(),  # the newest frame at reset: an anchored model's anchor
         )
 
     def _as_frames(self, context: Tensor | np.ndarray) -> Tensor:
@@ -478,7 +478,7 @@ class WorldModelRollout:
         Args:
             state: The state returned by :meth:`step` (its ``recent_frames`` are what the reward
                 model reads: the newest ``num_frames`` frames, context frames included; its
-                ``start_frames``, the frames at reset, are an anchored model's anchor).
+                ``start_frames``, the newest frame at reset, is an anchored model's anchor).
             action_rows: [B, F, d] the rows given to that :meth:`step` (the first row is scored).
 
         Returns:
@@ -496,8 +496,8 @@ class WorldModelRollout:
             frames: uint8 [B, T, H, W, 3], oldest first; the newest ``num_frames`` are read.
             action_rows: [B, F, d] the rows of the step that produced the newest frame (first row scored).
             anchor: uint8 [B, T', H, W, 3] the episode's start frames: a reward model with
-                ``RewardModelConfig.anchor`` reads the newest of them beside ``frames`` (others ignore
-                it; such a model refuses None).
+                ``RewardModelConfig.anchor`` reads the newest of them beside ``frames`` (such a model
+                refuses None); others never read it, and it is not converted for them.
 
         Returns:
             (reward [B], termination_logit [B]) float32 on the engine's device.
@@ -506,7 +506,10 @@ class WorldModelRollout:
             raise ValueError("this rollout has no reward model; pass reward_model= to WorldModelRollout")
         pixels = self._reward_pixels(frames, "frames")
         rows = self._target_rows(action_rows, pixels.shape[0])[:, 0, : self.action_dim]  # [B, d]
-        anchor = None if anchor is None else self._reward_pixels(anchor, "anchor", count=1)
+        if anchor is not None and self.reward_model.config.anchor:
+            anchor = self._reward_pixels(anchor, "anchor", count=1)  # [B, 1, 3, H, W]
+        else:
+            anchor = None
         with self._kernels():
             return self.reward_model(pixels, rows, anchor=anchor)
 

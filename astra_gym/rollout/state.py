@@ -16,8 +16,8 @@ field              holds                                 bounded by
 ``steps``          [B] chunks generated since reset      one integer per row
 ``recent_frames``  uint8 [B, K, H, W, 3] newest frames   K = the reward model's ``num_frames``
                    (what the reward model reads)         (0 without a reward model)
-``start_frames``   uint8 [B, K, H, W, 3] the newest      as ``recent_frames``
-                   frames at reset (an anchored reward
+``start_frames``   uint8 [B, 1, H, W, 3] the newest      one frame per row
+                   frame at reset (an anchored reward    (0 without a reward model)
                    model's anchor)
 =================  ====================================  ==========================================
 
@@ -93,9 +93,10 @@ class RolloutState:
         recent_frames: uint8 [B, K, H, W, 3] the K newest frames of each row, oldest first, on the
             engine's device (K may be 0). After a reset they are the VAE's reconstructions of the
             context, the image domain of every generated frame, so a reward model compares like with like.
-        start_frames: uint8 [B, K, H, W, 3] ``recent_frames`` as they were at the row's reset: the real
-            start that a reward model with ``RewardModelConfig.anchor`` reads beside the newest frames
-            (e.g. where FetchPush's block and goal were before the world model could lose them).
+        start_frames: uint8 [B, 1, H, W, 3] the newest of ``recent_frames`` at the row's reset ([B, 0, ...]
+            without a reward model): the real start that a reward model with ``RewardModelConfig.anchor``
+            reads beside the newest frames (e.g. where FetchPush's block and goal were before the world
+            model could lose them).
     """
 
     history: FramePackHistory
