@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from astra_gym.data.episodes import episode_filename, episode_paths, save_episode
-from astra_gym.data.policies import POLICY_NAMES, make_policy
+from astra_gym.data.policies import POLICY_NAMES, check_shares, make_policy
 from astra_gym.data.recorder import Recorder
 from astra_gym.data.sims import SCENARIOS, make_simulator
 from astra_gym.utils.atomic import atomic_write_text
@@ -47,12 +47,13 @@ class GenerateConfig:
         episodes: Number of episodes N (indices 0..N-1).
         steps: Actions per episode T (fewer if the simulator ends the episode).
         out: Output directory.
-        policy: "random" | "expert" | "mix".
+        policy: "random" | "expert" | "mix" | "probe".
         seed: Dataset seed S; episode i uses seeds derived from (S, i).
         size: Frame side in pixels; 0 or None keeps the simulator's native size.
         workers: Parallel recording processes.
         frame_skip: Override of the scenario's frame skip (None: its default).
-        epsilon: Share of random segments in the "mix" policy.
+        epsilon: Share of random segments in the "mix" and "probe" policies.
+        rest: Share of do-nothing segments in the "mix" and "probe" policies (:class:`~astra_gym.data.policies.Rest`).
         camera: Manipulation camera preset (``CAMERAS`` of :mod:`astra_gym.data.sims.manipulation`; None: stock).
         overwrite: Re-record episodes whose file exists (default: skip them, i.e. resume).
     """
@@ -67,6 +68,7 @@ class GenerateConfig:
     workers: int = arg(1, help="parallel recording processes")
     frame_skip: int | None = arg(None, help="override the scenario's frame skip")
     epsilon: float = arg(0.25, help="share of random segments in --policy mix and probe")
+    rest: float = arg(0.0, help="share of do-nothing segments in --policy mix and probe (Fetch stays put)")
     camera: str | None = arg(None, help="manipulation camera preset: stock or front; none = stock")
     overwrite: bool = arg(False, help="re-record existing episodes instead of resuming")
 
@@ -75,6 +77,7 @@ class GenerateConfig:
             raise ValueError(f"unknown scenario {self.scenario!r}; choose one of {sorted(SCENARIOS)}")
         if self.policy not in POLICY_NAMES:
             raise ValueError(f"unknown policy {self.policy!r}; choose one of {POLICY_NAMES}")
+        check_shares(self.policy, self.epsilon, self.rest)
         if self.episodes < 1 or self.steps < 1 or self.workers < 1:
             counts = f"episodes={self.episodes}, steps={self.steps}, workers={self.workers}"
             raise ValueError(f"episodes, steps and workers must be >= 1, got {counts}")
@@ -138,7 +141,7 @@ class _Worker:
         if cfg.camera is not None:
             overrides["camera"] = cfg.camera
         sim = make_simulator(cfg.scenario, **overrides)
-        policy = make_policy(cfg.policy, cfg.scenario, getattr(sim.config, "buttons", ()), cfg.epsilon)
+        policy = make_policy(cfg.policy, cfg.scenario, getattr(sim.config, "buttons", ()), cfg.epsilon, cfg.rest)
         self.cfg = cfg
         self.recorder = Recorder(sim, policy)
 

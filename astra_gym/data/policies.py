@@ -19,6 +19,11 @@ actions are a function of (sim seed, policy seed).
 coast or full brake) for 8-24 steps, from rest and at speed: the sustained extreme actions whose
 consequences a world model must carry (steering at rest does not move the car, braking at speed
 stops it), which short held random actions rarely show.
+
+``rest`` (a share of the ``mix`` / ``probe`` segments, :class:`Rest`) holds the scenario's do-nothing
+command: the Fetch arm commanded to stay where it is, the car coasting, no Doom button. Neither the
+experts nor the random policies ever hold still, so without it a world model never sees what
+doing nothing does, and an agent inside it can earn from whatever it imagines then.
 """
 
 from __future__ import annotations
@@ -38,12 +43,15 @@ __all__ = [
     "WorkspaceGuard",
     "CorridorWalker",
     "Mixture",
+    "Rest",
     "car_sampler",
     "fetch_sampler",
     "button_sampler",
     "car_corner_sampler",
     "fetch_corner_sampler",
+    "fetch_rest_sampler",
     "make_policy",
+    "check_shares",
     "POLICY_NAMES",
 ]
 
@@ -107,6 +115,14 @@ def fetch_corner_sampler(rng: np.random.Generator) -> np.ndarray:
     return np.array([*rng.choice([-1.0, 0.0, 1.0], 3), rng.choice([-1.0, 1.0])], np.float32)
 
 
+def fetch_rest_sampler(rng: np.random.Generator) -> np.ndarray:
+    """Fetch command to stay put: dx = dy = dz = 0; the gripper as :func:`fetch_sampler` draws it.
+
+    The gripper stays non-zero almost surely, so the row is not the all-zero null action of action dropout.
+    """
+    return np.array([0.0, 0.0, 0.0, *fetch_sampler(rng)[3:]], np.float32)
+
+
 def button_sampler(button_names: Sequence[str]) -> ActionSampler:
     """Independent button presses (forward more often); every combination has non-zero probability."""
     probs = np.array([0.55 if b == "MOVE_FORWARD" else 0.25 for b in button_names])
@@ -138,6 +154,22 @@ class RandomHold(Policy):
             self._action = self.sampler(self.rng)
             self._left = int(self.rng.integers(self.hold[0], self.hold[1] + 1))
         self._left -= 1
+        return np.array(self._action)
+
+
+class Rest(Policy):
+    """Holds a do-nothing command from ``sampler`` (redrawn per segment, at each :meth:`reset`)."""
+
+    name = "rest"
+
+    def __init__(self, sampler: ActionSampler) -> None:
+        self.sampler = sampler
+
+    def reset(self, env: gym.Env, rng: np.random.Generator) -> None:
+        super().reset(env, rng)
+        self._action = self.sampler(self.rng)
+
+    def act(self, obs: Any, env: gym.Env) -> np.ndarray:
         return np.array(self._action)
 
 
@@ -455,7 +487,9 @@ class Mixture(Policy):
 # ----------------------------------------------------------------------------- factory
 
 
-def make_policy(name: str, scenario: str, button_names: Sequence[str] = (), epsilon: float = 0.25) -> Policy:
+def make_policy(
+    name: str, scenario: str, button_names: Sequence[str] = (), epsilon: float = 0.25, rest: float = 0.0
+) -> Policy:
     """Builds a named behaviour policy for a scenario.
 
     Args:
@@ -465,15 +499,37 @@ def make_policy(name: str, scenario: str, button_names: Sequence[str] = (), epsi
         scenario: "drive" | "manipulation" | "explore".
         button_names: ViZDoom buttons, in action order (explore only).
         epsilon: Probability of a random segment in "mix" and "probe".
+        rest: Probability of a :class:`Rest` segment (the do-nothing command) in "mix" and "probe";
+            the expert gets ``1 - epsilon - rest``.
     """
     if name not in POLICY_NAMES:
         raise ValueError(f"unknown policy {name!r}; choose one of {POLICY_NAMES}")
+    check_shares(name, epsilon, rest)
     random, expert = _scenario_policies(scenario, button_names, corners=name == "probe")
     if name == "random":
         return random
     if name == "expert":
         return expert
-    return Mixture({"expert": expert, "random": random}, [1.0 - epsilon, epsilon], per="segment")
+    if rest == 0:
+        return Mixture({"expert": expert, "random": random}, [1.0 - epsilon, epsilon], per="segment")
+    parts = {"expert": expert, "random": random, "rest": Rest(_rest_sampler(scenario, button_names))}
+    return Mixture(parts, [1.0 - epsilon - rest, epsilon, rest], per="segment")
+
+
+def check_shares(name: str, epsilon: float, rest: float) -> None:
+    """Raises ValueError unless ``epsilon`` and ``rest`` are valid segment shares for policy ``name``."""
+    if not (0.0 <= epsilon and 0.0 <= rest and epsilon + rest <= 1.0):
+        raise ValueError(f"epsilon={epsilon} and rest={rest} must be >= 0 with epsilon + rest <= 1")
+    if rest > 0 and name not in ("mix", "probe"):
+        raise ValueError(f"rest={rest} applies to the mix and probe policies, not to {name!r}; use rest=0")
+
+
+def _rest_sampler(scenario: str, button_names: Sequence[str]) -> ActionSampler:
+    """The scenario's do-nothing command: Fetch stays put, the car coasts, no Doom button is pressed."""
+    if scenario == "manipulation":
+        return fetch_rest_sampler
+    width = {"drive": 3, "explore": len(button_names)}[scenario]
+    return lambda rng: np.zeros(width, np.float32)
 
 
 def _scenario_policies(scenario: str, button_names: Sequence[str], corners: bool = False) -> tuple[Policy, Policy]:

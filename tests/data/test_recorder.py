@@ -16,6 +16,7 @@ from astra_gym.data.policies import (
     car_corner_sampler,
     car_sampler,
     fetch_corner_sampler,
+    fetch_rest_sampler,
     fetch_sampler,
     make_policy,
 )
@@ -28,6 +29,7 @@ POSE_SHAPES = {
     "manipulation": {"ee_pos": (3,), "ee_quat": (4,), "gripper": (), "object_pos": (3,), "goal_pos": (3,)},
     "explore": {"camera_pos": (3,), "camera_yaw": (), "camera_pitch": ()},
 }
+MOVERS = ("ee_pos", "object_pos")  # Fetch poses that a command moves
 ACTIONS = {"drive": (np.float32, (3,)), "manipulation": (np.float32, (4,)), "explore": (np.int8, (6,))}
 
 
@@ -39,9 +41,9 @@ def simulator(scenario: str, **config):
     return make_simulator(scenario, **config)
 
 
-def record(scenario: str, policy: str, steps: int, seeds=(0,), **config):
+def record(scenario: str, policy: str, steps: int, seeds=(0,), rest: float = 0.0, **config):
     sim = simulator(scenario, **config)
-    with Recorder(sim, make_policy(policy, scenario, BUTTONS)) as rec:
+    with Recorder(sim, make_policy(policy, scenario, BUTTONS, rest=rest)) as rec:
         return sim, [rec.record(seed, steps, policy_seed=seed + 100) for seed in seeds]
 
 
@@ -177,6 +179,37 @@ def test_manipulation_policies_open_and_close_the_gripper_and_move_every_axis():
     assert (actions[:, 3] < -0.9).any() and (actions[:, 3] > 0.9).any()
     assert (actions[:, :3].min(0) < -0.9).all() and (actions[:, :3].max(0) > 0.9).all()
     assert np.ptp(eps[0].poses["ee_pos"], axis=0).max() > 0.05  # the gripper really moved
+
+
+def test_rest_shares_are_checked_and_name_the_fix():
+    with pytest.raises(ValueError, match="epsilon \\+ rest <= 1"):
+        make_policy("mix", "manipulation", epsilon=0.6, rest=0.5)
+    with pytest.raises(ValueError, match="use rest=0"):
+        make_policy("expert", "manipulation", rest=0.2)
+    policy = make_policy("probe", "explore", BUTTONS, rest=0.3)
+    assert isinstance(policy, Mixture) and set(policy.components) == {"expert", "random", "rest"}
+
+
+def test_fetch_rest_command_stays_put_and_is_not_the_null_action():
+    rng = np.random.default_rng(0)
+    rows = np.stack([fetch_rest_sampler(rng) for _ in range(200)])
+    assert (rows[:, :3] == 0).all() and (rows[:, 3] != 0).all() and (rows[:, 3] > 0).any() and (rows[:, 3] < 0).any()
+
+
+@pytest.mark.sims
+def test_manipulation_rest_segments_hold_the_arm_and_the_block_still():
+    _, eps = record("manipulation", "mix", steps=120, seeds=(0, 1, 2), rest=0.5)
+    speeds: dict[str, list] = {"rest": [], "moving": []}  # gripper and block motion per step (m)
+    for episode in eps:
+        bounds = [step for step, _ in episode.attrs["policy_trace"]] + [len(episode.actions)]
+        for (step, name), end in zip(episode.attrs["policy_trace"], bounds[1:], strict=False):
+            if name == "rest":
+                assert (episode.actions[step:end, :3] == 0).all()
+            moves = [np.linalg.norm(np.diff(episode.poses[k][step + 1 : end + 1], axis=0), axis=1) for k in MOVERS]
+            speeds["rest" if name == "rest" else "moving"].append(np.maximum(*moves))
+    rest, moving = (np.concatenate(v) for v in speeds.values())
+    assert len(rest) >= 30  # the rest segments really happened
+    assert rest.mean() < 3e-3 and moving.mean() > 2e-2, (rest.mean(), moving.mean())
 
 
 @pytest.mark.sims
