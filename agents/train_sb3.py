@@ -89,6 +89,11 @@ class Args:
         help="inside: the reward loses this times the world model's disagreement at each step (two draws; the "
         "env's uncertainty_penalty, MOPO's penalty), keeping the agent where the model is right; 0 = off",
     )
+    rest_baseline: bool = arg(
+        False,
+        help="inside (Manipulation, Explore): the reward is the step's minus the do-nothing command's on the same "
+        "noise (the env's rest_baseline), so what the model imagines whatever the action cancels",
+    )
     # ---- algorithm hyperparameters (SB3 names; clip-range/batch-size/n-epochs are PPO only)
     n_steps: int = arg(128, help="steps per env per rollout (rollout = n_steps x num_envs)")
     batch_size: int = arg(256, help="PPO minibatch size")
@@ -147,6 +152,8 @@ def make_train_env(args: Args) -> VecEnv:
         kwargs["task"] = args.task  # the bundle's reward model of that task (it names the fix if it has none)
     if args.uncertainty_penalty > 0:
         kwargs["uncertainty_penalty"] = args.uncertainty_penalty
+    if args.rest_baseline:
+        kwargs["rest_baseline"] = True
     return VecMonitor(AstraSB3VecEnv.make(args.env, args.num_envs, **kwargs))
 
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from astra_gym.data.action_codecs import align_to_latents
 from astra_gym.data.tasks import get_task
 from astra_gym.envs.frame_bank import BUNDLED_BANKS, FrameBank, load_frame_bank
-from astra_gym.envs.spaces import action_rows, action_space, check_actions
+from astra_gym.envs.spaces import REST_SCENARIOS, action_rows, action_space, check_actions, rest_actions
 from astra_gym.envs.variants import bundled_model_path, installed_bundles
 from astra_gym.rollout.bundle import (
     RELEASE_MODALITY,
@@ -80,6 +80,7 @@ ENV_KWARGS = (
     "batch_invariant",
     "task",
     "uncertainty_penalty",
+    "rest_baseline",
     "render_mode",
     "render_fps",
     "rollout",
@@ -364,8 +365,15 @@ class EnvCore:
         batch_invariant: bool | None = None,
         task: str | None = None,
         uncertainty_penalty: float = 0.0,
+        rest_baseline: bool = False,
     ) -> None:
         self.scenario = scenario
+        if rest_baseline and scenario not in REST_SCENARIOS:
+            raise ValueError(
+                f"rest_baseline=True needs a do-nothing command that leaves the scene still ({REST_SCENARIOS}); "
+                f"{scenario!r} has none, use rest_baseline=False"
+            )
+        self.rest_baseline = bool(rest_baseline)
         if not (math.isfinite(uncertainty_penalty) and uncertainty_penalty >= 0):
             raise ValueError(
                 f"uncertainty_penalty={uncertainty_penalty!r} must be a finite number >= 0 "
@@ -482,6 +490,8 @@ class EnvCore:
             logit = torch.full((len(rows),), -torch.inf)
         else:
             reward, logit = self.engine.score(state, rows)
+        if self.rest_baseline and self.engine.reward_model is not None:
+            reward = reward - self._rest_reward(start, actions)
         reward, spread = reward.double().cpu().numpy(), None
         if self.uncertainty_penalty > 0:
             spread = self.engine.disagreement(start, rows, state).double().cpu().numpy()
@@ -494,3 +504,13 @@ class EnvCore:
             spread=spread,
         )
         return state, batch
+
+    def _rest_reward(self, start: RolloutState, actions: np.ndarray) -> torch.Tensor:
+        """[n] reward the same step would have earned with the do-nothing command (``rest_baseline``).
+
+        The rest branch continues ``start`` on the same noise as the real step (``step`` draws from
+        copies of the state's generators), so what the two share, e.g. the model's drift, cancels.
+        """
+        rest = action_rows(self.scenario, rest_actions(self.scenario, actions), self.engine.action_dim)
+        rest = np.repeat(rest[:, None], self.engine.config.chunk_latents, axis=1)  # [n, F, d]
+        return self.engine.score(self.engine.step(start, rest)[0], rest)[0]

@@ -104,6 +104,14 @@ class AstraEnv(gym.Env):
     agents trained inside keep away from states and actions the model has not learned (MOPO's
     penalty); it costs one more sampling pass per step.
 
+    With ``rest_baseline=True`` (Manipulation and Explore, whose do-nothing command leaves the scene
+    still) the reward is the step's minus what the same step would have earned with that command
+    (the arm kept in place, no button), drawn on the same noise: a difference reward against a
+    counterfactual default action. In the real simulator that rest step changes nothing, so the
+    two agree; inside, whatever the model imagines whatever the action (the goal marker and the
+    block fading and drifting under a still arm, which the potential reads as progress) cancels.
+    Standing still earns exactly 0. It costs one more sampling pass, decode and reward read per step.
+
     ## Starting State
 
     A context from the variant's frame bank (real simulator frames; ``info["bank_index"]`` and
@@ -142,6 +150,8 @@ class AstraEnv(gym.Env):
     |                     |                      | ``"progress"``; ``astra_gym.data.tasks``); None = the simulator's |
     |                     |                      | own reward. The bundle must hold a reward model for it           |
     | ``uncertainty_penalty`` | ``0.0`` (off)    | λ: the reward loses λ x the model's disagreement (see Rewards)   |
+    | ``rest_baseline``   | ``False``            | the reward is the step's minus the do-nothing command's on the   |
+    |                     |                      | same noise (Manipulation, Explore; see Rewards)                  |
     | ``render_mode``     | ``None``             | ``"rgb_array"`` (the last frame) or ``"human"``                  |
     | ``render_fps``      | variant              | playback rate of the frames                                      |
     | ``rollout``         | ``None``             | a ``WorldModelRollout`` to share (replaces the model kwargs)     |
@@ -174,6 +184,7 @@ class AstraEnv(gym.Env):
         batch_invariant: bool | None = None,
         task: str | None = None,
         uncertainty_penalty: float = 0.0,
+        rest_baseline: bool = False,
         render_mode: str | None = None,
         render_fps: float = 25.0,
         rollout: WorldModelRollout | None = None,
@@ -192,9 +203,10 @@ class AstraEnv(gym.Env):
             device,
             dtype,
         )
-        self.core = EnvCore(*core_args, rollout, batch_invariant, task, uncertainty_penalty)
+        self.core = EnvCore(*core_args, rollout, batch_invariant, task, uncertainty_penalty, rest_baseline)
         # Pickled by reference (see __getstate__) unless built around a caller's engine.
-        self._core_args = (*core_args, None, batch_invariant, task, uncertainty_penalty) if rollout is None else None
+        extra = (task, uncertainty_penalty, rest_baseline)
+        self._core_args = (*core_args, None, batch_invariant, *extra) if rollout is None else None
         self.metadata = {**type(self).metadata, "render_fps": render_fps}
         self.render_mode = render_mode
         self.action_space = self.core.action_space

@@ -26,7 +26,19 @@ import numpy as np
 
 from astra_gym.data.action_codecs import native_action_rows
 
-__all__ = ["EXPLORE_BUTTONS", "ACTION_NAMES", "action_space", "check_actions", "action_rows"]
+__all__ = [
+    "EXPLORE_BUTTONS",
+    "ACTION_NAMES",
+    "REST_SCENARIOS",
+    "action_space",
+    "check_actions",
+    "action_rows",
+    "rest_actions",
+]
+
+#: Scenarios whose do-nothing command leaves the scene as it is: Fetch's arm stays put (the block
+#: stays where it lies), the Doom player stands. A CarRacing car coasts on, so Drive has none.
+REST_SCENARIOS = ("manipulation", "explore")
 
 # The ViZDoom buttons of the explore simulator, in action order. Must equal
 # astra_gym.data.sims.doom_env.DEFAULT_BUTTONS (not imported here: that module needs vizdoom);
@@ -133,3 +145,19 @@ def action_rows(scenario: str, actions: np.ndarray, width: int) -> np.ndarray:
     if rows.shape[1] > width:
         raise ValueError(f"{scenario} action rows have {rows.shape[1]} columns but the model takes {width}")
     return np.pad(rows, ((0, 0), (0, width - rows.shape[1])))
+
+
+def rest_actions(scenario: str, actions: np.ndarray) -> np.ndarray:
+    """The do-nothing counterparts of validated native actions [n, ...] (same shape and dtype).
+
+    Manipulation keeps each action's gripper command (FetchPush ignores it; the model's row then
+    differs from the agent's only in the motion) and zeroes dx, dy, dz; Explore presses no button.
+    """
+    if scenario not in REST_SCENARIOS:
+        raise ValueError(
+            f"{scenario!r} has no do-nothing command that leaves the scene still; choose {REST_SCENARIOS}"
+        )
+    rest = np.zeros_like(actions)
+    if scenario == "manipulation":
+        rest[:, 3:] = actions[:, 3:]
+    return rest

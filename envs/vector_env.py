@@ -86,6 +86,7 @@ class AstraVectorEnv(gym.vector.VectorEnv):
         batch_invariant: bool | None = None,
         task: str | None = None,
         uncertainty_penalty: float = 0.0,
+        rest_baseline: bool = False,
         render_mode: str | None = None,
         render_fps: float = 25.0,
         rollout: WorldModelRollout | None = None,
@@ -116,6 +117,7 @@ class AstraVectorEnv(gym.vector.VectorEnv):
             batch_invariant,
             task,
             uncertainty_penalty,
+            rest_baseline,
         )
         self.num_envs = num_envs
         self.max_episode_steps = max_episode_steps

@@ -74,6 +74,11 @@ class Args:
         "so that the rest of each plan warm-starts the next",
     )
     noise: Literal["shared", "independent"] = arg("shared", help="denoising noise of the candidates (shared = CRN)")
+    rest_baseline: bool = arg(
+        False,
+        help="score each imagined step minus the do-nothing command's on the same noise (Manipulation, Explore; "
+        "the envs' rest_baseline)",
+    )
     num_denoise_steps: int | None = arg(None, help="Euler steps per imagined chunk; none = the checkpoint's")
     episodes: int = arg(1, help="real episodes to run")
     max_steps: int | None = arg(None, help="cap on real steps per episode; none = the variant's episode length")
@@ -114,7 +119,9 @@ def make_controller(args: Args) -> MPCController:
         checkpoint, spec.scenario, args.device, task=args.task, num_denoise_steps=args.num_denoise_steps
     )
     value = SB3Value(args.value) if args.value else None
-    dynamics = WorldModelDynamics(engine, spec.scenario, noise=args.noise, value=value)
+    dynamics = WorldModelDynamics(
+        engine, spec.scenario, noise=args.noise, value=value, rest_baseline=args.rest_baseline
+    )
     prior = data_prior(checkpoint, spec.scenario, args.device) if args.prior == "data" else None
     if args.prior == "data" and prior is None:  # e.g. the weight-free debug model
         warnings.warn(

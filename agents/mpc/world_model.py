@@ -17,7 +17,7 @@ import torch
 from astra_gym.agents.mpc.sampling import ActionPrior
 from astra_gym.data.action_codecs import align_to_latents
 from astra_gym.envs.core import load_world_model
-from astra_gym.envs.spaces import action_rows, action_space
+from astra_gym.envs.spaces import REST_SCENARIOS, action_rows, action_space, rest_actions
 from astra_gym.rollout.engine import WorldModelRollout
 from astra_gym.rollout.state import RolloutState
 from astra_gym.utils.device import resolve_device, resolve_dtype
@@ -113,6 +113,10 @@ class WorldModelDynamics:
             ``"independent"`` (see :meth:`WorldModelRollout.fork`).
         value: ``frames uint8 [B, H, W, 3] -> values [B]`` of the newest imagined frame, added at the
             planning horizon (e.g. :class:`~astra_gym.agents.mpc.value.SB3Value`); None: no value.
+        rest_baseline: Score each step minus what the do-nothing command would have earned from the
+            same state on the same noise (the envs' ``rest_baseline``; Manipulation and Explore). Each
+            :meth:`step` then also imagines that rest step, and :meth:`score` must be given the state
+            the last :meth:`step` returned.
     """
 
     def __init__(
@@ -121,7 +125,10 @@ class WorldModelDynamics:
         scenario: str,
         noise: Literal["shared", "independent"] = "shared",
         value: Callable[[np.ndarray], np.ndarray] | None = None,
+        rest_baseline: bool = False,
     ) -> None:
+        if rest_baseline and scenario not in REST_SCENARIOS:
+            raise ValueError(f"rest_baseline: {scenario!r} has no do-nothing command that leaves the scene still")
         if engine.reward_model is None:
             raise ValueError(
                 "MPC scores candidates with the reward model, but this engine has none; load a bundle with a "
@@ -131,6 +138,8 @@ class WorldModelDynamics:
         self.scenario = scenario
         self.noise = noise
         self.value = value
+        self.rest_baseline = rest_baseline
+        self._rest: tuple[RolloutState, torch.Tensor] | None = None  # (stepped state, rest reward [B])
 
     def rows(self, actions: np.ndarray) -> np.ndarray:
         """Native actions [B, *shape] -> held model rows [B, F, d] (F = chunk latents)."""
@@ -143,11 +152,19 @@ class WorldModelDynamics:
 
     def step(self, state: RolloutState, actions: np.ndarray) -> RolloutState:
         """One chunk of every row under native ``actions`` (the frames stay in the state)."""
-        return self.engine.step(state, self.rows(actions))[0]
+        stepped = self.engine.step(state, self.rows(actions))[0]
+        if self.rest_baseline:
+            rest = self.rows(rest_actions(self.scenario, np.asarray(actions, np.float64)))
+            self._rest = stepped, self.engine.score(self.engine.step(state, rest)[0], rest)[0]
+        return stepped
 
     def score(self, state: RolloutState, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(reward [B], termination logit [B]) as float64 numpy."""
         reward, logit = self.engine.score(state, self.rows(actions))
+        if self.rest_baseline:
+            if self._rest is None or self._rest[0] is not state:
+                raise RuntimeError("with rest_baseline, score() takes the state that the last step() returned")
+            reward = reward - self._rest[1]
         return reward.double().cpu().numpy(), logit.double().cpu().numpy()
 
     def terminal_value(self, state: RolloutState) -> np.ndarray:

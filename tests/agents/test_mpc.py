@@ -13,6 +13,7 @@ from astra_gym.agents.mpc.planner import imagine_returns
 from astra_gym.agents.mpc.sampling import ActionPrior, make_sampler
 from astra_gym.agents.mpc.world_model import WorldModelDynamics, behaviour_prior
 from astra_gym.envs.spaces import action_rows, action_space
+from astra_gym.rollout.bundle import debug_bundle
 
 # ------------------------------------------------------------------------------------------------
 # Toy dynamics with a known optimum
@@ -230,6 +231,24 @@ def test_world_model_candidates_share_noise(debug_engine):
     plan = np.array([[[0.5, 1.0, 0.0]] * 2, [[0.5, 1.0, 0.0]] * 2, [[-1.0, 0.0, 1.0]] * 2], np.float32)
     returns = imagine_returns(dynamics, state, plan)
     assert returns[0] == returns[1] and returns[0] != returns[2]
+
+
+def test_world_model_rest_baseline_scores_a_still_arm_zero_and_matches_the_env():
+    engine = debug_bundle("manipulation").engine(num_denoise_steps=1)
+    based = WorldModelDynamics(engine, "manipulation", rest_baseline=True)
+    plain = WorldModelDynamics(engine, "manipulation")
+    frames = np.random.default_rng(3).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    state = based.encode(frames, [None] * 4, seed=0)
+    plan = np.array([[[0.0, 0.0, 0.0, 1.0]] * 2, [[0.8, -0.5, 0.1, 1.0]] * 2], np.float32)
+    assert imagine_returns(based, state, plan)[0] == 0.0 and imagine_returns(plain, state, plan)[0] != 0.0
+    children = based.step(based.fork(state, 2), plan[:, 0])
+    rest = plan[:, 0] * np.array([0, 0, 0, 1], np.float32)
+    expected = plain.score(children, plan[:, 0])[0] - plain.score(plain.step(based.fork(state, 2), rest), rest)[0]
+    np.testing.assert_allclose(based.score(children, plan[:, 0])[0], expected, rtol=0, atol=1e-6)
+    with pytest.raises(RuntimeError, match="the state that the last step"):
+        based.score(based.fork(state, 2), plan[:, 0])
+    with pytest.raises(ValueError, match="'drive' has no do-nothing command"):
+        WorldModelDynamics(engine, "drive", rest_baseline=True)
 
 
 def test_world_model_value_reads_the_newest_imagined_frame(debug_engine):

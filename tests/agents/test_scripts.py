@@ -165,6 +165,16 @@ def test_imagined_vs_real_runs_on_debug_weights(tmp_path):
     )
 
 
+def test_the_rest_baseline_reaches_the_inside_env():
+    args = train_sb3.Args(env="Astra-Manipulation-v0", checkpoint="debug", frame_bank="synthetic", num_envs=1,
+                          rest_baseline=True)  # fmt: skip
+    env = train_sb3.make_train_env(args)
+    try:
+        assert env.unwrapped.venv.core.rest_baseline
+    finally:
+        env.close()
+
+
 def test_the_uncertainty_penalty_reaches_the_inside_env():
     args = train_sb3.Args(env="Astra-Debug-v0", checkpoint="debug", num_envs=1, uncertainty_penalty=0.25)
     env = train_sb3.make_train_env(args)

@@ -6,6 +6,7 @@ import pytest
 from gymnasium.vector import AutoresetMode
 
 from astra_gym.envs.env import AstraEnv
+from astra_gym.envs.spaces import action_rows
 from astra_gym.envs.vector_env import AstraVectorEnv
 
 ACTION = np.array([0.3, 0.5, 0.0], np.float32)
@@ -142,3 +143,26 @@ def test_the_uncertainty_penalty_subtracts_the_models_disagreement_and_leaves_th
 def test_a_bad_uncertainty_penalty_is_named(penalty):
     with pytest.raises(ValueError, match="uncertainty_penalty=.* must be a finite number >= 0"):
         _vec(1, uncertainty_penalty=penalty)
+
+
+def test_the_rest_baseline_subtracts_what_the_do_nothing_command_earns_on_the_same_noise():
+    moves = np.array([[0.5, -0.3, 0.2, 1.0], [0.0, 0.0, 0.0, -0.4], [0.1, 0.9, -1.0, 0.3]], np.float32)
+    rests = moves * np.array([0, 0, 0, 1], np.float32)  # the arm kept in place, the gripper command kept
+    plain, based = (_vec(3, scenario="manipulation", rest_baseline=flag) for flag in (False, True))
+    for envs in (plain, based):
+        envs.reset(seed=2)
+    engine = plain.core.engine
+    rows = action_rows("manipulation", rests.astype(np.float64), engine.action_dim)[:, None]  # [3, F=1, d]
+    for _ in range(2):
+        before = plain._state
+        obs_a, reward_a, *_ = plain.step(moves)
+        obs_b, reward_b, *_ = based.step(moves)
+        np.testing.assert_array_equal(obs_a, obs_b)  # the frames are the agent's step
+        rest_reward = engine.score(engine.step(before, rows)[0], rows)[0].double().numpy()
+        np.testing.assert_allclose(reward_b, reward_a - rest_reward, rtol=0, atol=1e-6)
+        assert reward_b[1] == 0.0 and reward_a[1] != 0.0  # a still arm earns exactly nothing
+
+
+def test_the_rest_baseline_is_refused_where_doing_nothing_moves_the_scene():
+    with pytest.raises(ValueError, match="drive.* has none, use rest_baseline=False"):
+        _vec(1, rest_baseline=True)
