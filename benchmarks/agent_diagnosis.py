@@ -263,6 +263,9 @@ class Args:
     env: str = arg("Astra-Drive-v0", help="an Astra id (its scenario picks the simulator)")
     checkpoint: str | None = arg(None, help="model bundle; none = the variant's")
     task: str | None = arg(None, help="agent task (astra_gym.data.tasks) of the rewards; none = the simulator's own")
+    rest_baseline: bool = arg(
+        False, help="score the imagined steps minus the do-nothing command's (the env's rest_baseline)"
+    )
     starts: int = arg(8, help="real starts per kind")
     kinds: tuple[str, ...] = arg(("reset",), help="start kinds: reset and/or mid")
     steps: int = arg(50, help="steps per run")
@@ -287,6 +290,8 @@ def start_env(args, sampler: dict | None = None) -> tuple[str, gym.Env, Task, st
     kwargs = {"checkpoint": args.checkpoint or spec.checkpoint}
     if args.task is not None:
         kwargs["task"] = args.task
+    if args.rest_baseline:
+        kwargs["rest_baseline"] = True
     env = gym.make(args.env, max_episode_steps=args.steps + 1, **kwargs, **(sampler or {}))
     return spec.scenario, env, get_task(spec.scenario, args.task), kwargs["checkpoint"]
 

@@ -154,6 +154,9 @@ class Args:
     env: str = arg("Astra-Drive-v0", help="an Astra id (its scenario picks the simulator)")
     checkpoint: str | None = arg(None, help="model bundle; none = the variant's")
     task: str | None = arg(None, help="agent task (astra_gym.data.tasks) of the rewards; none = the simulator's own")
+    rest_baseline: bool = arg(
+        False, help="score the imagined steps minus the do-nothing command's (the env's rest_baseline)"
+    )
     behaviours: tuple[str, ...] = arg(BEHAVIOURS, help="scripted behaviours: expert, still, random")
     starts: int = arg(10, help="real starts per kind")
     kinds: tuple[str, ...] = arg(("reset",), help="start kinds: reset and/or mid")

@@ -73,3 +73,12 @@ def test_cli_writes_json_and_a_contact_sheet(tmp_path):
     assert row["kind"] == "reset" and len(row["real_returns"]) == 2 and row["action_spread"] >= 0.0
     assert row["reach_aim"] is None  # CarRacing has no block to reach
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_start_env_passes_the_rest_baseline_on():
+    args = agent_diagnosis.Args(agent="unused.zip", env="Astra-Manipulation-v0", checkpoint="debug", rest_baseline=True)
+    _, env, _, _ = agent_diagnosis.start_env(args)
+    try:
+        assert env.unwrapped.core.rest_baseline
+    finally:
+        env.close()
