@@ -76,7 +76,9 @@ def test_cli_writes_json_and_a_contact_sheet(tmp_path):
 
 
 def test_start_env_passes_the_rest_baseline_on():
-    args = agent_diagnosis.Args(agent="unused.zip", env="Astra-Manipulation-v0", checkpoint="debug", rest_baseline=True)
+    args = agent_diagnosis.Args(
+        agent="unused.zip", env="Astra-Manipulation-v0", checkpoint="debug", rest_baseline=True
+    )
     _, env, _, _ = agent_diagnosis.start_env(args)
     try:
         assert env.unwrapped.core.rest_baseline
