@@ -158,7 +158,7 @@ class RandomHold(Policy):
 
 
 class Rest(Policy):
-    """Holds a do-nothing command from ``sampler`` (redrawn per segment, at each :meth:`reset`)."""
+    """Holds a do-nothing command from ``sampler``, drawn once per episode (at :meth:`reset`)."""
 
     name = "rest"
 
