@@ -60,10 +60,12 @@ __all__ = [
     "StartBatch",
     "StepBatch",
     "check_bank_matches",
+    "held_rows",
     "load_world_model",
     "model_frame_bank",
     "model_sim_config",
     "reject_unknown_kwargs",
+    "rest_reward",
     "ENV_KWARGS",
 ]
 
@@ -482,8 +484,7 @@ class EnvCore:
 
     def advance(self, state: RolloutState, actions: np.ndarray) -> tuple[RolloutState, StepBatch]:
         """One step of every row of ``state`` with validated actions [n, ...]."""
-        rows = action_rows(self.scenario, actions, self.engine.action_dim)  # [n, d]
-        rows = np.repeat(rows[:, None], self.engine.config.chunk_latents, axis=1)  # [n, F, d]: held for the chunk
+        rows = held_rows(self.engine, self.scenario, actions)  # [n, F, d]
         start, (state, frames) = state, self.engine.step(state, rows)
         if self.engine.reward_model is None:
             reward = torch.zeros(len(rows))
@@ -491,7 +492,7 @@ class EnvCore:
         else:
             reward, logit = self.engine.score(state, rows)
         if self.rest_baseline and self.engine.reward_model is not None:
-            reward = reward - self._rest_reward(start, actions)
+            reward = reward - rest_reward(self.engine, self.scenario, start, actions)
         reward, spread = reward.double().cpu().numpy(), None
         if self.uncertainty_penalty > 0:
             spread = self.engine.disagreement(start, rows, state).double().cpu().numpy()
@@ -505,12 +506,18 @@ class EnvCore:
         )
         return state, batch
 
-    def _rest_reward(self, start: RolloutState, actions: np.ndarray) -> torch.Tensor:
-        """[n] reward the same step would have earned with the do-nothing command (``rest_baseline``).
 
-        The rest branch continues ``start`` on the same noise as the real step (``step`` draws from
-        copies of the state's generators), so what the two share, e.g. the model's drift, cancels.
-        """
-        rest = action_rows(self.scenario, rest_actions(self.scenario, actions), self.engine.action_dim)
-        rest = np.repeat(rest[:, None], self.engine.config.chunk_latents, axis=1)  # [n, F, d]
-        return self.engine.score(self.engine.step(start, rest)[0], rest)[0]
+def held_rows(engine: WorldModelRollout, scenario: str, actions: np.ndarray) -> np.ndarray:
+    """Validated native actions [n, ...] -> the engine's rows [n, F, d], each held for the chunk's F latents."""
+    rows = action_rows(scenario, actions, engine.action_dim)  # [n, d]
+    return np.repeat(rows[:, None], engine.config.chunk_latents, axis=1)
+
+
+def rest_reward(engine: WorldModelRollout, scenario: str, start: RolloutState, actions: np.ndarray) -> torch.Tensor:
+    """[n] reward that the step from ``start`` would have earned with the do-nothing command (``rest_baseline``).
+
+    The rest branch continues ``start`` on the same noise as the real step (``step`` draws from
+    copies of the state's generators), so what the two share, e.g. the model's drift, cancels.
+    """
+    rest = held_rows(engine, scenario, rest_actions(scenario, actions))
+    return engine.score(engine.step(start, rest)[0], rest)[0]

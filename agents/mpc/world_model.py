@@ -16,8 +16,8 @@ import torch
 
 from astra_gym.agents.mpc.sampling import ActionPrior
 from astra_gym.data.action_codecs import align_to_latents
-from astra_gym.envs.core import load_world_model
-from astra_gym.envs.spaces import REST_SCENARIOS, action_rows, action_space, rest_actions
+from astra_gym.envs.core import held_rows, load_world_model, rest_reward
+from astra_gym.envs.spaces import REST_SCENARIOS, action_rows, action_space
 from astra_gym.rollout.engine import WorldModelRollout
 from astra_gym.rollout.state import RolloutState
 from astra_gym.utils.device import resolve_device, resolve_dtype
@@ -143,8 +143,7 @@ class WorldModelDynamics:
 
     def rows(self, actions: np.ndarray) -> np.ndarray:
         """Native actions [B, *shape] -> held model rows [B, F, d] (F = chunk latents)."""
-        rows = action_rows(self.scenario, np.asarray(actions, np.float64), self.engine.action_dim)
-        return np.repeat(rows[:, None], self.engine.config.chunk_latents, axis=1)
+        return held_rows(self.engine, self.scenario, np.asarray(actions, np.float64))
 
     def fork(self, state: RolloutState, n: int) -> RolloutState:
         """n copies of every row (``noise`` as configured)."""
@@ -154,8 +153,7 @@ class WorldModelDynamics:
         """One chunk of every row under native ``actions`` (the frames stay in the state)."""
         stepped = self.engine.step(state, self.rows(actions))[0]
         if self.rest_baseline:
-            rest = self.rows(rest_actions(self.scenario, np.asarray(actions, np.float64)))
-            self._rest = stepped, self.engine.score(self.engine.step(state, rest)[0], rest)[0]
+            self._rest = stepped, rest_reward(self.engine, self.scenario, state, np.asarray(actions, np.float64))
         return stepped
 
     def score(self, state: RolloutState, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
