@@ -147,6 +147,10 @@ class WorldModelBatch:
         actions: Action rows [B, A, D] (normalised, flags set) and modality [B].
         dataset: [B] long dataset index of each row.
         history_length: [B] long history latents of each row.
+        prefix: Only with ``JointLatentData(prefix=True)``: each row's history without its newest
+            latent, packed to predict that latent (:mod:`~astra_gym.training.self_forcing`). Rows
+            with one history latent hold it again here and are never self-forced.
+        prefix_actions: The prefix's action rows and modality.
     """
 
     target: Tensor
@@ -154,6 +158,8 @@ class WorldModelBatch:
     actions: ActionInput
     dataset: Tensor
     history_length: Tensor
+    prefix: FramePackInputs | None = None
+    prefix_actions: ActionInput | None = None
 
     @property
     def batch_size(self) -> int:
@@ -207,6 +213,8 @@ class JointLatentData:
             caches (fine-tuning keeps the normalisation the model learned with, see
             :func:`~astra_gym.training.train_world_model.init_normalizers`).
         episode_start_p: Probability that a row's history starts at an episode's first frame.
+        prefix: Also pack each row's history without its newest latent (``WorldModelBatch.prefix``,
+            for self-forcing; needs ``chunk_latents`` 1).
     """
 
     def __init__(
@@ -220,6 +228,7 @@ class JointLatentData:
         mixing: Literal["sample", "step"] = "sample",
         fixed_normalizers: Mapping[str, ActionNormalizer] | None = None,
         episode_start_p: float = 0.0,
+        prefix: bool = False,
     ) -> None:
         if not specs:
             raise ValueError("no datasets given; pass at least one --dataset scenario=...,path=...")
@@ -237,7 +246,12 @@ class JointLatentData:
                 f"datasets {roots} share the log label {shared[0]!r}, so their per-dataset metrics would overwrite "
                 "each other; give each its own name= (e.g. --dataset scenario=...,path=...,name=probe)"
             )
-        self.episode_start_p = episode_start_p
+        if prefix and chunk_latents != 1:
+            raise ValueError(
+                f"self-forcing replaces one history latent and needs chunk_latents=1, got {chunk_latents}; "
+                "set --self-forcing-p 0 or train with --chunk-latents 1"
+            )
+        self.episode_start_p, self.prefix = episode_start_p, prefix
         self.specs, self.config, self.layout, self.mixing = tuple(specs), model_config, layout, mixing
         self.chunk_latents, self.max_history = chunk_latents, max_history
         window = WindowSpec(history=max_history, target=chunk_latents)
@@ -357,32 +371,49 @@ class JointLatentData:
     def load(self, draws: Sequence[WindowDraw]) -> WorldModelBatch:
         """Reads, normalises and packs the drawn rows (CPU tensors)."""
         rows = [self._load_row(d) for d in draws]
-        history = _cat_histories([r[0] for r in rows])
         target = torch.cat([r[1] for r in rows])  # [B, C, F, h, w]
-        target_rows = torch.cat([r[2] for r in rows])  # [B, F, D]
         modality = torch.tensor([self.modality[d.dataset] for d in draws], dtype=torch.long)
-        frame_pack, values = pack(history, target_rows, self.layout, flag_column=flag_columns(self.config, modality))
+        frame_pack, actions = self._pack([r[0] for r in rows], [r[2] for r in rows], modality)
+        prefix = prefix_actions = None
+        if self.prefix:
+            prefix, prefix_actions = self._pack([r[3] for r in rows], [r[4] for r in rows], modality)
         return WorldModelBatch(
             target=target,
             frame_pack=frame_pack,
-            actions=ActionInput(values, modality),
+            actions=actions,
             dataset=torch.tensor([d.dataset for d in draws], dtype=torch.long),
             history_length=torch.tensor([d.history for d in draws], dtype=torch.long),
+            prefix=prefix,
+            prefix_actions=prefix_actions,
         )
 
-    def _load_row(self, draw: WindowDraw) -> tuple[FramePackHistory, Tensor, Tensor]:
-        """One row: (history with n latents, target [1, C, F, h, w], target rows [1, F, D])."""
+    def _pack(
+        self, histories: Sequence[FramePackHistory], target_rows: Sequence[Tensor], modality: Tensor
+    ) -> tuple[FramePackInputs, ActionInput]:
+        """Rows' histories and target action rows [1, F, D] packed into one batch."""
+        flags = flag_columns(self.config, modality)
+        frame_pack, values = pack(_cat_histories(histories), torch.cat(target_rows), self.layout, flag_column=flags)
+        return frame_pack, ActionInput(values, modality)
+
+    def _load_row(self, draw: WindowDraw) -> tuple[FramePackHistory, Tensor, Tensor, FramePackHistory, Tensor]:
+        """One row: (history with n latents, target [1, C, F, h, w], target rows [1, F, D], and the
+        prefix: history without the newest latent (n - 1 >= 1, else the same one latent), its rows [1, 1, D])."""
         item = self.datasets[draw.dataset][draw.window]
         rows = make_action_rows(self.normalizers[draw.dataset].apply(item["rows"])[None], 0.0, self.width)  # [1, W, D]
         split, stop = draw.offset + draw.history, draw.offset + draw.history + self.chunk_latents
         latents = item["latents"][None]  # [1, C, W, h, w]
-        history = FramePackHistory.from_latents(
-            latents[:, :, draw.offset : split],
-            rows[:, draw.offset : split],
-            window=self.layout.window,
-            start_index=item["start"] + draw.offset,
-        )
-        return history, latents[:, :, split:stop], rows[:, split:stop]
+
+        def history(end: int) -> FramePackHistory:
+            return FramePackHistory.from_latents(
+                latents[:, :, draw.offset : end],
+                rows[:, draw.offset : end],
+                window=self.layout.window,
+                start_index=item["start"] + draw.offset,
+            )
+
+        full = history(split)
+        prefix = history(max(split - 1, draw.offset + 1)) if self.prefix else full
+        return full, latents[:, :, split:stop], rows[:, split:stop], prefix, rows[:, split - 1 : split]
 
     def batch(self, batch_size: int, generator: torch.Generator, rows: slice | None = None) -> WorldModelBatch:
         """Draws ``batch_size`` rows and loads ``rows`` of them (a data-parallel rank's share)."""

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from astra_gym.training.data import WorldModelBatch, map_tensors
+from astra_gym.training.self_forcing import self_force
 from astra_gym.utils.cli_args import arg
 from astra_gym.world_model.action_encoders import drop_actions
 from astra_gym.world_model.conditioning import ActionInput, FramePackInputs
@@ -48,6 +49,7 @@ from astra_gym.world_model.flow_matching import (
     velocity_target,
 )
 from astra_gym.world_model.framepack import corrupt_history
+from astra_gym.world_model.sampling import SamplerConfig
 
 __all__ = [
     "StepConfig",
@@ -91,6 +93,11 @@ class StepConfig:
         "mean change, motion_clip) (0 = off, every cell counts the same)",
     )
     motion_clip: float = arg(8.0, "cap of a cell's change relative to its row's mean change (motion_weight > 0)")
+    self_forcing_p: float = arg(
+        0.0,
+        "self-forcing: probability that a row's newest history latent is replaced by the model's own sample of it "
+        "from the rest of its history (no gradient; rows with >= 2 history latents; 0 = off)",
+    )
     detail_weight: float = arg(
         0.0,
         "extra loss weight of latent cells that differ from their dataset's mean latent: a cell counts "
@@ -99,7 +106,7 @@ class StepConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("history_noise_p", "action_dropout"):
+        for name in ("history_noise_p", "action_dropout", "self_forcing_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1]")
         low, high = self.history_noise_sigma
@@ -318,8 +325,12 @@ def train_step(
     generator: torch.Generator,
     share: tuple[int, int] = (0, 1),
     reference: Sequence[Tensor] | None = None,
+    sampler: SamplerConfig | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Loss of one batch (no backward, no optimizer step).
+
+    With ``cfg.self_forcing_p`` > 0 the batch's newest history latents are first partly replaced by the
+    model's own samples (:mod:`~astra_gym.training.self_forcing`; its draws come first from ``generator``).
 
     Args:
         model: The :class:`~astra_gym.world_model.transformer.AstraTransformer` (possibly wrapped
@@ -329,12 +340,20 @@ def train_step(
         generator: CPU generator of every random draw of the step (the same on every rank).
         share: ``(rank, world)`` of data parallelism (:func:`draw_share`).
         reference: Per dataset, its mean latent [C, h, w] (needed when ``cfg.detail_weight`` > 0).
+        sampler: Sampler of the model's own samples (needed when ``cfg.self_forcing_p`` > 0).
 
     Returns:
         (loss, logs): the 0-d loss with gradients, and detached 0-d logs ``loss``,
         ``loss_flow`` (weighted flow loss), ``mse`` (unweighted), ``moe_balance``,
-        ``history_noised`` and ``actions_dropped`` (fractions of rows), plus ``mse_per_row`` [B].
+        ``history_noised`` and ``actions_dropped`` (fractions of rows; ``self_forced`` too when
+        self-forcing is on), plus ``mse_per_row`` [B].
     """
+    self_forced = None
+    if cfg.self_forcing_p > 0:
+        if sampler is None:
+            raise ValueError("self_forcing_p > 0 needs the sampler of the model's own samples; pass sampler=")
+        draws = draw_share(batch, share, lambda b: _self_forcing_draws(b, generator))
+        batch, self_forced = self_force(model, batch, cfg.self_forcing_p, sampler, draws)
     inputs = draw_share(batch, share, lambda b: prepare_inputs(b, cfg, generator))
     velocity, aux = model(inputs.noisy, inputs.timestep, None, inputs.frame_pack, inputs.actions, return_aux=True)
     weight = timestep_weight(inputs.timestep, shift=cfg.timestep_shift) if cfg.loss_weighting == "release" else None
@@ -352,7 +371,15 @@ def train_step(
         "actions_dropped": inputs.actions_dropped.float().mean(),
         "mse_per_row": per_row,
     }
+    if self_forced is not None:
+        logs["self_forced"] = self_forced.float().mean()
     return loss, logs
+
+
+def _self_forcing_draws(batch: WorldModelBatch, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(uniform [B], noise like the target [B, C, F, h, w]) of self-forcing, on the generator's device."""
+    uniform = torch.rand(batch.batch_size, generator=generator, device=generator.device)
+    return uniform, torch.randn(batch.target.shape, generator=generator, device=generator.device)
 
 
 def per_dataset_mse(per_row: Tensor, dataset: Tensor, num_datasets: int) -> tuple[Tensor, Tensor]:

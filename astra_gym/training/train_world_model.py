@@ -192,6 +192,8 @@ class TrainConfig:
             )
         if self.history_attention not in (None, "full", "causal"):
             raise ValueError(f"--history-attention={self.history_attention!r} must be full, causal or none")
+        if self.distill_from is not None and self.step.self_forcing_p > 0:
+            raise ValueError("--self-forcing-p applies to flow-matching training, not to --distill-from; set it to 0")
 
     def model_config(self) -> AstraTransformerConfig:
         """The ``model_preset`` with the ``num_experts`` / ``action_injection`` overrides applied."""
@@ -359,8 +361,10 @@ def _warn_on_changed_config(saved: dict[str, Any], cfg: TrainConfig) -> None:
         logger.warning("resuming with changed settings %s: the run will not match an uninterrupted one", changed)
 
 
-def _metric_keys(data: JointLatentData) -> list[str]:
+def _metric_keys(data: JointLatentData, cfg: TrainConfig) -> list[str]:
     train = ["loss", "loss_flow", "mse", "moe_balance", "lr", "grad_norm", "history_noised", "actions_dropped"]
+    if cfg.step.self_forcing_p > 0:
+        train.append("self_forced")
     per_dataset = [f"train/mse/{spec.label}" for spec in data.specs]
     return [f"train/{k}" for k in train] + per_dataset + ["perf/samples_per_s", "perf/step_s", "eval/preview_mse"]
 
@@ -471,7 +475,7 @@ def _one_step(run: _Run, batch) -> dict[str, torch.Tensor]:
     batch = batch_to(batch, acc.device)
     generator = step_generator(cfg.seed, "noise", run.step)  # every rank: its rows of the global draws
     if run.teacher is None:
-        loss, logs = train_step(run.model, batch, cfg.step, generator, share, run.reference)
+        loss, logs = train_step(run.model, batch, cfg.step, generator, share, run.reference, _sampler(cfg))
     else:
         autocast = torch.bfloat16 if cfg.mixed_precision == "bf16" else None
         loss, logs = distill_step(
@@ -539,12 +543,17 @@ def _save(run: _Run) -> None:
     acc.wait_for_everyone()
 
 
+def _sampler(cfg: TrainConfig) -> SamplerConfig:
+    """The sampler recommended to the envs (previews and self-forcing use it too)."""
+    return SamplerConfig(num_steps=cfg.sampler_steps, shift=cfg.sampler_shift, guidance_scale=cfg.sampler_guidance)
+
+
 def _preview(run: _Run) -> None:
     """Writes a preview PNG and logs ``eval/preview_mse`` (main process)."""
     if not run.accelerator.is_main_process:
         return
     cfg = run.cfg
-    sampler = SamplerConfig(num_steps=cfg.sampler_steps, shift=cfg.sampler_shift, guidance_scale=cfg.sampler_guidance)
+    sampler = _sampler(cfg)
     path = Path(cfg.run_dir) / "previews" / f"step_{run.step:08d}.png"
     with run.accelerator.autocast():
         mse = write_preview(
@@ -633,6 +642,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         cfg.mixing,
         fixed_normalizers=init_normalizers(cfg.init_from) if cfg.init_from else None,
         episode_start_p=cfg.episode_start_p,
+        prefix=cfg.step.self_forcing_p > 0,
     )
     model = model.to(accelerator.device)
     optimizer = make_adamw(model, cfg.lr, cfg.weight_decay, cfg.betas)
@@ -648,7 +658,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     model, optimizer = accelerator.prepare(model, optimizer)  # may wrap the model (DDP)
     writer = None
     if accelerator.is_main_process:
-        writer = MetricWriter(cfg.run_dir, _metric_keys(data), state.step if state else 0, cfg.tensorboard)
+        writer = MetricWriter(cfg.run_dir, _metric_keys(data, cfg), state.step if state else 0, cfg.tensorboard)
         (Path(cfg.run_dir) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")
     run = _Run(
         cfg,

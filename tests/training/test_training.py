@@ -25,6 +25,7 @@ from astra_gym.training import bundle, train_reward, train_vae, train_world_mode
 from astra_gym.training.checkpointing import latest_checkpoint, step_generator
 from astra_gym.training.data import DatasetSpec, JointLatentData, WindowDraw, map_tensors
 from astra_gym.training.normalization import ActionNormalizer
+from astra_gym.training.self_forcing import self_force
 from astra_gym.training.steps import (
     StepConfig,
     detail_mask,
@@ -43,6 +44,7 @@ from astra_gym.world_model.conditioning import FramePackInputs, TokenGroup
 from astra_gym.world_model.config import get_preset
 from astra_gym.world_model.framepack import FramePackLayout
 from astra_gym.world_model.reward_io import load_reward_model
+from astra_gym.world_model.sampling import SamplerConfig, sample_chunk
 from astra_gym.world_model.transformer import AstraTransformer
 from astra_gym.world_model.vae import SmallVAE
 from astra_gym.world_model.vae_io import load_vae, save_vae
@@ -199,6 +201,76 @@ def test_noise_as_mask_noises_only_the_chosen_scale(cache):
     assert torch.equal(one_x[0], one_x[1])
     off = prepare_inputs(batch, StepConfig(history_noise_p=0.0, action_dropout=0.0), step_generator(0, "noise", 0))
     assert off.frame_pack is batch.frame_pack and not bool(off.history_noised.any())
+
+
+def _newest_positions(frame_pack: FramePackInputs) -> torch.Tensor:
+    """[B] temporal position of each row's newest full-resolution history token."""
+    ones = [g.frame_pos.masked_fill(~g.valid, float("-inf")) for g in frame_pack.history if g.scale == 1]
+    return torch.cat(ones, dim=1).max(dim=1).values
+
+
+def test_self_forcing_replaces_only_the_newest_history_latent_by_the_models_own_sample(cache):
+    data = JointLatentData(_specs(cache), get_preset("debug"), 1, 6, LAYOUT, prefix=True)
+    draws = [WindowDraw(dataset=i % 3, window=i, history=1 + i % 6, offset=0) for i in range(12)]
+    batch = data.load(draws)
+    assert batch.prefix is not None and batch.prefix_actions is not None
+    plain = _data(cache).load(draws)  # the main pack does not depend on the prefix
+    torch.testing.assert_close(_leaves(batch.frame_pack), _leaves(plain.frame_pack), rtol=0, atol=0)
+    eligible = batch.history_length >= 2
+    # the prefix predicts exactly the newest history latent: same position, same action row
+    torch.testing.assert_close(
+        batch.prefix.target_frame_pos[eligible, 0], _newest_positions(batch.frame_pack)[eligible]
+    )
+    target_row = batch.prefix_actions.values[torch.arange(12), batch.prefix.target_action_row[:, 0]]
+    flags = flag_columns(get_preset("debug"), batch.actions.modality)
+    for i in torch.nonzero(eligible).flatten().tolist():
+        history_rows = [g.action_row[i][g.valid[i]] for g in batch.frame_pack.history if g.scale == 1]
+        newest = batch.actions.values[i, int(torch.cat(history_rows)[-1])].clone()
+        assert newest[flags[i]] == 1 and target_row[i, flags[i]] == 0  # past / to-generate flag
+        newest[flags[i]] = 0
+        torch.testing.assert_close(target_row[i], newest)
+    model, sampler = _model().eval(), SamplerConfig(num_steps=2, shift=1.0, guidance_scale=1.0)
+    noise = torch.randn(batch.target.shape, generator=torch.Generator().manual_seed(1))
+    uniform = torch.tensor([0.2, 0.9] * 6)  # p = 0.5 picks the even rows
+    forced, rows = self_force(model, batch, 0.5, sampler, (uniform, noise))
+    assert rows.tolist() == [bool(e) and i % 2 == 0 for i, e in enumerate(eligible.tolist())]
+    assert 0 < int(rows.sum()) < int(eligible.sum())
+    own = sample_chunk(
+        model, noise, context=None, frame_pack=batch.prefix, actions=batch.prefix_actions, config=sampler
+    )
+    before, _ = newest_history_latent(batch.frame_pack)
+    after, _ = newest_history_latent(forced.frame_pack)
+    torch.testing.assert_close(after[rows], own[rows, :, 0], rtol=1e-4, atol=1e-5)
+    assert torch.equal(after[~rows], before[~rows])
+    assert not torch.allclose(after[rows], before[rows])
+    changed = 0
+    for old, new in zip(batch.frame_pack.history, forced.frame_pack.history, strict=True):
+        for f in ("frame_pos", "action_row", "valid"):
+            assert torch.equal(getattr(old, f), getattr(new, f))
+        token = (old.latents != new.latents).transpose(1, 2).flatten(2).any(dim=2)  # [B, T] tokens changed
+        assert not bool(token[~rows].any()) and bool(token.sum(dim=1).le(1).all())  # one token per row at most
+        changed += int(token.sum())
+    assert changed == int(rows.sum())
+    assert torch.equal(forced.target, batch.target) and forced.actions is batch.actions
+    unchanged, none = self_force(model, batch, 0.5, sampler, (torch.ones(12), noise))
+    assert unchanged is batch and not bool(none.any())
+    with pytest.raises(ValueError, match="prefix=True"):
+        self_force(model, plain, 0.5, sampler, (uniform, noise))
+    with pytest.raises(ValueError, match="sampler="):
+        train_step(model, batch, StepConfig(self_forcing_p=0.5), step_generator(0, "noise", 0))
+    with pytest.raises(ValueError, match="chunk_latents=1"):
+        JointLatentData(_specs(cache), get_preset("debug"), 2, 6, LAYOUT, prefix=True)
+
+
+def test_self_forcing_trains_and_logs_its_share_of_rows(cache, tmp_path):
+    cfg = StepConfig(self_forcing_p=1.0)
+    result = train_world_model.train(_run_config(cache, tmp_path, total_steps=3, checkpoint_every=3, step=cfg))
+    rows = [r for r in result.rows if "train/loss" in r]
+    assert result.step == 3 and rows and all(np.isfinite(r["train/loss"]) for r in rows)
+    shares = [r["train/self_forced"] for r in rows]  # every row with >= 2 history latents
+    assert all(0 <= v <= 1 for v in shares) and sum(shares) > 0
+    with pytest.raises(ValueError, match="distill-from"):
+        _run_config(cache, tmp_path / "d", step=cfg, distill_from=str(tmp_path))
 
 
 def test_motion_mask_weights_the_cells_that_change_from_the_newest_history_latent(cache):
