@@ -21,6 +21,10 @@ Its real actions are then replayed open loop in the Astra env from the same real
   model together);
 * the margins that decide what an agent learns: expert minus still and random minus still, real
   and imagined;
+* per behaviour, how much the frames change per step (mean absolute difference of consecutive frames in
+  grey levels, steps 1 to H, so the VAE's reconstruction of the start frame does not count), real and
+  imagined. A still arm changes nothing in FetchPush; an imagined scene that keeps changing under it
+  boils, and its block and goal wander (session 29: 2.2 grey levels per step);
 * with a reward model that computes its reward from predicted poses (``train_reward --pose-reward``),
   what moved: per behaviour and pose key (e.g. gripper, block, goal), how far it moved over the run
   in the simulator, as the reader reads the real frames, and as it reads the imagined ones, and the
@@ -64,6 +68,7 @@ from benchmarks.common import sampler_overrides, spearman, write_results
 
 BEHAVIOURS = ("expert", "still", "random")
 RETURNS = ("real", "reward_model_on_real", "imagined")
+CHANGES = ("change_real", "change_imagined")  # mean absolute change of consecutive frames, steps 1..H (grey levels)
 POSE_SOURCES = ("real", "read_real", "read_imagined")  # the simulator's poses, the reader on real / imagined frames
 
 
@@ -94,11 +99,20 @@ def run_start(env, scenario: str, start, steps: int, task, behaviours: tuple[str
             "real": float(real["rewards"].sum()),
             "reward_model_on_real": float(reward_model_on_real(env, scenario, start, real).sum()),
             "imagined": float(opened["rewards"].sum()),
+            "change_real": frame_change(real["frames"]),
+            "change_imagined": frame_change(opened["frames"]),
             "actions": real["actions"],
         }
         if reader is not None:
             out[name]["poses"] = pose_drift(env, scenario, reader, start, real, opened["frames"])
     return out
+
+
+def frame_change(frames: np.ndarray) -> float:
+    """Mean absolute difference of consecutive uint8 frames [L, H, W, 3] (grey levels; 0 for L < 2)."""
+    if len(frames) < 2:
+        return 0.0
+    return float(np.abs(np.diff(frames.astype(np.float32), axis=0)).mean())
 
 
 def pose_drift(env, scenario: str, reader: tuple, start, real: dict, imagined: np.ndarray) -> dict[str, float]:
@@ -130,8 +144,9 @@ def summarise(kind: str, runs: list[dict], behaviours: tuple[str, ...], steps: i
     """Means over the starts of one kind: returns per behaviour, rank agreements, margins over ``still``."""
     row = {"kind": kind, "starts": len(runs), "steps": steps}
     for name in behaviours:
-        for key in RETURNS:
-            row[f"{name}_{key}"] = float(np.mean([r[name][key] for r in runs]))
+        for key in RETURNS + CHANGES:
+            if key in runs[0][name]:
+                row[f"{name}_{key}"] = float(np.mean([r[name][key] for r in runs]))
     for key in RETURNS[1:]:
         rhos = [spearman([r[b]["real"] for b in behaviours], [r[b][key] for b in behaviours]) for r in runs]
         rhos = [x for x in rhos if np.isfinite(x)]
@@ -180,8 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
         runs = [run_start(env, scenario, start, args.steps, task, args.behaviours, seed=s)
                 for s, start in real_starts(args, env, kind)]  # fmt: skip
         row = summarise(kind, runs, args.behaviours, args.steps)
-        row["per_start"] = [{b: {k: r[b][k] for k in (*RETURNS, "poses") if k in r[b]} for b in args.behaviours}
-                            for r in runs]  # fmt: skip
+        kept = (*RETURNS, *CHANGES, "poses")
+        row["per_start"] = [{b: {k: r[b][k] for k in kept if k in r[b]} for b in args.behaviours} for r in runs]
         rows.append(row)
     config = {**dataclasses.asdict(args), "checkpoint": checkpoint}
     write_results(args.out, "behaviour_ranking", config, rows, torch.device("cpu"))
@@ -192,10 +207,12 @@ def main(argv: list[str] | None = None) -> dict:
 def markdown(rows: list[dict], behaviours: tuple[str, ...]) -> str:
     """A markdown table: one line per start kind and behaviour, then the agreements and margins."""
     head = ["start", "behaviour", "real return", "reward model on real", "imagined (open loop)"]
+    head.append("frame change per step: real / imagined")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         for b in behaviours:
             cells = [r["kind"], b] + [f"{r[f'{b}_{k}']:+.2f}" for k in RETURNS]
+            cells.append(" / ".join(f"{r[f'{b}_{k}']:.2f}" if f"{b}_{k}" in r else "n/a" for k in CHANGES))
             lines.append("| " + " | ".join(cells) + " |")
     for r in rows:
         agree = " / ".join("n/a" if r[f"rank_agreement_{k}"] is None else f"{r[f'rank_agreement_{k}']:+.2f}"

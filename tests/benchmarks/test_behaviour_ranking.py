@@ -21,6 +21,8 @@ def test_behaviours_act_in_the_real_simulator_and_are_replayed_inside():
     assert np.abs(run["random"]["actions"]).sum() > 0 and np.abs(run["expert"]["actions"]).sum() > 0
     for name in run:
         assert all(np.isfinite(run[name][k]) for k in behaviour_ranking.RETURNS)
+        assert all(run[name][k] >= 0 for k in behaviour_ranking.CHANGES)
+    assert run["random"]["change_real"] > 0  # a car that steers and speeds changes the view
     assert run["still"]["real"] < 0  # CarRacing pays -0.1 per frame and a standing car earns no tile
 
 
@@ -78,11 +80,14 @@ def test_a_pose_reader_reports_what_moved_real_and_imagined():
         assert all(np.isfinite(v) and v >= 0 for v in poses.values())
         assert poses["error_goal_pos_read_real"] > 0  # a learned reader is never exact
     assert runs[0]["still"]["poses"]["move_object_pos_real"] < 1e-3  # nothing touches the block
+    assert runs[0]["still"]["change_real"] < 0.5 < runs[0]["random"]["change_real"]  # a still arm changes no pixel
+    assert runs[0]["still"]["change_imagined"] > 0  # the model's frames never repeat exactly
     assert runs[0]["random"]["poses"]["move_ee_pos_real"] > runs[0]["still"]["poses"]["move_ee_pos_real"]
     row = behaviour_ranking.summarise("reset", runs, ("still", "random"), 3)
     assert row["still_move_goal_pos_read_imagined"] == runs[0]["still"]["poses"]["move_goal_pos_read_imagined"]
     table = behaviour_ranking.markdown([row], ("still", "random"))
     assert "| reset | random | object_pos |" in table
+    assert f"| {row['still_change_real']:.2f} / {row['still_change_imagined']:.2f} |" in table
     env.close()
 
 
