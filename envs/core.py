@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from astra_gym.data.action_codecs import align_to_latents
 from astra_gym.data.tasks import get_task
 from astra_gym.envs.frame_bank import BUNDLED_BANKS, FrameBank, load_frame_bank
-from astra_gym.envs.spaces import REST_SCENARIOS, action_rows, action_space, check_actions, rest_actions
+from astra_gym.envs.spaces import action_rows, action_space, check_actions, check_rest_scenario, rest_actions
 from astra_gym.envs.variants import bundled_model_path, installed_bundles
 from astra_gym.rollout.bundle import (
     RELEASE_MODALITY,
@@ -370,11 +370,8 @@ class EnvCore:
         rest_baseline: bool = False,
     ) -> None:
         self.scenario = scenario
-        if rest_baseline and scenario not in REST_SCENARIOS:
-            raise ValueError(
-                f"rest_baseline=True needs a do-nothing command that leaves the scene still ({REST_SCENARIOS}); "
-                f"{scenario!r} has none, use rest_baseline=False"
-            )
+        if rest_baseline:
+            check_rest_scenario(scenario)
         self.rest_baseline = bool(rest_baseline)
         if not (math.isfinite(uncertainty_penalty) and uncertainty_penalty >= 0):
             raise ValueError(

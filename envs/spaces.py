@@ -33,6 +33,7 @@ __all__ = [
     "action_space",
     "check_actions",
     "action_rows",
+    "check_rest_scenario",
     "rest_actions",
 ]
 
@@ -147,16 +148,23 @@ def action_rows(scenario: str, actions: np.ndarray, width: int) -> np.ndarray:
     return np.pad(rows, ((0, 0), (0, width - rows.shape[1])))
 
 
+def check_rest_scenario(scenario: str) -> None:
+    """Raises a ValueError naming the fix unless ``scenario`` has a do-nothing command (:data:`REST_SCENARIOS`)."""
+    if scenario not in REST_SCENARIOS:
+        raise ValueError(
+            f"rest_baseline: {scenario!r} has no do-nothing command that leaves the scene still (only "
+            f"{', '.join(REST_SCENARIOS)} have one; a coasting car moves on), so there is no rest branch to "
+            "subtract: it has none, use rest_baseline=False"
+        )
+
+
 def rest_actions(scenario: str, actions: np.ndarray) -> np.ndarray:
     """The do-nothing counterparts of validated native actions [n, ...] (same shape and dtype).
 
     Manipulation keeps each action's gripper command (FetchPush ignores it; the model's row then
     differs from the agent's only in the motion) and zeroes dx, dy, dz; Explore presses no button.
     """
-    if scenario not in REST_SCENARIOS:
-        raise ValueError(
-            f"{scenario!r} has no do-nothing command that leaves the scene still; choose {REST_SCENARIOS}"
-        )
+    check_rest_scenario(scenario)
     rest = np.zeros_like(actions)
     if scenario == "manipulation":
         rest[:, 3:] = actions[:, 3:]

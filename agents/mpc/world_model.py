@@ -17,7 +17,7 @@ import torch
 from astra_gym.agents.mpc.sampling import ActionPrior
 from astra_gym.data.action_codecs import align_to_latents
 from astra_gym.envs.core import held_rows, load_world_model, rest_reward
-from astra_gym.envs.spaces import REST_SCENARIOS, action_rows, action_space
+from astra_gym.envs.spaces import action_rows, action_space, check_rest_scenario
 from astra_gym.rollout.engine import WorldModelRollout
 from astra_gym.rollout.state import RolloutState
 from astra_gym.utils.device import resolve_device, resolve_dtype
@@ -127,8 +127,8 @@ class WorldModelDynamics:
         value: Callable[[np.ndarray], np.ndarray] | None = None,
         rest_baseline: bool = False,
     ) -> None:
-        if rest_baseline and scenario not in REST_SCENARIOS:
-            raise ValueError(f"rest_baseline: {scenario!r} has no do-nothing command that leaves the scene still")
+        if rest_baseline:
+            check_rest_scenario(scenario)
         if engine.reward_model is None:
             raise ValueError(
                 "MPC scores candidates with the reward model, but this engine has none; load a bundle with a "

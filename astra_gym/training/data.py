@@ -412,7 +412,7 @@ class JointLatentData:
             )
 
         full = history(split)
-        prefix = history(max(split - 1, draw.offset + 1)) if self.prefix else full
+        prefix = history(split - 1) if self.prefix and draw.history > 1 else full
         return full, latents[:, :, split:stop], rows[:, split:stop], prefix, rows[:, split - 1 : split]
 
     def batch(self, batch_size: int, generator: torch.Generator, rows: slice | None = None) -> WorldModelBatch:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from astra_gym.training.data import WorldModelBatch, map_tensors
 from astra_gym.world_model.conditioning import FramePackInputs
+from astra_gym.world_model.framepack import newest_full_resolution_token
 from astra_gym.world_model.sampling import SamplerConfig, sample_chunk
 
 __all__ = ["replace_newest_history_latent", "self_force"]
@@ -31,8 +32,8 @@ __all__ = ["replace_newest_history_latent", "self_force"]
 def replace_newest_history_latent(frame_pack: FramePackInputs, latents: Tensor, rows: Tensor) -> FramePackInputs:
     """The pack with each chosen row's newest full-resolution history latent replaced.
 
-    The newest latent is the valid 1x-group token with the largest temporal position (as
-    :func:`~astra_gym.training.steps.newest_history_latent` reads it).
+    The newest latent is the valid 1x-group token with the largest temporal position
+    (:func:`~astra_gym.world_model.framepack.newest_full_resolution_token`).
 
     Args:
         frame_pack: Packed history of B rows.
@@ -45,28 +46,18 @@ def replace_newest_history_latent(frame_pack: FramePackInputs, latents: Tensor, 
     Raises:
         ValueError: A chosen row has no valid 1x history token.
     """
-    best = torch.full_like(rows, -1, dtype=torch.long)
-    best_pos = torch.full(rows.shape, float("-inf"), device=rows.device)
-    groups = list(frame_pack.history)
-    for g, group in enumerate(groups):
-        if group.scale != 1:
-            continue
-        top = group.frame_pos.masked_fill(~group.valid, float("-inf")).max(dim=1).values  # [B]
-        newer = top > best_pos
-        best, best_pos = torch.where(newer, g, best), torch.maximum(top, best_pos)
-    if bool((rows & (best < 0)).any()):
+    group, token = newest_full_resolution_token(frame_pack)
+    if bool((rows & (group < 0)).any()):
         raise ValueError("a self-forced row has no full-resolution history latent to replace")
-    for g, group in enumerate(groups):
-        chosen = rows & (best == g)
-        if not bool(chosen.any()):
+    groups = list(frame_pack.history)
+    h, w = latents.shape[-2:]
+    for g, tokens in enumerate(groups):
+        picked = torch.nonzero(rows & (group == g)).flatten()
+        if len(picked) == 0:
             continue
-        pos = group.frame_pos.masked_fill(~group.valid, float("-inf"))
-        index = pos.argmax(dim=1)  # [B]
-        new = group.latents.clone()
-        h, w = latents.shape[-2:]
-        picked = torch.nonzero(chosen).flatten()
-        new[picked, :, index[picked], :h, :w] = latents[picked].to(new.dtype)
-        groups[g] = dataclasses.replace(group, latents=new)
+        new = tokens.latents.clone()
+        new[picked, :, token[picked], :h, :w] = latents[picked].to(new.dtype)
+        groups[g] = dataclasses.replace(tokens, latents=new)
     return dataclasses.replace(frame_pack, history=tuple(groups))
 
 

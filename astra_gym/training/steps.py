@@ -48,7 +48,7 @@ from astra_gym.world_model.flow_matching import (
     timestep_weight,
     velocity_target,
 )
-from astra_gym.world_model.framepack import corrupt_history
+from astra_gym.world_model.framepack import corrupt_history, newest_full_resolution_token
 from astra_gym.world_model.sampling import SamplerConfig
 
 __all__ = [
@@ -222,24 +222,18 @@ def newest_history_latent(frame_pack: FramePackInputs) -> tuple[Tensor, Tensor] 
         (latents [B, C, h, w], present [B] bool) from the 1x groups' valid token with the largest
         temporal position, or None when no 1x group is packed. Rows without one are zeros, not present.
     """
-    best, present, latest = None, None, None
-    for group in frame_pack.history:
-        if group.scale != 1:
+    group, token = newest_full_resolution_token(frame_pack)
+    rows = torch.arange(len(group), device=group.device)
+    best = None
+    for g, tokens in enumerate(frame_pack.history):
+        if tokens.scale != 1:
             continue
-        pos = group.frame_pos.masked_fill(~group.valid, float("-inf"))  # [B, T]
-        top, index = pos.max(dim=1)  # [B]
-        rows = torch.arange(pos.shape[0], device=pos.device)
-        latents = group.latents[rows, :, index]  # [B, C, h, w]
-        if best is None:
-            best, present, latest = latents, group.valid.any(dim=1), top
-            continue
-        newer = top > latest
-        best = torch.where(newer[:, None, None, None], latents, best)
-        latest = torch.maximum(top, latest)
-        present = present | group.valid.any(dim=1)
+        latents = tokens.latents[rows, :, token.clamp(max=tokens.latents.shape[2] - 1)]  # [B, C, h, w]
+        mine = (group == g)[:, None, None, None]
+        best = torch.where(mine, latents, torch.zeros_like(latents) if best is None else best)
     if best is None:
         return None
-    return best * present[:, None, None, None].to(best.dtype), present
+    return best, group >= 0
 
 
 def motion_mask(batch: WorldModelBatch, weight: float, clip: float) -> Tensor:

@@ -52,6 +52,7 @@ __all__ = [
     "FramePackHistory",
     "pack",
     "referenced_action_rows",
+    "newest_full_resolution_token",
     "history_noise_mask",
     "corrupt_history",
     "sample_history_length",
@@ -641,6 +642,32 @@ def referenced_action_rows(frame_pack: FramePackInputs, num_rows: int) -> Tensor
     for row in rows:
         used = used.scatter(1, row.long().clamp(max=num_rows), True)
     return used[:, :num_rows]
+
+
+def newest_full_resolution_token(frame_pack: FramePackInputs) -> tuple[Tensor, Tensor]:
+    """Where each row's most recent uncompressed history latent sits in a pack.
+
+    Args:
+        frame_pack: Packed history of B rows.
+
+    Returns:
+        (group [B] long index into ``frame_pack.history`` of the 1x group holding the valid token with
+        the largest temporal position, -1 for rows without one; token [B] long index of that token in
+        its group). On equal positions the earlier group and the earlier token win.
+    """
+    rows = frame_pack.target_frame_pos.shape[0]
+    device = frame_pack.target_frame_pos.device
+    group = torch.full((rows,), -1, dtype=torch.long, device=device)
+    token = torch.zeros(rows, dtype=torch.long, device=device)
+    latest = torch.full((rows,), float("-inf"), device=device)
+    for g, tokens in enumerate(frame_pack.history):
+        if tokens.scale != 1:
+            continue
+        top, index = tokens.frame_pos.masked_fill(~tokens.valid, float("-inf")).max(dim=1)  # [B]
+        newer = top > latest
+        group, token = torch.where(newer, g, group), torch.where(newer, index, token)
+        latest = torch.maximum(top, latest)
+    return group, token
 
 
 # --------------------------------------------------------------------------------- training helpers
