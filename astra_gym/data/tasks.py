@@ -24,6 +24,12 @@ manipulation    ``progress``    how much the step shortened ``reach-push``'s dis
                                 moving away can only add to); inside a world model, a bundle
                                 without a ``progress`` reward model reads it as the change of
                                 its ``reach-push`` model's prediction
+manipulation    ``reach-block`` ``-|gripper - block|`` in metres: reach the block (the first term of
+                                ``reach-push``)
+manipulation    ``reach``       how much the step shortened the gripper-block distance, per 10 cm
+                                (``progress``'s first stage: potential-based shaping of
+                                ``reach-block``); inside a world model, a bundle without a model
+                                of either reads it through its ``reach-push`` pose reader
 explore         ``my_way_home`` the simulator's: +1 at the vest (ends), -0.0001 per tic
 explore         ``progress``    the simulator's plus the walking distance to the vest gained in the
                                 step, per 100 map units (a step forward is ~10 units); walls count
@@ -55,7 +61,9 @@ class Task:
         description: One line for tables and ``--help``.
         reward: ``(poses before, poses after, simulator reward) -> reward``, or None for the
             simulator's reward unchanged.
-        pose_keys: The poses ``reward`` reads.
+        pose_keys: The poses ``reward`` reads (a pose reader of the task predicts them, concatenated in
+            this order; ``reach-block`` lists the goal it does not read, so that the ``reach-push``
+            reader's nine numbers serve it).
         potential: For potential-based shaping of another task of the scenario: that task, whose
             per-step reward is a function of the state after the step (the potential phi). This
             task's reward is then ``potential_scale * (phi(after) - phi(before))``, and inside a
@@ -90,6 +98,14 @@ def _reach_push(before: Poses, after: Poses, sim_reward: float) -> float:
     return -float(reach + push)
 
 
+def _reach_block(before: Poses, after: Poses, sim_reward: float) -> float:
+    return -float(np.linalg.norm(after["ee_pos"] - after["object_pos"]))
+
+
+def _closed_on_block(before: Poses, after: Poses, sim_reward: float) -> float:
+    return _PROGRESS_SCALE * (_reach_block(after, after, sim_reward) - _reach_block(before, before, sim_reward))
+
+
 def _closed_on_goal(before: Poses, after: Poses, sim_reward: float) -> float:
     return _PROGRESS_SCALE * (_reach_push(after, after, sim_reward) - _reach_push(before, before, sim_reward))
 
@@ -118,6 +134,20 @@ TASKS: dict[str, tuple[Task, ...]] = {
             _closed_on_goal,
             ("ee_pos", "object_pos", "goal_pos"),
             potential="reach-push",
+            potential_scale=_PROGRESS_SCALE,
+        ),
+        Task(
+            "reach-block",
+            "dense: -|gripper - block| per step, metres",
+            _reach_block,
+            ("ee_pos", "object_pos", "goal_pos"),
+        ),
+        Task(
+            "reach",
+            "dense: the gripper-block distance closed in the step, per 10 cm",
+            _closed_on_block,
+            ("ee_pos", "object_pos", "goal_pos"),
+            potential="reach-block",
             potential_scale=_PROGRESS_SCALE,
         ),
     ),

@@ -260,9 +260,9 @@ def load_bundle(
         vae = vae if vae is not None else manifest["vae"]
         if vae is None:
             raise BundleError(f"{folder} does not name its VAE folder; pass the train_vae output as vae=")
-        potential_scale = None
+        potential_scale = pose_reward = None
         if reward_model is None:
-            reward_model, potential_scale = _task_reward_model(entry, scenario, task, folder)
+            reward_model, potential_scale, pose_reward = _task_reward_model(entry, scenario, task, folder)
         sampler = manifest.get("sampler") or {}
         rollout = RolloutConfig(
             modality=entry["modality"],
@@ -277,7 +277,9 @@ def load_bundle(
         return WorldModelBundle(
             transformer=load_pretrained(manifest["world_model"], device=device, dtype=torch.float32),
             vae=load_vae(vae, device=device),
-            reward_model=None if reward_model is None else _reward_model(reward_model, potential_scale, device),
+            reward_model=None
+            if reward_model is None
+            else _reward_model(reward_model, potential_scale, device, pose_reward),
             rollout=rollout,
             scenario=scenario,
             action_scale=tuple(entry["action_normalization"]["scale"]),
@@ -292,24 +294,33 @@ def load_bundle(
         ) from err
 
 
-def _task_reward_model(entry: dict, scenario: str, task: str | None, folder: Path) -> tuple[Path | None, float | None]:
-    """The manifest's reward-model folder of ``task`` (None: the simulator's own reward), and the
-    potential scale when the folder holds the potential of a potential-based task (else None).
+def _task_reward_model(
+    entry: dict, scenario: str, task: str | None, folder: Path
+) -> tuple[Path | None, float | None, str | None]:
+    """The manifest's reward-model folder of ``task`` (None: the simulator's own reward), the potential
+    scale when the folder holds the potential of a potential-based task (else None), and the pose formula
+    to read it with when that differs from the folder's own (else None).
 
     A task's own reward model comes first. A potential-based task without one is read as the change
     of its potential's reward model (on Manipulation ``progress`` the own model plans better:
-    ``benchmarks/RESULTS.md``, session 8).
+    ``benchmarks/RESULTS.md``, session 8). A potential with neither, but with a pose formula
+    (:data:`~astra_gym.world_model.reward_model.POSE_REWARDS`), is read through a pose reader of
+    another task that predicts the same poses (Manipulation ``reach`` through the ``reach-push``
+    reader: the gripper-block distance of the positions it predicts).
     """
     from astra_gym.data.tasks import get_task
 
     spec = None if task is None else get_task(scenario, task)
     if spec is None or spec.native:
-        return entry.get("reward_model"), None
+        return entry.get("reward_model"), None, None
     found = entry.get("task_reward_models", {})
     if task in found:
-        return found[task], None
+        return found[task], None, None
     if spec.potential is not None and spec.potential in found:
-        return found[spec.potential], spec.potential_scale
+        return found[spec.potential], spec.potential_scale, None
+    reader = _pose_reader_for(found, scenario, spec.potential)
+    if reader is not None:
+        return reader, spec.potential_scale, spec.potential
     wanted = task if spec.potential is None else f"{task} or its potential {spec.potential} (read as its change)"
     raise BundleError(
         f"{folder} has no reward model for the {scenario} task {task!r}: it needs one of {wanted} (it has: "
@@ -319,11 +330,32 @@ def _task_reward_model(entry: dict, scenario: str, task: str | None, folder: Pat
     )
 
 
-def _reward_model(path: Path, potential_scale: float | None, device: str | torch.device) -> nn.Module:
-    """The reward model in ``path``; wrapped as the change of a potential when a scale is given."""
+def _pose_reader_for(found: dict[str, Path], scenario: str, potential: str | None) -> Path | None:
+    """A folder of ``found`` whose model computes its reward from the poses ``potential``'s formula reads."""
+    from astra_gym.data.tasks import get_task
+    from astra_gym.world_model.reward_io import read_reward_config
+    from astra_gym.world_model.reward_model import POSE_REWARDS
+
+    if potential not in POSE_REWARDS:
+        return None
+    keys = get_task(scenario, potential).pose_keys
+    for name, path in sorted(found.items()):
+        config = read_reward_config(path)["config"]
+        if config.get("pose_reward") in POSE_REWARDS and get_task(scenario, name).pose_keys == keys:
+            return path
+    return None
+
+
+def _reward_model(
+    path: Path, potential_scale: float | None, device: str | torch.device, pose_reward: str | None = None
+) -> nn.Module:
+    """The reward model in ``path`` (computing ``pose_reward``'s formula when given); wrapped as the
+    change of a potential when a scale is given."""
     from astra_gym.world_model.reward_io import load_reward_model
 
     model = load_reward_model(path, device=device)[0]
+    if pose_reward is not None:
+        model = model.with_pose_reward(pose_reward)
     return model if potential_scale is None else PotentialReward(model, potential_scale).eval()
 
 

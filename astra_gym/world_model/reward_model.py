@@ -76,9 +76,15 @@ def _reach_push(poses: Tensor) -> Tensor:
     return -((gripper - block).norm(dim=1) + (block - goal).norm(dim=1))
 
 
+def _reach_block(poses: Tensor) -> Tensor:
+    """``reach-block`` of :mod:`astra_gym.data.tasks` on the same poses [B, 9]: [B] (the goal unread)."""
+    return -(poses[:, 0:3] - poses[:, 3:6]).norm(dim=1)
+
+
 # A task's reward as a function of the poses after the step (its pose keys concatenated, in order), for
 # ``RewardModelConfig.pose_reward``; each must equal the task's reward in astra_gym.data.tasks (tested).
-POSE_REWARDS = {"reach-push": (_reach_push, 9)}
+# Formulas of the same width read the same poses, so one pose reader serves them all (``with_pose_reward``).
+POSE_REWARDS = {"reach-push": (_reach_push, 9), "reach-block": (_reach_block, 9)}
 
 
 @dataclass(frozen=True)
@@ -229,6 +235,22 @@ class RewardModel(nn.Module):
             out.weight[1].zero_()
             out.bias[0].zero_()
             out.bias[1].fill_(self.config.termination_prior_logit)
+
+    def with_pose_reward(self, task: str) -> RewardModel:
+        """This model computing ``task``'s reward (a :data:`POSE_REWARDS` formula) from the poses it predicts.
+
+        The weights are shared, not copied: a reader of ``reach-push`` serves ``reach-block`` unchanged.
+
+        Raises:
+            ValueError: The model computes no reward from poses, or ``task`` reads other poses.
+        """
+        if self.config.pose_reward is None:
+            raise ValueError(
+                f"a reward model without pose_reward cannot compute {task!r} from poses; train one with "
+                "`train_reward --pose-reward`"
+            )
+        self.config = self.config.replace(pose_reward=task)  # validated: the formula reads pose_dim numbers
+        return self
 
     @torch.no_grad()
     def set_pose_scale(self, mean: Tensor, std: Tensor) -> None:

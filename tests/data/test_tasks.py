@@ -11,8 +11,9 @@ def test_the_default_task_is_the_simulators_own():
     for scenario in TASKS:
         assert get_task(scenario).native and get_task(scenario) is TASKS[scenario][0]
     assert get_task("manipulation", "reach-push").name == "reach-push"
-    with pytest.raises(ValueError, match=r"choose one of \['push', 'reach-push', 'progress'\]"):
-        get_task("manipulation", "reach")
+    choices = r"choose one of \['push', 'reach-push', 'progress', 'reach-block', 'reach'\]"
+    with pytest.raises(ValueError, match=choices):
+        get_task("manipulation", "stack")
     with pytest.raises(ValueError, match="no tasks for scenario"):
         get_task("flying")
 
@@ -39,6 +40,20 @@ def test_manipulation_progress_is_the_reach_push_distance_closed_and_sums_to_it(
     assert task(rows[0], rows[0], -1.0) == 0.0  # standing still scores nothing, whatever the simulator says
     toward = {**rows[0], "ee_pos": (rows[0]["ee_pos"] + rows[0]["object_pos"]) / 2}
     assert task(rows[0], toward, -1.0) > 0.0 > task(toward, rows[0], -1.0)
+
+
+def test_manipulation_reach_is_the_gripper_block_distance_closed_whatever_the_goal():
+    task, distance = get_task("manipulation", "reach"), get_task("manipulation", "reach-block")
+    assert task.potential == "reach-block" and task.potential_scale == 10.0
+    episode = manipulation_episode(8, seed=2)
+    rows = [{k: v[t] for k, v in episode.poses.items()} for t in range(len(episode.rewards) + 1)]
+    rewards = relabel(episode.poses, episode.rewards, task)
+    gap = [np.linalg.norm(row["ee_pos"] - row["object_pos"]) for row in (rows[0], rows[-1])]
+    assert rewards.sum() == pytest.approx(10.0 * (gap[0] - gap[1]))  # the return is the distance closed
+    assert distance(rows[0], rows[-1], -1.0) == pytest.approx(-gap[1])
+    toward = {**rows[0], "ee_pos": (rows[0]["ee_pos"] + rows[0]["object_pos"]) / 2}
+    moved_goal = {**toward, "goal_pos": toward["goal_pos"] + 0.2}
+    assert task(rows[0], toward, -1.0) == task(rows[0], moved_goal, -1.0) > 0.0  # the goal is not read
 
 
 def test_relabel_recomputes_a_recorded_episode():

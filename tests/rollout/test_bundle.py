@@ -236,3 +236,37 @@ def test_add_reward_puts_a_task_reward_model_into_an_existing_bundle(tmp_path):
                               normalizer=ActionNormalizer("robot_command", (1.0,) * 7), task="reach-push")  # fmt: skip
     with pytest.raises(ValueError, match="normalises actions differently"):
         add_reward_model(plain, other)
+
+
+def test_reach_is_read_through_the_reach_push_pose_reader_with_the_reach_formula(tmp_path):
+    """A bundle with only a ``reach-push`` pose reader serves ``reach``: the change of the gripper-block distance
+    of the poses that reader predicts (its weights, the ``reach-block`` formula); a reader without poses cannot."""
+    from astra_gym.training.add_reward import add_reward_model
+    from astra_gym.world_model.potential_reward import PotentialReward
+    from astra_gym.world_model.reward_model import RewardModel, get_reward_model_preset
+
+    _, rewards = _manipulation_bundle_with_a_task(tmp_path)
+    folder = make_bundle("plain", tmp_path / "wm", tmp_path / "vae", [rewards[None]], tmp_path / "plain")
+    normalizer = ActionNormalizer("robot_command", SCALE)
+    plain = save_reward_model(debug_bundle("manipulation", seed=5).reward_model, tmp_path / "plain-reader",
+                              scenario="manipulation", feature="robot_command", normalizer=normalizer,
+                              task="reach-push")  # fmt: skip
+    add_reward_model(folder, plain, weights_dtype="float32")
+    with pytest.raises(BundleError, match="needs one of reach or its potential reach-block"):
+        load_bundle(folder, "manipulation", task="reach")  # its reach-push reader predicts no poses
+    torch.manual_seed(0)
+    config = get_reward_model_preset("debug", action_dim=7, pose_dim=9, pose_reward="reach-push")
+    reader = save_reward_model(RewardModel(config), tmp_path / "pose-reader", scenario="manipulation",
+                               feature="robot_command", normalizer=normalizer, task="reach-push")  # fmt: skip
+    add_reward_model(folder, reader, weights_dtype="float32", replace=True)
+    reach = load_bundle(folder, "manipulation", task="reach").reward_model
+    assert isinstance(reach, PotentialReward) and reach.scale == 10.0
+    assert reach.potential.config.pose_reward == "reach-block"
+    assert _same_weights(reach.potential, load_reward_model(reader)[0])
+    progress = load_bundle(folder, "manipulation", task="progress").reward_model
+    assert progress.potential.config.pose_reward == "reach-push"  # the reader's own formula, unchanged
+    frames, row = torch.rand(3, 2, 3, 64, 64) * 2 - 1, torch.zeros(3, 7)
+    with torch.no_grad():
+        poses = [reach.potential(frames[:, t : t + 1], row, poses=True)[2] for t in (0, 1)]
+        gaps = [(p[:, 0:3] - p[:, 3:6]).norm(dim=1) for p in poses]
+        torch.testing.assert_close(reach(frames, row)[0], 10.0 * (gaps[0] - gaps[1]))

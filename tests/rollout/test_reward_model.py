@@ -62,6 +62,25 @@ def test_each_pose_reward_is_its_tasks_reward():
         RewardModelConfig(action_dim=7, pose_dim=9, pose_reward="tiles")
 
 
+def test_a_pose_reader_computes_another_formula_of_the_same_poses_with_the_same_weights():
+    """``with_pose_reward``: a ``reach-push`` reader reads ``reach-block`` from the poses it predicts."""
+    from astra_gym.world_model.reward_model import POSE_REWARDS
+
+    torch.manual_seed(0)
+    model = RewardModel(get_reward_model_preset("debug", action_dim=7, pose_dim=9, pose_reward="reach-push")).eval()
+    frames, actions = torch.rand(4, 1, 3, 64, 64) * 2 - 1, torch.randn(4, 7)
+    with torch.no_grad():
+        push, _, poses = model(frames, actions, poses=True)
+        reach = model.with_pose_reward("reach-block")(frames, actions)[0]
+    torch.testing.assert_close(push, POSE_REWARDS["reach-push"][0](poses))
+    torch.testing.assert_close(reach, POSE_REWARDS["reach-block"][0](poses))
+    assert not torch.allclose(push, reach) and model.config.pose_reward == "reach-block"
+    with pytest.raises(ValueError, match="choose one of"):
+        model.with_pose_reward("tiles")
+    with pytest.raises(ValueError, match="train one with `train_reward --pose-reward`"):
+        RewardModel(get_reward_model_preset("debug", action_dim=7)).with_pose_reward("reach-block")
+
+
 def test_an_anchored_model_reads_the_start_frame_and_refuses_to_go_without_it():
     """``anchor=True`` stacks the episode's start frame on the input channels; a potential of it reads the
     same start frame on both sides of the step."""
