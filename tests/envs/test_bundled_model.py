@@ -80,10 +80,11 @@ def test_bundled_model_rolls_out(env_id):
     env.close()
 
 
-def test_bundled_manipulation_model_scores_the_progress_task():
-    """``task="progress"`` reads the change of the bundle's ``reach-push`` pose reader; the frames stay the same."""
+def test_bundled_manipulation_model_scores_the_progress_and_reach_tasks():
+    """``task="progress"`` reads the change of the bundle's ``reach-push`` pose reader, ``task="reach"`` the change of
+    the gripper-block distance of the same reader's poses; the frames stay the same."""
     rewards, frames = {}, {}
-    for task in (None, "progress"):
+    for task in (None, "progress", "reach"):
         env = gym.make("Astra-Manipulation-v0", device="cpu", num_denoise_steps=1, task=task)
         env.reset(seed=0)
         steps = [env.step(np.array([0.5, 0.0, -0.5, 0.0], np.float32)) for _ in range(3)]
@@ -91,6 +92,8 @@ def test_bundled_manipulation_model_scores_the_progress_task():
         frames[task] = np.stack([s[0] for s in steps])
         env.close()
     np.testing.assert_array_equal(frames[None], frames["progress"])
+    np.testing.assert_array_equal(frames[None], frames["reach"])
     assert np.all(np.isfinite(rewards["progress"])) and not np.allclose(rewards[None], rewards["progress"])
+    assert np.all(np.isfinite(rewards["reach"])) and not np.allclose(rewards["reach"], rewards["progress"])
     entry = read_bundle(bundled_model_path(MANIPULATION_MODEL))["scenarios"]["manipulation"]
     assert "reach-push" in entry["task_reward_models"] and entry["sim_config"]["camera"]  # front camera
