@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -92,22 +93,20 @@ class Task:
 _PROGRESS_SCALE = 10.0  # Manipulation progress is counted per 10 cm
 
 
-def _reach_push(before: Poses, after: Poses, sim_reward: float) -> float:
-    reach = np.linalg.norm(after["ee_pos"] - after["object_pos"])
-    push = np.linalg.norm(after["object_pos"] - after["goal_pos"])
-    return -float(reach + push)
-
-
 def _reach_block(before: Poses, after: Poses, sim_reward: float) -> float:
     return -float(np.linalg.norm(after["ee_pos"] - after["object_pos"]))
 
 
-def _closed_on_block(before: Poses, after: Poses, sim_reward: float) -> float:
-    return _PROGRESS_SCALE * (_reach_block(after, after, sim_reward) - _reach_block(before, before, sim_reward))
+def _reach_push(before: Poses, after: Poses, sim_reward: float) -> float:
+    push = np.linalg.norm(after["object_pos"] - after["goal_pos"])
+    return _reach_block(before, after, sim_reward) - float(push)
 
 
-def _closed_on_goal(before: Poses, after: Poses, sim_reward: float) -> float:
-    return _PROGRESS_SCALE * (_reach_push(after, after, sim_reward) - _reach_push(before, before, sim_reward))
+def _closed(
+    potential: Callable[[Poses, Poses, float], float], before: Poses, after: Poses, sim_reward: float
+) -> float:
+    """How much the step raised ``potential`` (a negative distance), per 10 cm."""
+    return _PROGRESS_SCALE * (potential(after, after, sim_reward) - potential(before, before, sim_reward))
 
 
 def _progress(before: Poses, after: Poses, sim_reward: float) -> float:
@@ -131,7 +130,7 @@ TASKS: dict[str, tuple[Task, ...]] = {
         Task(
             "progress",
             "dense: the reach-push distance closed in the step, per 10 cm",
-            _closed_on_goal,
+            partial(_closed, _reach_push),
             ("ee_pos", "object_pos", "goal_pos"),
             potential="reach-push",
             potential_scale=_PROGRESS_SCALE,
@@ -145,7 +144,7 @@ TASKS: dict[str, tuple[Task, ...]] = {
         Task(
             "reach",
             "dense: the gripper-block distance closed in the step, per 10 cm",
-            _closed_on_block,
+            partial(_closed, _reach_block),
             ("ee_pos", "object_pos", "goal_pos"),
             potential="reach-block",
             potential_scale=_PROGRESS_SCALE,

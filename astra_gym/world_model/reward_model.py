@@ -70,15 +70,14 @@ __all__ = [
 ]
 
 
-def _reach_push(poses: Tensor) -> Tensor:
-    """``reach-push`` of :mod:`astra_gym.data.tasks` on poses [B, 9] (gripper, block, goal xyz): [B]."""
-    gripper, block, goal = poses[:, 0:3], poses[:, 3:6], poses[:, 6:9]
-    return -((gripper - block).norm(dim=1) + (block - goal).norm(dim=1))
-
-
 def _reach_block(poses: Tensor) -> Tensor:
-    """``reach-block`` of :mod:`astra_gym.data.tasks` on the same poses [B, 9]: [B] (the goal unread)."""
+    """``reach-block`` of :mod:`astra_gym.data.tasks` on poses [B, 9] (gripper, block, goal xyz; goal unread): [B]."""
     return -(poses[:, 0:3] - poses[:, 3:6]).norm(dim=1)
+
+
+def _reach_push(poses: Tensor) -> Tensor:
+    """``reach-push`` of :mod:`astra_gym.data.tasks` on the same poses [B, 9]: [B]."""
+    return _reach_block(poses) - (poses[:, 3:6] - poses[:, 6:9]).norm(dim=1)
 
 
 # A task's reward as a function of the poses after the step (its pose keys concatenated, in order), for
